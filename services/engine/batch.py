@@ -1,0 +1,90 @@
+"""One batched forward's inputs: many sequences, each with its own new tokens and position.
+
+A ``Chunk`` is one sequence's share of a step: a prefill chunk, the k+1 tokens of a verification,
+or one decode token, written into its KV-cache slot from ``start_pos`` on. ``ForwardBatch`` packs
+a list of chunks into flat tensors for the linear layers ([T] tokens, no padding) and the index
+tensors that scatter them into a padded [B, L] layout for attention.
+Non-goals: scheduling (which chunks go together is the services' business).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """New tokens for one slot, the first at absolute position ``start_pos``.
+
+    ``num_logits`` asks for the logits of the last that many tokens (0 for a prefill chunk whose
+    output nobody needs, k+1 for a verification, 1 for a decode step).
+    """
+
+    slot: int
+    token_ids: Sequence[int]
+    start_pos: int
+    num_logits: int = 1
+
+
+@dataclass(frozen=True)
+class ForwardBatch:
+    """Flat and padded views of a list of chunks, on one device."""
+
+    input_ids: torch.Tensor  # [T] int64, all chunks' tokens back to back
+    positions: torch.Tensor  # [T] int64, absolute position of each token
+    token_slots: torch.Tensor  # [T] int64, KV-cache slot of each token
+    token_rows: torch.Tensor  # [T] int64, chunk index b of each token
+    token_cols: torch.Tensor  # [T] int64, index of the token inside its chunk
+    slot_ids: torch.Tensor  # [B] int64
+    attn_mask: torch.Tensor | None  # [B, 1, L, S] bool, True = may attend; None = attend to all
+    logit_indices: torch.Tensor  # [N] int64, rows of [T] whose logits are returned
+    num_logits: tuple[int, ...]  # per chunk, sums to N
+    max_query_len: int  # L
+    context_len: int  # S, the longest start_pos + len(token_ids) in the batch
+    single_slot: int | None  # the slot when B == 1 (lets attention read the cache without a copy)
+
+    @classmethod
+    def build(cls, chunks: Sequence[Chunk], device: torch.device | str = "cpu",
+              sliding_window: int | None = None) -> ForwardBatch:
+        ids: list[int] = []
+        positions: list[int] = []
+        token_slots: list[int] = []
+        rows: list[int] = []
+        cols: list[int] = []
+        logit_idx: list[int] = []
+        for b, chunk in enumerate(chunks):
+            n = len(chunk.token_ids)
+            base = len(ids)
+            ids.extend(chunk.token_ids)
+            positions.extend(range(chunk.start_pos, chunk.start_pos + n))
+            token_slots.extend([chunk.slot] * n)
+            rows.extend([b] * n)
+            cols.extend(range(n))
+            logit_idx.extend(range(base + n - chunk.num_logits, base + n))
+        starts = [c.start_pos for c in chunks]
+        query_lens = [len(c.token_ids) for c in chunks]
+        max_q = max(query_lens)
+        context = max(s + q for s, q in zip(starts, query_lens, strict=True))
+
+        def t(values: list[int]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.int64, device=device)
+
+        needs_mask = not (max_q == 1 and len(set(starts)) == 1) or sliding_window is not None
+        mask = None
+        if needs_mask:
+            query_pos = t(starts)[:, None] + torch.arange(max_q, device=device)  # [B, L]
+            key_pos = torch.arange(context, device=device)  # [S]
+            mask = key_pos[None, None, :] <= query_pos[:, :, None]  # [B, L, S] causal
+            if sliding_window is not None:
+                mask &= key_pos[None, None, :] > query_pos[:, :, None] - sliding_window
+            mask = mask[:, None]  # [B, 1, L, S]
+        return cls(
+            input_ids=t(ids), positions=t(positions), token_slots=t(token_slots),
+            token_rows=t(rows), token_cols=t(cols), slot_ids=t([c.slot for c in chunks]),
+            attn_mask=mask, logit_indices=t(logit_idx),
+            num_logits=tuple(c.num_logits for c in chunks), max_query_len=max_q,
+            context_len=context, single_slot=chunks[0].slot if len(chunks) == 1 else None,
+        )

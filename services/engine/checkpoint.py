@@ -1,0 +1,127 @@
+"""Load a Hugging Face-format model folder from local disk into a ``DecoderModel``.
+
+A folder holds ``config.json``, ``model.safetensors`` or a sharded set named by
+``model.safetensors.index.json``, ``tokenizer.json`` and optionally ``generation_config.json``
+(its eos ids win over config.json's). Every problem is a ``CheckpointError`` that names the file.
+Non-goals: downloading from a hub, .bin (pickle) weights, quantized formats.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from specdec.engine.config import ModelConfig
+from specdec.engine.errors import CheckpointError
+from specdec.engine.model import DecoderModel
+from specdec.engine.rope import inv_frequencies
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+# Tensors some checkpoints carry that the engine recomputes instead of loading.
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``, or a ``CheckpointError`` saying what is wrong with it."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return data
+
+
+def load_config(folder: str | Path) -> ModelConfig:
+    """The model's config, with eos ids from ``generation_config.json`` when it has them."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: not a directory (expected a model folder)")
+    path = folder / "config.json"
+    cfg = ModelConfig.from_hf_dict(read_json(path), source=str(path))
+    gen_path = folder / "generation_config.json"
+    if gen_path.is_file():
+        eos = read_json(gen_path).get("eos_token_id")
+        if eos is not None:
+            cfg = cfg.with_eos((eos,) if isinstance(eos, int) else tuple(int(e) for e in eos))
+    return cfg
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The safetensors files of the folder: one file, or the shards its index names."""
+    index = folder / INDEX_FILE
+    if index.is_file():
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError(f"{index}: has no weight_map")
+        return [folder / name for name in sorted(set(weight_map.values()))]
+    single = folder / SINGLE_FILE
+    if single.is_file():
+        return [single]
+    raise CheckpointError(f"{folder}: no {SINGLE_FILE} and no {INDEX_FILE}")
+
+
+def load_state_dict(folder: Path, dtype: torch.dtype, device: torch.device | str
+                    ) -> dict[str, torch.Tensor]:
+    """All tensors of the checkpoint, cast to ``dtype`` (floating ones) and moved to ``device``."""
+    state: dict[str, torch.Tensor] = {}
+    for path in weight_files(folder):
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing (named by {INDEX_FILE})")
+        try:
+            tensors = load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
+        for name, tensor in tensors.items():
+            if name.endswith(_IGNORED_SUFFIXES):
+                continue
+            if tensor.is_floating_point():
+                tensor = tensor.to(dtype)
+            state[name] = tensor.to(device)
+    return state
+
+
+def load_model(folder: str | Path, dtype: torch.dtype = torch.float32,
+               device: torch.device | str = "cpu") -> DecoderModel:
+    """Build the model from ``folder`` in ``dtype`` on ``device``, ready for inference."""
+    folder = Path(folder)
+    cfg = load_config(folder)
+    state = load_state_dict(folder, dtype, device)
+    if cfg.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    with torch.device("meta"):
+        model = DecoderModel(cfg)
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    if cfg.tie_word_embeddings:
+        expected.pop("lm_head.weight")
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{folder}: weights do not match config.json"
+            + (f"; missing {_few(missing)}" if missing else "")
+            + (f"; unexpected {_few(unexpected)}" if unexpected else "")
+        )
+    for name, shape in expected.items():
+        if state[name].shape != shape:
+            raise CheckpointError(f"{folder}: tensor {name} has shape {tuple(state[name].shape)}, "
+                                  f"config.json implies {tuple(shape)}")
+    model.load_state_dict(state, strict=not cfg.tie_word_embeddings, assign=True)
+    if cfg.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    inv_freq = inv_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+    model.inv_freq = inv_freq.to(device)  # non-persistent buffer: rebuilt off the meta device
+    return model.eval().requires_grad_(False)
+
+
+def _few(names: list[str], limit: int = 5) -> str:
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more

@@ -1,0 +1,151 @@
+"""A Llama-family decoder in plain torch: Llama 2/3/3.x, Mistral, Qwen2/2.5, Qwen3.
+
+Parameter names equal Hugging Face's (``model.layers.0.self_attn.q_proj.weight`` ...), so a
+checkpoint loads as a plain state dict. The forward takes a ``ForwardBatch`` of many sequences at
+their own positions and a ``KVCache``; linear layers see the flat [T, C] tokens (no padding),
+attention scatters queries into a padded [B, L] layout and reads each slot's cached keys.
+Non-goals: training features (dropout, gradient checkpointing), tensor parallelism, quantization.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from specdec.engine.batch import ForwardBatch
+from specdec.engine.config import ModelConfig
+from specdec.engine.kv_cache import KVCache
+from specdec.engine.rope import apply_rope, cos_sin, inv_frequencies
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm, computed in fp32 and cast back (as transformers does)."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [..., C]
+        dtype = x.dtype
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(dtype)
+
+
+class Attention(nn.Module):
+    """Grouped-query attention over the KV cache, with optional q/k bias and q/k norm."""
+
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.layer = layer
+        self.num_heads = cfg.num_attention_heads
+        self.num_kv_heads = cfg.num_key_value_heads
+        self.head_dim = d = cfg.head_dim
+        h = cfg.hidden_size
+        self.q_proj = nn.Linear(h, self.num_heads * d, bias=cfg.attention_bias)
+        self.k_proj = nn.Linear(h, self.num_kv_heads * d, bias=cfg.attention_bias)
+        self.v_proj = nn.Linear(h, self.num_kv_heads * d, bias=cfg.attention_bias)
+        self.o_proj = nn.Linear(self.num_heads * d, h, bias=cfg.attention_out_bias)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(d, cfg.rms_norm_eps)
+            self.k_norm = RMSNorm(d, cfg.rms_norm_eps)
+        self.qk_norm = cfg.qk_norm
+
+    def forward(self, x: torch.Tensor, batch: ForwardBatch, cache: KVCache,
+                cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:  # x [T, C]
+        t = x.shape[0]
+        q = self.q_proj(x).view(t, self.num_heads, self.head_dim)  # [T, Hq, D]
+        k = self.k_proj(x).view(t, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
+        v = self.v_proj(x).view(t, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        cache.write(self.layer, batch.token_slots, batch.positions, k, v)
+
+        keys, values = cache.read(self.layer, batch.slot_ids, batch.context_len,
+                                  batch.single_slot)  # [B, S, Hkv, D] each
+        if batch.single_slot is not None:  # one sequence: no padding needed
+            q_pad = q[None]  # [1, L, Hq, D]
+        else:
+            q_pad = q.new_zeros(keys.shape[0], batch.max_query_len, self.num_heads, self.head_dim)
+            q_pad[batch.token_rows, batch.token_cols] = q  # [B, L, Hq, D]
+        out = F.scaled_dot_product_attention(
+            q_pad.transpose(1, 2),  # [B, Hq, L, D]
+            keys.transpose(1, 2),  # [B, Hkv, S, D]
+            values.transpose(1, 2),
+            attn_mask=batch.attn_mask,  # [B, 1, L, S] or None
+            enable_gqa=self.num_heads != self.num_kv_heads,
+        ).transpose(1, 2)  # [B, L, Hq, D]
+        out = out[0] if batch.single_slot is not None else out[batch.token_rows, batch.token_cols]
+        return self.o_proj(out.reshape(t, self.num_heads * self.head_dim))  # [T, C]
+
+
+class MLP(nn.Module):
+    """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        h, i = cfg.hidden_size, cfg.intermediate_size
+        self.gate_proj = nn.Linear(h, i, bias=cfg.mlp_bias)
+        self.up_proj = nn.Linear(h, i, bias=cfg.mlp_bias)
+        self.down_proj = nn.Linear(i, h, bias=cfg.mlp_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [T, C]
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg, layer)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, batch: ForwardBatch, cache: KVCache,
+                cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:  # x [T, C]
+        x = x + self.self_attn(self.input_layernorm(x), batch, cache, cos, sin)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Backbone(nn.Module):
+    """Embeddings, decoder layers and the final norm (``model.`` in HF parameter names)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class DecoderModel(nn.Module):
+    """The whole causal LM: ``forward(batch, cache)`` returns logits of the requested tokens."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.model = Backbone(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        inv_freq = inv_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)  # [D/2] fp32
+
+    def new_cache(self, num_slots: int, max_seq_len: int | None = None) -> KVCache:
+        """A cache shaped for this model, on its device and in its dtype."""
+        cfg = self.config
+        weight = self.lm_head.weight
+        return KVCache(cfg.num_hidden_layers, num_slots,
+                       max_seq_len or cfg.max_position_embeddings, cfg.num_key_value_heads,
+                       cfg.head_dim, dtype=weight.dtype, device=weight.device)
+
+    def forward(self, batch: ForwardBatch, cache: KVCache) -> torch.Tensor:
+        """Run the chunks, write their keys/values, return fp32 logits.  # → [N, V]"""
+        x = self.model.embed_tokens(batch.input_ids)  # [T, C]
+        cos, sin = cos_sin(batch.positions, self.inv_freq, x.dtype)  # [T, D] each
+        for layer in self.model.layers:
+            x = layer(x, batch, cache, cos, sin)
+        x = self.model.norm(x[batch.logit_indices])  # [N, C]
+        return self.lm_head(x).float()  # [N, V]

@@ -1,0 +1,73 @@
+"""A model with its KV cache: validates a step's chunks, runs one batched forward, moves lengths.
+
+This is the engine's only door to the model for the services and the in-process generator.
+Every chunk must continue its slot exactly where the cache ends (``start_pos == length``): the
+caller rolls back first. That check is what makes position-addressed messages safe to retry.
+Non-goals: scheduling, sampling (see ``sampling.py``), acceptance (see ``rejection.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from specdec.engine.batch import Chunk, ForwardBatch
+from specdec.engine.errors import InvalidRequest
+from specdec.engine.kv_cache import KVCache
+from specdec.engine.model import DecoderModel
+
+
+class ModelRunner:
+    """Runs ``DecoderModel`` forwards over a slot cache of ``num_slots`` sequences."""
+
+    def __init__(self, model: DecoderModel, num_slots: int = 8,
+                 max_seq_len: int | None = None) -> None:
+        self.model = model.eval()
+        self.config = model.config
+        self.cache: KVCache = model.new_cache(num_slots, max_seq_len)
+        self.device = model.lm_head.weight.device
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.cache.max_seq_len
+
+    def step(self, chunks: Sequence[Chunk]) -> list[torch.Tensor]:
+        """One forward over all ``chunks``; returns each chunk's logits.  # → [num_logits, V] fp32"""
+        if not chunks:
+            return []
+        self._validate(chunks)
+        batch = ForwardBatch.build(chunks, self.device, self.config.sliding_window)
+        with torch.inference_mode():
+            logits = self.model(batch, self.cache)  # [N, V]
+        for chunk in chunks:
+            self.cache.append(chunk.slot, len(chunk.token_ids))
+        return list(torch.split(logits, list(batch.num_logits)))
+
+    def _validate(self, chunks: Sequence[Chunk]) -> None:
+        seen: set[int] = set()
+        vocab = self.config.vocab_size
+        for chunk in chunks:
+            if chunk.slot in seen:
+                raise InvalidRequest("slot", f"slot {chunk.slot} appears twice in one step")
+            seen.add(chunk.slot)
+            length = self.cache.length(chunk.slot)  # also checks the slot is allocated
+            if chunk.start_pos != length:
+                raise InvalidRequest("position", f"slot {chunk.slot} holds {length} tokens; "
+                                     f"a chunk must start there, not at {chunk.start_pos}")
+            n = len(chunk.token_ids)
+            if n == 0:
+                raise InvalidRequest("token_ids", "a chunk needs at least one token")
+            if not 0 <= chunk.num_logits <= n:
+                raise InvalidRequest("num_logits", f"must be in [0, {n}], got {chunk.num_logits}")
+            if length + n > self.cache.max_seq_len:
+                raise InvalidRequest("token_ids", f"{length + n} tokens exceed the context of "
+                                     f"{self.cache.max_seq_len}")
+            bad = [t for t in chunk.token_ids if not 0 <= t < vocab]
+            if bad:
+                raise InvalidRequest("token_ids", f"token id {bad[0]} is outside the "
+                                     f"vocabulary [0, {vocab})")

@@ -1,0 +1,1 @@
+"""The verifier service: owns the target model and decides what is accepted (see issue: pipeline)."""

@@ -1,0 +1,81 @@
+"""Small real models for tests: random-weight checkpoints written by ``transformers``.
+
+Each helper writes a genuine Hugging Face folder (config.json, model.safetensors,
+generation_config.json, tokenizer.json) that the engine loads like any downloaded checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+TINY = dict(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+
+CORPUS = [
+    "def add(a, b):\n    return a + b\n",
+    "for i in range(10):\n    print(i * i)\n",
+    "class Point:\n    def __init__(self, x, y):\n        self.x = x\n        self.y = y\n",
+    "The quick brown fox jumps over the lazy dog.\n",
+    "import os\nimport sys\n\nif __name__ == '__main__':\n    sys.exit(main())\n",
+] * 4
+
+
+def save_tokenizer(folder: Path, vocab_size: int = TINY["vocab_size"]) -> Tokenizer:
+    """A byte-level BPE tokenizer trained on a few lines of code, with ids < ``vocab_size``."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(CORPUS, trainer)
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save(str(folder / "tokenizer.json"))
+    return tok
+
+
+def save_random_model(folder: Path, model_type: str = "llama", seed: int = 0,
+                      tokenizer: bool = True, **overrides: Any) -> Path:
+    """Write a random-weight ``model_type`` checkpoint (llama, mistral, qwen2, qwen3)."""
+    import transformers
+
+    classes = {
+        "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+        "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
+        "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+        "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
+    }
+    config_cls, model_cls = classes[model_type]
+    kwargs: dict[str, Any] = {**TINY, "eos_token_id": 0, "bos_token_id": None,
+                              "pad_token_id": None}
+    kwargs.update(overrides)
+    torch.manual_seed(seed)
+    model = model_cls(config_cls(**kwargs)).eval()
+    # Random init leaves norms at 1 and biases at 0; perturb them so the test sees them.
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight") or name.endswith(".bias"):
+                param.add_(0.1 * torch.randn_like(param))
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    if tokenizer:
+        save_tokenizer(folder, kwargs["vocab_size"])
+    return folder
+
+
+def perturbed_copy(src: Path, dst: Path, scale: float, seed: int = 1) -> Path:
+    """A copy of a checkpoint with noise added to every weight: a draft that mostly agrees."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst)
+    gen = torch.Generator().manual_seed(seed)
+    state = load_file(str(dst / "model.safetensors"))
+    noisy = {k: v + scale * v.std() * torch.randn(v.shape, generator=gen) for k, v in state.items()}
+    save_file(noisy, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    return dst
