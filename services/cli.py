@@ -20,11 +20,15 @@ PIPELINE_NOT_YET = (
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("generate", help="generate text (in-process for now)",
-                       description="Generate a continuation of PROMPT.")
+    p = sub.add_parser(
+        "generate",
+        help="generate text (in-process for now)",
+        description="Generate a continuation of PROMPT.",
+    )
     p.add_argument("prompt", help="prompt text; '-' reads it from standard input")
-    p.add_argument("--in-process", action="store_true",
-                   help="run the models in this process (no services)")
+    p.add_argument(
+        "--in-process", action="store_true", help="run the models in this process (no services)"
+    )
     p.add_argument("--target", help="target model folder (Hugging Face format)")
     p.add_argument("--draft", help="draft model folder sharing the target's tokenizer")
     p.add_argument("--ngram", action="store_true", help="draft by prompt lookup instead of a model")
@@ -62,9 +66,17 @@ def _run_generate(args: argparse.Namespace) -> int:
 
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     out = run_in_process(
-        target=args.target, draft=args.draft, ngram=args.ngram, prompt=prompt, k=args.k,
-        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-        max_tokens=args.max_tokens, device=args.device,
+        target=args.target,
+        draft=args.draft,
+        ngram=args.ngram,
+        prompt=prompt,
+        k=args.k,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        max_tokens=args.max_tokens,
+        device=args.device,
     )
     if args.json:
         print(json.dumps(out))
@@ -76,10 +88,12 @@ def _run_generate(args: argparse.Namespace) -> int:
 
 def _stats_line(out: dict[str, Any]) -> str:
     s = out["stats"]
-    return (f"[{s['output_tokens']} tokens in {s['elapsed_s']:.2f}s, "
-            f"{s['tokens_per_s']:.1f} tok/s, {s['rounds']} rounds, "
-            f"accepted {s['accepted_tokens']}/{s['draft_tokens']} drafts, "
-            f"finish: {out['finish_reason']}]")
+    return (
+        f"[{s['output_tokens']} tokens in {s['elapsed_s']:.2f}s, "
+        f"{s['tokens_per_s']:.1f} tok/s, {s['rounds']} rounds, "
+        f"accepted {s['accepted_tokens']}/{s['draft_tokens']} drafts, "
+        f"finish: {out['finish_reason']}]"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,8 +12,15 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-TINY = dict(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+TINY = dict(
+    vocab_size=320,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+)
 
 CORPUS = [
     "def add(a, b):\n    return a + b\n",
@@ -29,17 +36,21 @@ def save_tokenizer(folder: Path, vocab_size: int = TINY["vocab_size"]) -> Tokeni
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(CORPUS, trainer)
     folder.mkdir(parents=True, exist_ok=True)
     tok.save(str(folder / "tokenizer.json"))
     return tok
 
 
-def save_random_model(folder: Path, model_type: str = "llama", seed: int = 0,
-                      tokenizer: bool = True, **overrides: Any) -> Path:
+def save_random_model(
+    folder: Path, model_type: str = "llama", seed: int = 0, tokenizer: bool = True, **overrides: Any
+) -> Path:
     """Write a random-weight ``model_type`` checkpoint (llama, mistral, qwen2, qwen3)."""
     import transformers
 
@@ -50,8 +61,7 @@ def save_random_model(folder: Path, model_type: str = "llama", seed: int = 0,
         "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
     }
     config_cls, model_cls = classes[model_type]
-    kwargs: dict[str, Any] = {**TINY, "eos_token_id": 0, "bos_token_id": None,
-                              "pad_token_id": None}
+    kwargs: dict[str, Any] = {**TINY, "eos_token_id": 0, "bos_token_id": None, "pad_token_id": None}
     kwargs.update(overrides)
     torch.manual_seed(seed)
     model = model_cls(config_cls(**kwargs)).eval()

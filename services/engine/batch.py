@@ -47,8 +47,12 @@ class ForwardBatch:
     single_slot: int | None  # the slot when B == 1 (lets attention read the cache without a copy)
 
     @classmethod
-    def build(cls, chunks: Sequence[Chunk], device: torch.device | str = "cpu",
-              sliding_window: int | None = None) -> ForwardBatch:
+    def build(
+        cls,
+        chunks: Sequence[Chunk],
+        device: torch.device | str = "cpu",
+        sliding_window: int | None = None,
+    ) -> ForwardBatch:
         ids: list[int] = []
         positions: list[int] = []
         token_slots: list[int] = []
@@ -82,9 +86,16 @@ class ForwardBatch:
                 mask &= key_pos[None, None, :] > query_pos[:, :, None] - sliding_window
             mask = mask[:, None]  # [B, 1, L, S]
         return cls(
-            input_ids=t(ids), positions=t(positions), token_slots=t(token_slots),
-            token_rows=t(rows), token_cols=t(cols), slot_ids=t([c.slot for c in chunks]),
-            attn_mask=mask, logit_indices=t(logit_idx),
-            num_logits=tuple(c.num_logits for c in chunks), max_query_len=max_q,
-            context_len=context, single_slot=chunks[0].slot if len(chunks) == 1 else None,
+            input_ids=t(ids),
+            positions=t(positions),
+            token_slots=t(token_slots),
+            token_rows=t(rows),
+            token_cols=t(cols),
+            slot_ids=t([c.slot for c in chunks]),
+            attn_mask=mask,
+            logit_indices=t(logit_idx),
+            num_logits=tuple(c.num_logits for c in chunks),
+            max_query_len=max_q,
+            context_len=context,
+            single_slot=chunks[0].slot if len(chunks) == 1 else None,
         )

@@ -15,7 +15,6 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
-
 from specdec.engine.config import ModelConfig
 from specdec.engine.errors import CheckpointError
 from specdec.engine.model import DecoderModel
@@ -69,8 +68,9 @@ def weight_files(folder: Path) -> list[Path]:
     raise CheckpointError(f"{folder}: no {SINGLE_FILE} and no {INDEX_FILE}")
 
 
-def load_state_dict(folder: Path, dtype: torch.dtype, device: torch.device | str
-                    ) -> dict[str, torch.Tensor]:
+def load_state_dict(
+    folder: Path, dtype: torch.dtype, device: torch.device | str
+) -> dict[str, torch.Tensor]:
     """All tensors of the checkpoint, cast to ``dtype`` (floating ones) and moved to ``device``."""
     state: dict[str, torch.Tensor] = {}
     for path in weight_files(folder):
@@ -89,8 +89,9 @@ def load_state_dict(folder: Path, dtype: torch.dtype, device: torch.device | str
     return state
 
 
-def load_model(folder: str | Path, dtype: torch.dtype = torch.float32,
-               device: torch.device | str = "cpu") -> DecoderModel:
+def load_model(
+    folder: str | Path, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+) -> DecoderModel:
     """Build the model from ``folder`` in ``dtype`` on ``device``, ready for inference."""
     folder = Path(folder)
     cfg = load_config(folder)
@@ -112,8 +113,10 @@ def load_model(folder: str | Path, dtype: torch.dtype = torch.float32,
         )
     for name, shape in expected.items():
         if state[name].shape != shape:
-            raise CheckpointError(f"{folder}: tensor {name} has shape {tuple(state[name].shape)}, "
-                                  f"config.json implies {tuple(shape)}")
+            raise CheckpointError(
+                f"{folder}: tensor {name} has shape {tuple(state[name].shape)}, "
+                f"config.json implies {tuple(shape)}"
+            )
     model.load_state_dict(state, strict=not cfg.tie_word_embeddings, assign=True)
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight

@@ -101,9 +101,16 @@ class ModelConfig:
         return replace(self, eos_token_ids=eos_token_ids)
 
     def _check(self, source: str) -> None:
-        positive = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                    "num_attention_heads", "num_key_value_heads", "head_dim",
-                    "max_position_embeddings")
+        positive = (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "head_dim",
+            "max_position_embeddings",
+        )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise CheckpointError(f"{source}: {name} must be positive")
@@ -161,5 +168,7 @@ def _family_switches(raw: dict[str, Any], model_type: str, source: str) -> dict[
         window = raw.get("sliding_window")
         out["sliding_window"] = int(window) if window else None
     if model_type in ("qwen2", "qwen3") and raw.get("use_sliding_window"):
-        raise CheckpointError(f"{source}: use_sliding_window=true is not supported for {model_type}")
+        raise CheckpointError(
+            f"{source}: use_sliding_window=true is not supported for {model_type}"
+        )
     return out

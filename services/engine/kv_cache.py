@@ -12,16 +12,22 @@ Non-goals: paging, prefix sharing between slots, eviction policy (the services d
 from __future__ import annotations
 
 import torch
-
 from specdec.engine.errors import InvalidRequest, OutOfSlots
 
 
 class KVCache:
     """Keys and values of ``num_slots`` sequences of up to ``max_seq_len`` tokens each."""
 
-    def __init__(self, num_layers: int, num_slots: int, max_seq_len: int, num_kv_heads: int,
-                 head_dim: int, dtype: torch.dtype = torch.float32,
-                 device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        num_layers: int,
+        num_slots: int,
+        max_seq_len: int,
+        num_kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> None:
         if num_slots <= 0 or max_seq_len <= 0:
             raise ValueError("num_slots and max_seq_len must be positive")
         shape = (num_slots, max_seq_len, num_kv_heads, head_dim)
@@ -61,16 +67,20 @@ class KVCache:
         self._check(slot)
         new_len = self._lengths[slot] + num_tokens
         if num_tokens < 0 or new_len > self.max_seq_len:
-            raise InvalidRequest("positions", f"slot {slot} cannot grow to {new_len} tokens "
-                                 f"(capacity {self.max_seq_len})")
+            raise InvalidRequest(
+                "positions",
+                f"slot {slot} cannot grow to {new_len} tokens (capacity {self.max_seq_len})",
+            )
         self._lengths[slot] = new_len
 
     def rollback_to(self, slot: int, length: int) -> None:
         """Forget every position at or after ``length``. Copies nothing."""
         self._check(slot)
         if not 0 <= length <= self._lengths[slot]:
-            raise InvalidRequest("position", f"cannot roll slot {slot} back to {length}: "
-                                 f"it holds {self._lengths[slot]} tokens")
+            raise InvalidRequest(
+                "position",
+                f"cannot roll slot {slot} back to {length}: it holds {self._lengths[slot]} tokens",
+            )
         self._lengths[slot] = length
 
     @property
@@ -87,21 +97,35 @@ class KVCache:
 
     # --- tensor access for the model ------------------------------------------------------------
 
-    def write(self, layer: int, slots: torch.Tensor, positions: torch.Tensor,
-              keys: torch.Tensor, values: torch.Tensor) -> None:
-        """Store one layer's new keys/values.  # slots, positions [T] int64; keys/values [T, Hkv, D]"""
+    def write(
+        self,
+        layer: int,
+        slots: torch.Tensor,
+        positions: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+    ) -> None:
+        """Store one layer's new keys and values at their slots and positions.
+
+        slots, positions [T] int64; keys, values [T, Hkv, D].
+        """
         self.keys[layer][slots, positions] = keys
         self.values[layer][slots, positions] = values
 
-    def read(self, layer: int, slot_ids: torch.Tensor, context_len: int,
-             single_slot: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def read(
+        self, layer: int, slot_ids: torch.Tensor, context_len: int, single_slot: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """First ``context_len`` positions of each slot.  # slot_ids [B] → 2 x [B, S, Hkv, D]
 
         With ``single_slot`` (B == 1) the result is a view of the slab, not a copy.
         """
         if single_slot is not None:
             s = single_slot
-            return (self.keys[layer][s : s + 1, :context_len],
-                    self.values[layer][s : s + 1, :context_len])
-        return (self.keys[layer][slot_ids, :context_len],
-                self.values[layer][slot_ids, :context_len])
+            return (
+                self.keys[layer][s : s + 1, :context_len],
+                self.values[layer][s : s + 1, :context_len],
+            )
+        return (
+            self.keys[layer][slot_ids, :context_len],
+            self.values[layer][slot_ids, :context_len],
+        )

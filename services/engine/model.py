@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from specdec.engine.batch import ForwardBatch
 from specdec.engine.config import ModelConfig
 from specdec.engine.kv_cache import KVCache
 from specdec.engine.rope import apply_rope, cos_sin, inv_frequencies
+from torch import nn
 
 
 class RMSNorm(nn.Module):
@@ -53,8 +52,14 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(d, cfg.rms_norm_eps)
         self.qk_norm = cfg.qk_norm
 
-    def forward(self, x: torch.Tensor, batch: ForwardBatch, cache: KVCache,
-                cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:  # x [T, C]
+    def forward(
+        self,
+        x: torch.Tensor,
+        batch: ForwardBatch,
+        cache: KVCache,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+    ) -> torch.Tensor:  # x [T, C]
         t = x.shape[0]
         q = self.q_proj(x).view(t, self.num_heads, self.head_dim)  # [T, Hq, D]
         k = self.k_proj(x).view(t, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
@@ -64,8 +69,9 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         cache.write(self.layer, batch.token_slots, batch.positions, k, v)
 
-        keys, values = cache.read(self.layer, batch.slot_ids, batch.context_len,
-                                  batch.single_slot)  # [B, S, Hkv, D] each
+        keys, values = cache.read(
+            self.layer, batch.slot_ids, batch.context_len, batch.single_slot
+        )  # [B, S, Hkv, D] each
         if batch.single_slot is not None:  # one sequence: no padding needed
             q_pad = q[None]  # [1, L, Hq, D]
         else:
@@ -104,8 +110,14 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, batch: ForwardBatch, cache: KVCache,
-                cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:  # x [T, C]
+    def forward(
+        self,
+        x: torch.Tensor,
+        batch: ForwardBatch,
+        cache: KVCache,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+    ) -> torch.Tensor:  # x [T, C]
         x = x + self.self_attn(self.input_layernorm(x), batch, cache, cos, sin)
         return x + self.mlp(self.post_attention_layernorm(x))
 
@@ -137,9 +149,15 @@ class DecoderModel(nn.Module):
         """A cache shaped for this model, on its device and in its dtype."""
         cfg = self.config
         weight = self.lm_head.weight
-        return KVCache(cfg.num_hidden_layers, num_slots,
-                       max_seq_len or cfg.max_position_embeddings, cfg.num_key_value_heads,
-                       cfg.head_dim, dtype=weight.dtype, device=weight.device)
+        return KVCache(
+            cfg.num_hidden_layers,
+            num_slots,
+            max_seq_len or cfg.max_position_embeddings,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+            dtype=weight.dtype,
+            device=weight.device,
+        )
 
     def forward(self, batch: ForwardBatch, cache: KVCache) -> torch.Tensor:
         """Run the chunks, write their keys/values, return fp32 logits.  # → [N, V]"""

@@ -43,8 +43,9 @@ def _llama3_scale(inv_freq: torch.Tensor, factor: float, scaling: dict[str, Any]
     return torch.where(is_medium, smoothed, scaled)
 
 
-def cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype
-            ) -> tuple[torch.Tensor, torch.Tensor]:
+def cos_sin(
+    positions: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin tables for absolute ``positions``.  # positions [T] int64 → 2 x [T, D] dtype"""
     freqs = positions.float()[:, None] * inv_freq[None, :]  # [T, D/2] fp32
     emb = torch.cat((freqs, freqs), dim=-1)  # [T, D]

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-
 from specdec.engine.batch import Chunk, ForwardBatch
 from specdec.engine.errors import InvalidRequest
 from specdec.engine.kv_cache import KVCache
@@ -21,8 +20,9 @@ from specdec.engine.model import DecoderModel
 class ModelRunner:
     """Runs ``DecoderModel`` forwards over a slot cache of ``num_slots`` sequences."""
 
-    def __init__(self, model: DecoderModel, num_slots: int = 8,
-                 max_seq_len: int | None = None) -> None:
+    def __init__(
+        self, model: DecoderModel, num_slots: int = 8, max_seq_len: int | None = None
+    ) -> None:
         self.model = model.eval()
         self.config = model.config
         self.cache: KVCache = model.new_cache(num_slots, max_seq_len)
@@ -37,7 +37,7 @@ class ModelRunner:
         return self.cache.max_seq_len
 
     def step(self, chunks: Sequence[Chunk]) -> list[torch.Tensor]:
-        """One forward over all ``chunks``; returns each chunk's logits.  # → [num_logits, V] fp32"""
+        """One forward over all ``chunks``; each chunk's logits.  # → [num_logits, V] fp32 each"""
         if not chunks:
             return []
         self._validate(chunks)
@@ -57,17 +57,23 @@ class ModelRunner:
             seen.add(chunk.slot)
             length = self.cache.length(chunk.slot)  # also checks the slot is allocated
             if chunk.start_pos != length:
-                raise InvalidRequest("position", f"slot {chunk.slot} holds {length} tokens; "
-                                     f"a chunk must start there, not at {chunk.start_pos}")
+                raise InvalidRequest(
+                    "position",
+                    f"slot {chunk.slot} holds {length} tokens; "
+                    f"a chunk must start there, not at {chunk.start_pos}",
+                )
             n = len(chunk.token_ids)
             if n == 0:
                 raise InvalidRequest("token_ids", "a chunk needs at least one token")
             if not 0 <= chunk.num_logits <= n:
                 raise InvalidRequest("num_logits", f"must be in [0, {n}], got {chunk.num_logits}")
             if length + n > self.cache.max_seq_len:
-                raise InvalidRequest("token_ids", f"{length + n} tokens exceed the context of "
-                                     f"{self.cache.max_seq_len}")
+                raise InvalidRequest(
+                    "token_ids",
+                    f"{length + n} tokens exceed the context of {self.cache.max_seq_len}",
+                )
             bad = [t for t in chunk.token_ids if not 0 <= t < vocab]
             if bad:
-                raise InvalidRequest("token_ids", f"token id {bad[0]} is outside the "
-                                     f"vocabulary [0, {vocab})")
+                raise InvalidRequest(
+                    "token_ids", f"token id {bad[0]} is outside the vocabulary [0, {vocab})"
+                )

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tokenizers import Tokenizer as _HFTokenizer
-
 from specdec.engine.errors import CheckpointError
+from tokenizers import Tokenizer as _HFTokenizer
 
 
 class Tokenizer:

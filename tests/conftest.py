@@ -1,0 +1,27 @@
+"""Shared fixtures: small real checkpoints written once per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fixtures import perturbed_copy, save_random_model
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder holding a tiny target, and drafts that agree with it fully, mostly, or barely."""
+    root = tmp_path_factory.mktemp("models")
+    # A larger init range gives peaked, decisive distributions (like a trained model).
+    save_random_model(root / "target", "llama", seed=0, initializer_range=0.15)
+    perturbed_copy(root / "target", root / "draft_close", scale=0.03)
+    save_random_model(
+        root / "draft_other",
+        "llama",
+        seed=7,
+        initializer_range=0.15,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+    )
+    return root

@@ -1,0 +1,213 @@
+"""In-process speculative generation: exact under greedy, faithful under sampling, clean errors."""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from scipy.stats import chisquare
+from specdec.engine.batch import Chunk
+from specdec.engine.checkpoint import load_model
+from specdec.engine.errors import InvalidRequest
+from specdec.engine.proposer_draft import DraftModelProposer
+from specdec.engine.proposer_ngram import NgramProposer
+from specdec.engine.runner import ModelRunner
+from specdec.engine.sampling import SamplingParams, target_probs
+from specdec.engine.speculative import generate
+
+pytestmark = pytest.mark.unit
+
+PROMPTS = [[5, 17, 33, 2, 99, 100, 7], [1], [40, 41, 42, 40, 41, 42, 40, 41], list(range(3, 60))]
+GREEDY = SamplingParams()
+
+
+@pytest.fixture(scope="module")
+def target(model_dir: Path) -> ModelRunner:
+    return ModelRunner(load_model(model_dir / "target"), num_slots=2)
+
+
+@pytest.fixture(scope="module")
+def drafts(model_dir: Path) -> dict[str, ModelRunner]:
+    return {
+        name: ModelRunner(load_model(model_dir / name), num_slots=2)
+        for name in ("draft_close", "draft_other")
+    }
+
+
+def plain(
+    target: ModelRunner, prompt: list[int], n: int, params: SamplingParams = GREEDY
+) -> list[int]:
+    return generate(target, prompt, params, n, None, 0, stop_token_ids=[]).token_ids
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 8])
+def test_greedy_with_draft_model_equals_target_only(target, drafts, prompt, k):
+    expected = plain(target, prompt, 40)
+    for runner in drafts.values():
+        got = generate(target, prompt, GREEDY, 40, DraftModelProposer(runner), k, stop_token_ids=[])
+        assert got.token_ids == expected
+        assert got.stats.output_tokens == 40
+
+
+def test_greedy_with_identical_draft_accepts_everything(model_dir, target):
+    same = ModelRunner(load_model(model_dir / "target"), num_slots=1)
+    got = generate(target, PROMPTS[0], GREEDY, 41, DraftModelProposer(same), 4, stop_token_ids=[])
+    assert got.token_ids == plain(target, PROMPTS[0], 41)
+    assert got.stats.acceptance_rate == 1.0
+    assert got.stats.rounds == 41 // 5 + 1  # 5 tokens a round, the last round cut to the budget
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_greedy_with_ngram_equals_target_only(target, prompt):
+    got = generate(target, prompt, GREEDY, 40, NgramProposer(), 4, stop_token_ids=[])
+    assert got.token_ids == plain(target, prompt, 40)
+
+
+def test_ngram_drafts_run_and_some_are_accepted(target):
+    # A random model rarely repeats itself; the repetitive prompt gives lookup something to find.
+    got = generate(target, PROMPTS[2], GREEDY, 150, NgramProposer(), 4, stop_token_ids=[])
+    assert got.token_ids == plain(target, PROMPTS[2], 150)
+    assert got.stats.draft_tokens > 100
+    assert 0 < got.stats.accepted_tokens <= got.stats.draft_tokens
+
+
+def test_depth_callback_sees_stats_and_varies_k(target, drafts):
+    seen: list[int] = []
+
+    def depth(stats):
+        seen.append(stats.rounds)
+        return [0, 1, 5, 2, 8][stats.rounds % 5]
+
+    proposer = DraftModelProposer(drafts["draft_close"])
+    got = generate(target, PROMPTS[0], GREEDY, 40, proposer, depth, stop_token_ids=[])
+    assert got.token_ids == plain(target, PROMPTS[0], 40)
+    assert seen[:3] == [0, 1, 2]
+    assert got.stats.depths[:5] == [0, 1, 5, 2, 8]
+
+
+def test_stops_at_eos_and_reports_reason(target):
+    free = plain(target, PROMPTS[0], 30)
+    eos = free[10]
+    got = generate(target, PROMPTS[0], GREEDY, 30, NgramProposer(), 4, stop_token_ids=[eos])
+    assert got.token_ids == free[: free.index(eos) + 1]
+    assert got.finish_reason == "stop"
+    assert generate(target, PROMPTS[0], GREEDY, 5, None, 0, [-1]).finish_reason == "length"
+
+
+def test_context_end_finishes_with_length(model_dir):
+    runner = ModelRunner(load_model(model_dir / "target"), num_slots=1, max_seq_len=20)
+    got = generate(runner, PROMPTS[0], GREEDY, 100, NgramProposer(), 8, stop_token_ids=[])
+    assert len(PROMPTS[0]) + len(got.token_ids) == 20
+    assert got.finish_reason == "length"
+
+
+def test_slots_are_freed_after_success_and_error(target, drafts):
+    draft = drafts["draft_close"]
+    generate(target, PROMPTS[0], GREEDY, 5, DraftModelProposer(draft), 3)
+    with pytest.raises(InvalidRequest):
+        generate(target, [10**6], GREEDY, 5, DraftModelProposer(draft), 3)
+    assert target.cache.slots_in_use == 0
+    assert draft.cache.slots_in_use == 0
+
+
+@pytest.mark.parametrize(
+    ("prompt", "max_tokens", "k", "params", "field"),
+    [
+        ([], 5, 2, GREEDY, "prompt"),
+        ([1, 2, 320], 5, 2, GREEDY, "prompt"),
+        ([1] * 256, 5, 2, GREEDY, "prompt"),
+        ([1, 2], 0, 2, GREEDY, "max_tokens"),
+        ([1, 2], 5, -1, GREEDY, "k"),
+        ([1, 2], 5, 17, GREEDY, "k"),
+        ([1, 2], 5, 2, SamplingParams(temperature=-1.0), "temperature"),
+        ([1, 2], 5, 2, SamplingParams(temperature=1.0, top_p=0.0), "top_p"),
+    ],
+)
+def test_bad_input_names_the_field(target, prompt, max_tokens, k, params, field):
+    with pytest.raises(InvalidRequest) as err:
+        generate(target, prompt, params, max_tokens, NgramProposer(), k)
+    assert err.value.field == field
+    assert target.cache.slots_in_use == 0
+
+
+def test_seeded_sampling_is_reproducible(target, drafts):
+    params = SamplingParams(temperature=1.0, top_p=0.95, seed=1234)
+
+    def run(proposer):
+        return generate(target, PROMPTS[0], params, 30, proposer, 4, stop_token_ids=[]).token_ids
+
+    draft = drafts["draft_close"]
+    assert run(DraftModelProposer(draft)) == run(DraftModelProposer(draft))
+    assert run(None) == run(None)
+    other = SamplingParams(temperature=1.0, top_p=0.95, seed=4321)
+    assert generate(target, PROMPTS[0], other, 30, None, 0).token_ids != run(None)
+
+
+def _exact_two_token_marginals(
+    target: ModelRunner, prompt: list[int], params: SamplingParams
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """P(first token) and P(second token) of plain sampling, computed exactly."""
+    slot = target.cache.allocate()
+    try:
+        logits = target.step([Chunk(slot, prompt, 0, 1)])[0]
+        first = target_probs(logits, params)[0].double()  # [V]
+        second = torch.zeros_like(first)
+        for tok in torch.nonzero(first).flatten().tolist():
+            nxt = target.step([Chunk(slot, [tok], len(prompt), 1)])[0]
+            target.cache.rollback_to(slot, len(prompt))
+            second += first[tok] * target_probs(nxt, params)[0].double()
+    finally:
+        target.cache.free(slot)
+    return first, second
+
+
+@pytest.mark.slow
+def test_speculative_sampling_keeps_the_target_distribution(target, drafts):
+    """Chi-square of the first two generated tokens against the exact target marginals."""
+    params = SamplingParams(temperature=1.5, top_k=6)
+    prompt = PROMPTS[0]
+    first, second = _exact_two_token_marginals(target, prompt, params)
+    draft = drafts["draft_close"]
+    n = 2000
+    counts: list[Counter[int]] = [Counter(), Counter()]
+    accepted = 0
+    for seed in range(n):
+        p = SamplingParams(temperature=1.5, top_k=6, seed=seed)
+        got = generate(
+            target, prompt, p, 2, DraftModelProposer(draft, top_m=4), 1, stop_token_ids=[]
+        )
+        accepted += got.stats.accepted_tokens
+        for i in (0, 1):
+            counts[i][got.token_ids[i]] += 1
+    assert accepted > n // 10  # the draft path really ran
+    for position, exact in ((0, first), (1, second)):
+        support = torch.nonzero(exact > 1e-3).flatten().tolist()
+        observed = [counts[position][t] for t in support]
+        expected = (exact[support] / exact[support].sum() * sum(observed)).tolist()
+        assert sum(observed) >= 0.99 * n
+        assert chisquare(observed, expected).pvalue > 1e-4, (position, observed, expected)
+
+
+def test_draft_and_target_slots_hold_committed_tokens_only(model_dir, target):
+    """After a run the draft cache mirrors a prefix of what was committed (rollback works)."""
+    runner = ModelRunner(load_model(model_dir / "draft_close"), num_slots=1)
+    proposer = DraftModelProposer(runner)
+    params = GREEDY
+    committed = list(PROMPTS[0])
+    for _ in range(5):
+        proposal = proposer.propose(committed, 4, params, seed=0)
+        # It fed everything committed and its own drafts but the last.
+        assert proposer.cached == committed + proposal.draft_token_ids[:-1]
+        assert runner.cache.length(proposer.slot) == len(proposer.cached)
+        committed += proposal.draft_token_ids[:2] + [3]  # accept two, then a "target" token
+    proposer.close()
+    assert runner.cache.slots_in_use == 0
+
+
+def test_draft_with_different_folder_copy_loads(tmp_path, model_dir):
+    shutil.copytree(model_dir / "target", tmp_path / "copy")
+    assert load_model(tmp_path / "copy").config == load_model(model_dir / "target").config
