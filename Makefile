@@ -22,12 +22,13 @@ test: setup protos
 	$(PY) -m pytest
 
 lint: setup
-	$(VENV)/bin/ruff check services tests benchmarks
-	$(VENV)/bin/ruff format --check services tests benchmarks
+	$(VENV)/bin/ruff check services tests benchmarks tools
+	$(VENV)/bin/ruff format --check services tests benchmarks tools
+	$(VENV)/bin/mypy services/engine
 
 format: setup
-	$(VENV)/bin/ruff check --fix services tests benchmarks
-	$(VENV)/bin/ruff format services tests benchmarks
+	$(VENV)/bin/ruff check --fix services tests benchmarks tools
+	$(VENV)/bin/ruff format services tests benchmarks tools
 
 # Compiles protos/ into services/. The wire contract lands with the pipeline issue.
 protos:

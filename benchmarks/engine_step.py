@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 
 import torch
+
 from specdec.engine.batch import Chunk
 from specdec.engine.config import ModelConfig
 from specdec.engine.model import DecoderModel

@@ -5,7 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from fixtures import perturbed_copy, save_random_model
+
+# The test models are tiny: OpenMP threads only contend on a shared 2-core machine (an SDPA call
+# runs ~100x slower with two busy threads than with one).
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

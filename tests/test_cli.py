@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from specdec.engine.checkpoint import load_model
 from specdec.engine.runner import ModelRunner
 from specdec.engine.sampling import SamplingParams

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from specdec.engine.proposer_ngram import NgramProposer, lookup
 from specdec.engine.sampling import SamplingParams
 

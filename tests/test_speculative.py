@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from scipy.stats import chisquare
+
 from specdec.engine.batch import Chunk
 from specdec.engine.checkpoint import load_model
 from specdec.engine.errors import InvalidRequest

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
+
 from specdec.engine.config import ModelConfig
 from specdec.engine.errors import CheckpointError
 from specdec.engine.model import DecoderModel
@@ -128,3 +129,58 @@ def load_model(
 def _few(names: list[str], limit: int = 5) -> str:
     more = f" and {len(names) - limit} more" if len(names) > limit else ""
     return ", ".join(names[:limit]) + more
+
+
+def hf_config_dict(cfg: ModelConfig) -> dict[str, Any]:
+    """``config.json`` contents for a Llama-architecture ``cfg`` (what ``save_model`` writes)."""
+    if cfg.model_type != "llama":
+        raise ValueError("save_model writes Llama checkpoints only")
+    out: dict[str, Any] = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.num_hidden_layers,
+        "num_attention_heads": cfg.num_attention_heads,
+        "num_key_value_heads": cfg.num_key_value_heads,
+        "head_dim": cfg.head_dim,
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "rms_norm_eps": cfg.rms_norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "rope_scaling": cfg.rope_scaling,
+        "attention_bias": cfg.attention_bias,
+        "mlp_bias": cfg.mlp_bias,
+        "hidden_act": "silu",
+        "tie_word_embeddings": cfg.tie_word_embeddings,
+        "bos_token_id": cfg.bos_token_id,
+        "eos_token_id": cfg.eos_token_ids[0]
+        if len(cfg.eos_token_ids) == 1
+        else list(cfg.eos_token_ids),
+        "torch_dtype": "bfloat16",
+    }
+    return out
+
+
+def save_model(
+    model: DecoderModel, folder: str | Path, dtype: torch.dtype = torch.bfloat16
+) -> Path:
+    """Write ``model`` as a Hugging Face folder: config.json, generation_config.json and
+    model.safetensors in ``dtype`` (tied embeddings stored once)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = model.config
+    config = hf_config_dict(cfg)
+    config["torch_dtype"] = str(dtype).removeprefix("torch.")
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    generation = {"eos_token_id": config["eos_token_id"], "bos_token_id": cfg.bos_token_id}
+    (folder / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+    state = {
+        name: tensor.detach().to("cpu", dtype).contiguous()
+        for name, tensor in model.state_dict().items()
+        if not (cfg.tie_word_embeddings and name == "lm_head.weight")
+    }
+    save_file(state, str(folder / SINGLE_FILE), metadata={"format": "pt"})
+    return folder

@@ -12,6 +12,7 @@ Non-goals: paging, prefix sharing between slots, eviction policy (the services d
 from __future__ import annotations
 
 import torch
+
 from specdec.engine.errors import InvalidRequest, OutOfSlots
 
 

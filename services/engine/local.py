@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from specdec.engine.checkpoint import load_model
 from specdec.engine.errors import CheckpointError
 from specdec.engine.proposer import Proposer

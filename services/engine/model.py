@@ -4,18 +4,22 @@ Parameter names equal Hugging Face's (``model.layers.0.self_attn.q_proj.weight``
 checkpoint loads as a plain state dict. The forward takes a ``ForwardBatch`` of many sequences at
 their own positions and a ``KVCache``; linear layers see the flat [T, C] tokens (no padding),
 attention scatters queries into a padded [B, L] layout and reads each slot's cached keys.
+``forward_dense`` runs whole sequences without a cache, for the demo pair's training script.
 Non-goals: training features (dropout, gradient checkpointing), tensor parallelism, quantization.
 """
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from specdec.engine.batch import ForwardBatch
 from specdec.engine.config import ModelConfig
 from specdec.engine.kv_cache import KVCache
 from specdec.engine.rope import apply_rope, cos_sin, inv_frequencies
-from torch import nn
 
 
 class RMSNorm(nn.Module):
@@ -87,6 +91,25 @@ class Attention(nn.Module):
         out = out[0] if batch.single_slot is not None else out[batch.token_rows, batch.token_cols]
         return self.o_proj(out.reshape(t, self.num_heads * self.head_dim))  # [T, C]
 
+    def forward_dense(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> torch.Tensor:  # x [B, T, C], no cache: training and scoring
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim)  # [B, T, Hq, D]
+        k = self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim)  # [B, T, Hkv, D]
+        v = self.v_proj(x).view(b, t, self.num_kv_heads, self.head_dim)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            is_causal=True,
+            enable_gqa=self.num_heads != self.num_kv_heads,
+        ).transpose(1, 2)  # [B, T, Hq, D]
+        return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim))
+
 
 class MLP(nn.Module):
     """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
@@ -119,6 +142,12 @@ class DecoderLayer(nn.Module):
         sin: torch.Tensor,
     ) -> torch.Tensor:  # x [T, C]
         x = x + self.self_attn(self.input_layernorm(x), batch, cache, cos, sin)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+    def forward_dense(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> torch.Tensor:  # x [B, T, C]
+        x = x + self.self_attn.forward_dense(self.input_layernorm(x), cos, sin)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -167,3 +196,16 @@ class DecoderModel(nn.Module):
             x = layer(x, batch, cache, cos, sin)
         x = self.model.norm(x[batch.logit_indices])  # [N, C]
         return self.lm_head(x).float()  # [N, V]
+
+    def forward_dense(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Whole sequences from position 0, causal, no cache (training, scoring).
+
+        input_ids [B, T] int64 → logits [B, T, V] in the model's dtype.
+        """
+        t = input_ids.shape[1]
+        x = self.model.embed_tokens(input_ids)  # [B, T, C]
+        positions = torch.arange(t, device=input_ids.device)
+        cos, sin = cos_sin(positions, self.inv_freq, x.dtype)  # [T, D] each
+        for layer in self.model.layers:
+            x = cast(DecoderLayer, layer).forward_dense(x, cos, sin)
+        return self.lm_head(self.model.norm(x))

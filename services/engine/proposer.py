@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+
 from specdec.engine.sampling import SamplingParams
 
 # The deepest speculation any caller may ask for in one round.

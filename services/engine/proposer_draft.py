@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+
 from specdec.engine.batch import Chunk
 from specdec.engine.proposer import EMPTY_PROPOSAL, Proposal
 from specdec.engine.runner import ModelRunner

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+
 from specdec.engine.proposer import EMPTY_PROPOSAL, Proposal
 from specdec.engine.sampling import SamplingParams
 

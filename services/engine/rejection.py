@@ -40,7 +40,7 @@ from torch import Tensor
 from specdec.engine.errors import InvalidRequest
 from specdec.engine.sampling import sample_token
 
-# A sparse draft row must sum to 1 within this (fp16 on the wire stays well inside it).
+# A sparse draft row must sum to 1 within this (fp16 rounding on the wire stays inside it).
 DRAFT_PROBS_SUM_TOL = 1e-3
 
 
@@ -172,6 +172,8 @@ def _draft_prob_of_draft_tokens(
     than a handful of tiny tensor ops. Raises InvalidRequest("draft_probs").
     """
     k = len(draft_ids)
+    if k == 0 and sparse_ids.numel() == 0 and sparse_probs.numel() == 0:
+        return []  # plain decoding: nothing was drafted, any empty shape will do
     if sparse_ids.dim() != 2 or sparse_ids.shape[0] != k or sparse_ids.shape[1] < 1:
         raise InvalidRequest(
             "draft_probs", f"ids must be [{k}, M] with M >= 1, got {tuple(sparse_ids.shape)}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+
 from specdec.engine.batch import Chunk, ForwardBatch
 from specdec.engine.errors import InvalidRequest
 from specdec.engine.kv_cache import KVCache

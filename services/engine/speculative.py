@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
+
 from specdec.engine.batch import Chunk
 from specdec.engine.errors import InvalidRequest
 from specdec.engine.proposer import EMPTY_PROPOSAL, MAX_SPEC_DEPTH, Proposal, Proposer

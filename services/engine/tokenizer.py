@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from specdec.engine.errors import CheckpointError
 from tokenizers import Tokenizer as _HFTokenizer
+
+from specdec.engine.errors import CheckpointError
 
 
 class Tokenizer:

@@ -1,1 +1,1 @@
-"""The verifier service: owns the target model and decides what is accepted (see issue: pipeline)."""
+"""The verifier service: owns the target model and decides what is accepted (pipeline issue)."""
