@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[engine,dev]"
 	touch $(STAMP)
 
-run: setup
+run: setup protos
 	$(VENV)/bin/specdec up
 
 test: setup protos
@@ -30,9 +30,18 @@ format: setup
 	$(VENV)/bin/ruff check --fix services tests benchmarks tools
 	$(VENV)/bin/ruff format services tests benchmarks tools
 
-# Compiles protos/ into services/. The wire contract lands with the pipeline issue.
-protos:
-	@echo "protos: no .proto files yet"
+# Compiles protos/ into services/v1/ (imported as specdec.v1), with .pyi stubs.
+PROTOS := $(wildcard protos/specdec/v1/*.proto)
+PROTO_STAMP := services/v1/.generated
+
+protos: $(PROTO_STAMP)
+
+$(PROTO_STAMP): $(PROTOS) $(STAMP)
+	rm -rf build/protos && mkdir -p build/protos
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=build/protos --pyi_out=build/protos \
+		--grpc_python_out=build/protos $(PROTOS)
+	cp build/protos/specdec/v1/*.py build/protos/specdec/v1/*.pyi services/v1/
+	touch $@
 
 # Cost of verifying k tokens vs one decode step, and batched vs sequential throughput.
 bench-engine: setup

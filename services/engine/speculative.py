@@ -15,19 +15,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import torch
-
-from specdec.engine.batch import Chunk
 from specdec.engine.errors import InvalidRequest
-from specdec.engine.proposer import EMPTY_PROPOSAL, MAX_SPEC_DEPTH, Proposal, Proposer
-from specdec.engine.rejection import VerifyResult, verify_greedy, verify_sampling
+from specdec.engine.proposer import EMPTY_PROPOSAL, MAX_SPEC_DEPTH, Proposer
 from specdec.engine.runner import ModelRunner
-from specdec.engine.sampling import (
-    STREAM_TARGET,
-    SamplingParams,
-    position_generator,
-    target_probs,
-)
+from specdec.engine.sampling import SamplingParams
+from specdec.engine.sequence import SequenceState, VerifyItem, verify_batch
 
 
 @dataclass
@@ -127,13 +119,11 @@ def generate(
         depth_fn = fixed_depth(depth) if isinstance(depth, int) else depth
         stops = set(target.config.eos_token_ids if stop_token_ids is None else stop_token_ids)
         seed = params.seed if params.seed is not None else random.getrandbits(63)
-        slot = target.cache.allocate()
+        seq = SequenceState(target.cache.allocate(), list(prompt_ids), params, seed)
         try:
-            return _run(
-                target, slot, list(prompt_ids), params, max_tokens, proposer, depth_fn, stops, seed
-            )
+            return _run(target, seq, max_tokens, proposer, depth_fn, stops)
         finally:
-            target.cache.free(slot)
+            target.cache.free(seq.slot)
     finally:
         if proposer is not None:
             proposer.close()
@@ -141,35 +131,31 @@ def generate(
 
 def _run(
     target: ModelRunner,
-    slot: int,
-    committed: list[int],
-    params: SamplingParams,
+    seq: SequenceState,
     max_tokens: int,
     proposer: Proposer | None,
     depth_fn: DepthFn,
     stops: set[int],
-    seed: int,
 ) -> GenerationResult:
     """The speculation loop proper: propose, verify, commit, until a stop or the budget."""
-    stats = GenerationStats(prompt_tokens=len(committed))
+    stats = GenerationStats(prompt_tokens=len(seq.committed))
     generated: list[int] = []
     finish = "length"
     started = time.perf_counter()
-    while len(generated) < max_tokens and len(committed) < target.max_seq_len:
+    while len(generated) < max_tokens and len(seq.committed) < target.max_seq_len:
         # Room for k drafts + 1 target token, within the budget and the context.
-        room = min(max_tokens - len(generated), target.max_seq_len - len(committed)) - 1
+        room = min(max_tokens - len(generated), target.max_seq_len - len(seq.committed)) - 1
+        proposal = EMPTY_PROPOSAL
         k = 0
         if proposer is not None:
             k = depth_fn(stats)
             check_depth(k)
             k = min(k, room)
-        proposal = (
-            proposer.propose(committed, k, params, seed) if proposer and k else EMPTY_PROPOSAL
-        )
-        result = _verify_round(target, slot, committed, proposal, params, seed)
+            if k > 0:
+                proposal = proposer.propose(seq.committed, k, seq.params, seq.seed)
+        result = verify_batch(target, [VerifyItem(seq, proposal)])[0]
         stats.record(k, len(proposal), result.num_accepted)
-        for token in proposal.draft_token_ids[: result.num_accepted] + [result.next_token_id]:
-            committed.append(token)
+        for token in result.token_ids(proposal.draft_token_ids):
             generated.append(token)
             if token in stops:
                 finish = "stop"
@@ -183,34 +169,3 @@ def _run(
     stats.output_tokens = len(generated)
     stats.elapsed_s = time.perf_counter() - started
     return GenerationResult(generated, finish, stats)
-
-
-def _verify_round(
-    target: ModelRunner,
-    slot: int,
-    committed: list[int],
-    proposal: Proposal,
-    params: SamplingParams,
-    seed: int,
-) -> VerifyResult:
-    """Feed the unfed committed tokens plus the drafts; keep what the target accepts."""
-    cached = target.cache.length(slot)
-    n = len(committed)
-    tokens = committed[cached:] + proposal.draft_token_ids  # [n - cached + K]
-    k = len(proposal)
-    logits = target.step([Chunk(slot, tokens, cached, num_logits=k + 1)])[0]  # [K+1, V]
-    if params.is_greedy:
-        result = verify_greedy(proposal.draft_token_ids, logits)
-    else:
-        generators = [position_generator(seed, n + j, STREAM_TARGET) for j in range(k + 1)]
-        probs = target_probs(logits, params)  # [K+1, V]
-        sparse_ids, sparse_probs = proposal.draft_sparse_ids, proposal.draft_sparse_probs
-        if sparse_ids is None or sparse_probs is None:  # k == 0: no draft distribution
-            sparse_ids = torch.empty(0, 1, dtype=torch.int64)  # [0, 1]
-            sparse_probs = torch.empty(0, 1)  # [0, 1]
-        result = verify_sampling(
-            proposal.draft_token_ids, sparse_ids, sparse_probs, probs, generators
-        )
-    # Keep the committed tokens and the accepted drafts; the next token is fed next round.
-    target.cache.rollback_to(slot, n + result.num_accepted)
-    return result
