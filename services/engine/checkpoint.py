@@ -16,7 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from specdec.engine.config import ModelConfig
+from specdec.engine.config import ModelConfig, load_config, read_json
 from specdec.engine.errors import CheckpointError
 from specdec.engine.model import DecoderModel
 from specdec.engine.rope import inv_frequencies
@@ -25,34 +25,6 @@ SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 # Tensors some checkpoints carry that the engine recomputes instead of loading.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from ``path``, or a ``CheckpointError`` saying what is wrong with it."""
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    return data
-
-
-def load_config(folder: str | Path) -> ModelConfig:
-    """The model's config, with eos ids from ``generation_config.json`` when it has them."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise CheckpointError(f"{folder}: not a directory (expected a model folder)")
-    path = folder / "config.json"
-    cfg = ModelConfig.from_hf_dict(read_json(path), source=str(path))
-    gen_path = folder / "generation_config.json"
-    if gen_path.is_file():
-        eos = read_json(gen_path).get("eos_token_id")
-        if eos is not None:
-            cfg = cfg.with_eos((eos,) if isinstance(eos, int) else tuple(int(e) for e in eos))
-    return cfg
 
 
 def weight_files(folder: Path) -> list[Path]:

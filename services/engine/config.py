@@ -2,12 +2,15 @@
 
 One frozen dataclass covers Llama 2/3/3.x, Mistral, Qwen2/2.5 and Qwen3: they differ only in a
 few switches (bias on q/k/v, RMSNorm on q and k, tied embeddings, RoPE scaling, sliding window).
+Imports no torch: the router reads the eos ids from here too.
 Non-goals: vision towers, mixtures of experts, anything not a dense decoder.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from specdec.engine.errors import CheckpointError
@@ -172,3 +175,31 @@ def _family_switches(raw: dict[str, Any], model_type: str, source: str) -> dict[
             f"{source}: use_sliding_window=true is not supported for {model_type}"
         )
     return out
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``, or a ``CheckpointError`` saying what is wrong with it."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return data
+
+
+def load_config(folder: str | Path) -> ModelConfig:
+    """The model's config, with eos ids from ``generation_config.json`` when it has them."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: not a directory (expected a model folder)")
+    path = folder / "config.json"
+    cfg = ModelConfig.from_hf_dict(read_json(path), source=str(path))
+    gen_path = folder / "generation_config.json"
+    if gen_path.is_file():
+        eos = read_json(gen_path).get("eos_token_id")
+        if eos is not None:
+            cfg = cfg.with_eos((eos,) if isinstance(eos, int) else tuple(int(e) for e in eos))
+    return cfg

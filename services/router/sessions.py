@@ -33,7 +33,6 @@ import time
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -239,7 +238,7 @@ class SessionStore:
         """The session's record, or None if unknown, expired, or Redis is unavailable."""
         local = self._pending.get(session_id) or self._in_flight.get(session_id)
         if local is not None:
-            return local
+            return dataclasses.replace(local)  # a copy: the queued record stays as put
         if time.monotonic() < self._reads_resume_at:
             self.reads_skipped += 1
             return None

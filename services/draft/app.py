@@ -1,0 +1,63 @@
+"""Wiring of a draft replica: load the draft model (optional), warm up, serve."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from specdec.draft.core import DraftCore
+from specdec.draft.server import DraftServicer
+from specdec.engine.checkpoint import load_model
+from specdec.engine.local import default_device, default_dtype
+from specdec.engine.runner import ModelRunner
+from specdec.serving.server import Running, serve_forever, start_server
+from specdec.v1 import draft_pb2, draft_pb2_grpc
+from specdec.verifier.app import warm_up
+from specdec.verifier.server import model_name
+
+log = logging.getLogger("specdec.draft")
+
+
+@dataclass(frozen=True)
+class DraftConfig:
+    model: str | None  # draft model folder; None serves prompt lookup only
+    listen: str = "127.0.0.1:50053"  # host:port; port 0 picks a free one
+    device: str | None = None  # cpu, cuda, cuda:1 ...; default: cuda when present
+    slots: int = 16  # KV-cache slots: concurrent sequences
+    max_seq_len: int = 2048  # tokens per slot (capped by the model's context)
+    vocab_size: int | None = None  # the target's vocabulary (drafts stay below it)
+
+
+def build_core(cfg: DraftConfig) -> tuple[DraftCore, int]:
+    if cfg.model is None:
+        return DraftCore(None, cfg.vocab_size, max_seq_len=cfg.max_seq_len), cfg.vocab_size or 0
+    device = cfg.device or default_device()
+    log.info("loading draft %s on %s", cfg.model, device)
+    model = load_model(cfg.model, default_dtype(device), device)
+    max_len = min(cfg.max_seq_len, model.config.max_position_embeddings)
+    runner = ModelRunner(model, num_slots=cfg.slots, max_seq_len=max_len)
+    warm_up(runner)
+    vocab = cfg.vocab_size or runner.vocab_size
+    return DraftCore(runner, min(vocab, runner.vocab_size)), vocab
+
+
+async def start(cfg: DraftConfig) -> Running:
+    core, vocab = await asyncio.to_thread(build_core, cfg)
+    name = model_name(cfg.model) if cfg.model else "ngram"
+    servicer = DraftServicer(core, name, vocab or (1 << 31))
+    running = await start_server(
+        cfg.listen,
+        [lambda s: draft_pb2_grpc.add_DraftServicer_to_server(servicer, s)],
+        [draft_pb2.DESCRIPTOR.services_by_name["Draft"].full_name],
+    )
+    await running.set_serving(True)
+    log.info("draft ready on port %d", running.port)
+    return running
+
+
+def main(cfg: DraftConfig) -> None:
+    async def run() -> None:
+        await serve_forever(await start(cfg))
+
+    asyncio.run(run())

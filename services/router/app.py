@@ -1,0 +1,94 @@
+"""Wiring of the router: tokenizer, replica pools, Redis sessions, the public server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from specdec.engine.config import load_config
+from specdec.engine.tokenizer import Tokenizer
+from specdec.router.replicas import ReplicaPool
+from specdec.router.request import Limits
+from specdec.router.server import GenerationServicer
+from specdec.router.sessions import SessionStore
+from specdec.router.speculation import RouterDeps
+from specdec.serving.server import Running, serve_forever, start_server
+from specdec.v1 import draft_pb2_grpc, generation_pb2, generation_pb2_grpc, verifier_pb2_grpc
+
+log = logging.getLogger("specdec.router")
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    model: str  # target model folder: tokenizer.json, config.json (no weights needed)
+    verifiers: tuple[str, ...]  # verifier addresses host:port
+    drafts: tuple[str, ...] = ()  # draft addresses; none: plain decoding only
+    listen: str = "127.0.0.1:50051"  # host:port; port 0 picks a free one
+    draft_model: str = ""  # shown by GetInfo
+    redis_url: str | None = None  # None: no session affinity
+    default_policy: str = "goodput"  # depth policy when a request names none
+    max_depth: int = 8  # the deepest k the adaptive policies choose
+    max_context_tokens: int = 2048  # prompt + output (must not exceed the verifiers')
+    max_output_tokens: int = 4096  # largest max_tokens accepted
+    session_ttl_s: int = 3600
+
+
+def build_deps(cfg: RouterConfig) -> RouterDeps:
+    model_cfg = load_config(cfg.model)
+    tokenizer = Tokenizer.from_folder(cfg.model)
+    limits = Limits(
+        vocab_size=model_cfg.vocab_size,
+        max_context_tokens=min(cfg.max_context_tokens, model_cfg.max_position_embeddings),
+        max_output_tokens=cfg.max_output_tokens,
+    )
+    verifiers = ReplicaPool("verifier", verifier_pb2_grpc.VerifierStub)
+    verifiers.set_addresses(list(cfg.verifiers))
+    drafts = ReplicaPool("draft", draft_pb2_grpc.DraftStub)
+    drafts.set_addresses(list(cfg.drafts))
+    sessions = SessionStore(cfg.redis_url, ttl_s=cfg.session_ttl_s) if cfg.redis_url else None
+    return RouterDeps(
+        tokenizer=tokenizer,
+        limits=limits,
+        eos_token_ids=frozenset(model_cfg.eos_token_ids),
+        verifiers=verifiers,
+        drafts=drafts,
+        sessions=sessions,
+        default_policy=cfg.default_policy,
+        max_depth=cfg.max_depth,
+    )
+
+
+async def start(cfg: RouterConfig) -> tuple[Running, RouterDeps]:
+    deps = build_deps(cfg)
+    if deps.sessions is not None:
+        await deps.sessions.start()
+    servicer = GenerationServicer(deps, Path(cfg.model).resolve().name, cfg.draft_model)
+    running = await start_server(
+        cfg.listen,
+        [lambda s: generation_pb2_grpc.add_GenerationServicer_to_server(servicer, s)],
+        [generation_pb2.DESCRIPTOR.services_by_name["Generation"].full_name],
+    )
+    await running.set_serving(True)
+    log.info("router ready on port %d", running.port)
+    return running, deps
+
+
+async def stop(running: Running, deps: RouterDeps, grace_s: float = 5.0) -> None:
+    await running.stop(grace_s)
+    if deps.sessions is not None:
+        await deps.sessions.close()
+    await deps.verifiers.close()
+    await deps.drafts.close()
+
+
+def main(cfg: RouterConfig) -> None:
+    async def run() -> None:
+        running, deps = await start(cfg)
+        try:
+            await serve_forever(running)
+        finally:
+            await stop(running, deps, 0)
+
+    asyncio.run(run())

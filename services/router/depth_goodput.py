@@ -1,0 +1,215 @@
+"""Goodput depth policy (the default): the k that maximises this request's expected tokens/s.
+
+Model. Draft tokens are accepted independently with probability alpha per position, up to the
+first rejection (Leviathan et al. 2023, arXiv 2211.17192, section 3.5). A round of depth k then
+commits, the verifier's own token included,
+
+    E(k) = (1 - alpha^(k+1)) / (1 - alpha)        tokens   (k + 1 when alpha = 1)
+
+and costs
+
+    T(k) = k * d  +  v0 + v1_eff * (k + 1)  +  o   ns
+
+with d the draft time per drafted token (no draft call at k = 0), v0 + v1 * (k + 1) the verifier
+forward time for k + 1 tokens, v1_eff = v1 * (1 + LOAD_SHARE * pressure) (see Load), and o the
+rest of the round (network, router). The policy picks argmax E(k) / T(k) over [0, max_depth],
+ties to the smaller k.
+
+Estimates, all from this request's rounds only, recent rounds weighted more:
+
+- alpha: Beta posterior mean successes / (successes + failures). A round with n proposed and a
+  accepted adds a successes and one failure if a < n (positions after the first rejection are
+  not observed). The prior is PRIOR_ALPHA with PRIOR_WEIGHT pseudo-tokens and decays with the
+  evidence (ACCEPT_DECAY per round that proposed anything), so useless drafts drive alpha to ~0.
+- d, o: decayed means (TIME_DECAY) of draft_ns / depth and of round_ns - draft_ns - verify_ns
+  (clamped at 0).
+- v0, v1: weighted least squares over the decayed mean verify time at each number of verified
+  tokens x = num_proposed + 1 (weights decay by VERIFY_DECAY per round), with a weak ridge prior
+  v1 = VERIFY_SLOPE_PRIOR * v0. With one x seen the prior decides the slope (5 % of a step per
+  extra token), so speculation still looks a little costly and k keeps moving; once several
+  depths have been seen the data decides. Negative fits are clamped (v1 >= 0, v0 >= 0).
+
+Load. v0 and v1 as measured are this request's own costs: in a busy batch v1 is the small
+marginal compute of one more token. The same extra tokens also delay every other sequence in
+the verifier's batch and every request waiting to join it. The policy charges itself a share of
+that delay: pressure = (verifier_active - 1) + verifier_queue (decayed mean, LOAD_DECAY), and
+v1_eff = v1 * (1 + LOAD_SHARE * pressure). LOAD_SHARE = 1 would be the full cost to the batch
+(maximise the verifier's throughput), 0 a purely selfish request; 0.5 is between. On an idle or
+memory-bound verifier v1 is tiny and the term changes nothing; on a saturated, compute-bound
+one it pushes k down, to 0 when speculation no longer pays.
+
+Exploration. At k = 0 acceptance is never observed again, so after EXPLORE_EVERY consecutive
+k = 0 rounds the policy asks once for PROBE_DEPTH tokens; a predictable stretch of text then
+lifts alpha and speculation resumes.
+
+Before its first measured round the policy returns ``initial_depth`` (4). All state is in the
+object, one per request; the same observations always give the same depths.
+
+Non-goals: learning across requests (a new request starts from the prior); a model of
+proposers that return fewer tokens than asked (prompt lookup): such rounds only add less
+acceptance evidence; a fixed per-call draft cost (it lands in d at the depths used).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # a runtime import would be circular: depth_policy registers this class
+    from specdec.router.depth_policy import RoundObservation
+
+DEFAULT_INITIAL_DEPTH = 4
+PRIOR_ALPHA = 0.6  # acceptance rate assumed before any round
+PRIOR_WEIGHT = 4.0  # pseudo-tokens the prior is worth at the start
+ACCEPT_DECAY = 0.9  # per round with proposals: evidence weight ~10 rounds
+TIME_DECAY = 0.8  # draft time per token, overhead: ~5 rounds
+VERIFY_DECAY = 0.9  # per round, for the mean verify time at each token count
+VERIFY_SLOPE_PRIOR = 0.05  # v1 / v0 assumed until the data says otherwise
+VERIFY_PRIOR_WEIGHT = 0.02  # the slope prior weighs 1/50 of one observation...
+VERIFY_PRIOR_TOKENS = 5.0  # ...of a (k + 1) = 5 token verify
+LOAD_DECAY = 0.5  # verifier load moves fast: ~2 rounds
+LOAD_SHARE = 0.5  # share of the delay imposed on other sequences that this request pays
+EXPLORE_EVERY = 16  # rounds at k = 0 between probes
+PROBE_DEPTH = 2  # k of a probe round
+_TIE = 1e-9  # relative margin a deeper k must win by
+
+
+def expected_tokens(alpha: float, k: int) -> float:
+    """Expected tokens committed by a round of depth k at per-position acceptance alpha."""
+    if alpha >= 1.0 - 1e-12:
+        return float(k + 1)
+    return (1.0 - alpha ** (k + 1)) / (1.0 - alpha)
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Predicted wall time of one round, in ns, as a function of k."""
+
+    draft_ns_per_token: float  # d
+    verify_base_ns: float  # v0
+    verify_ns_per_token: float  # v1 (v1_eff when built by the policy)
+    overhead_ns: float  # o
+
+    def round_ns(self, k: int) -> float:
+        verify = self.verify_base_ns + self.verify_ns_per_token * (k + 1)
+        return k * self.draft_ns_per_token + verify + self.overhead_ns
+
+
+def best_depth(alpha: float, cost: CostModel, max_depth: int) -> int:
+    """argmax over k in [0, max_depth] of E(k) / T(k); ties go to the smaller k."""
+    best_k, best_rate = 0, -1.0
+    for k in range(max_depth + 1):
+        rate = expected_tokens(alpha, k) / max(cost.round_ns(k), 1.0)
+        if rate > best_rate * (1.0 + _TIE):
+            best_k, best_rate = k, rate
+    return best_k
+
+
+class _DecayedMean:
+    """Mean in which each older sample weighs ``decay`` times less; None before any sample."""
+
+    def __init__(self, decay: float) -> None:
+        self.decay = decay
+        self.weight = 0.0
+        self.value: float | None = None
+
+    def add(self, x: float) -> None:
+        self.weight = self.weight * self.decay + 1.0
+        prev = x if self.value is None else self.value
+        self.value = prev + (x - prev) / self.weight
+
+
+class _VerifyCostFit:
+    """verify_ns ~ v0 + v1 * x (x = tokens verified), ridge-regularised towards v1 = rho * v0."""
+
+    def __init__(self) -> None:
+        self._weight: dict[int, float] = {}  # x -> decayed sample weight
+        self._mean: dict[int, float] = {}  # x -> decayed mean verify_ns
+
+    def add(self, x: int, verify_ns: float) -> None:
+        for key in self._weight:
+            self._weight[key] *= VERIFY_DECAY
+        w = self._weight.get(x, 0.0) + 1.0
+        prev = self._mean.get(x, verify_ns)
+        self._weight[x] = w
+        self._mean[x] = prev + (verify_ns - prev) / w
+
+    def fit(self) -> tuple[float, float] | None:
+        """(v0, v1), or None before any sample."""
+        if not self._weight:
+            return None
+        sw = swx = swxx = swy = swxy = 0.0
+        for x, w in self._weight.items():
+            y = self._mean[x]
+            sw, swx, swxx = sw + w, swx + w * x, swxx + w * x * x
+            swy, swxy = swy + w * y, swxy + w * x * y
+        # Normal equations of the data plus one prior row (v1 - rho * v0) * X_ref = 0.
+        rho, lam = VERIFY_SLOPE_PRIOR, VERIFY_PRIOR_WEIGHT * VERIFY_PRIOR_TOKENS**2
+        a00, a01, a11 = sw + lam * rho * rho, swx - lam * rho, swxx + lam
+        det = a00 * a11 - a01 * a01  # > 0: the prior row is never parallel to a data row
+        v0 = (swy * a11 - swxy * a01) / det
+        v1 = (a00 * swxy - a01 * swy) / det
+        if v1 < 0.0:  # verify got faster with more tokens: noise; call extra tokens free
+            return swy / sw, 0.0
+        if v0 < 0.0:  # all cost is per token: fit through the origin
+            return 0.0, swxy / swxx
+        return v0, v1
+
+
+class GoodputDepth:
+    """Maximises E(k) / T(k) from this request's measured acceptance, timings and load."""
+
+    name: str = "goodput"
+
+    def __init__(self, max_depth: int = 8, *, initial_depth: int | None = None) -> None:
+        if max_depth < 0:
+            raise ValueError(f"max_depth must be >= 0, got {max_depth}")
+        if initial_depth is None:
+            initial_depth = min(DEFAULT_INITIAL_DEPTH, max_depth)
+        if not 0 <= initial_depth <= max_depth:
+            raise ValueError(f"initial_depth must be in [0, {max_depth}], got {initial_depth}")
+        self.max_depth = max_depth
+        self.initial_depth = initial_depth
+        self._successes = PRIOR_ALPHA * PRIOR_WEIGHT
+        self._failures = (1.0 - PRIOR_ALPHA) * PRIOR_WEIGHT
+        self._draft_ns_per_token = _DecayedMean(TIME_DECAY)
+        self._overhead_ns = _DecayedMean(TIME_DECAY)
+        self._pressure = _DecayedMean(LOAD_DECAY)
+        self._verify = _VerifyCostFit()
+        self._rounds_at_zero = 0  # consecutive observed rounds with depth 0
+
+    @property
+    def alpha(self) -> float:
+        """Current estimate of the per-position acceptance rate."""
+        return self._successes / (self._successes + self._failures)
+
+    def cost_model(self) -> CostModel | None:
+        """The current cost estimate, load penalty included; None until draft and verify times
+        have both been measured."""
+        fit = self._verify.fit()
+        d, o, p = self._draft_ns_per_token.value, self._overhead_ns.value, self._pressure.value
+        if fit is None or d is None or o is None or p is None:
+            return None
+        v0, v1 = fit
+        return CostModel(d, v0, v1 * (1.0 + LOAD_SHARE * p), o)
+
+    def next_depth(self) -> int:
+        cost = self.cost_model()
+        k = self.initial_depth if cost is None else best_depth(self.alpha, cost, self.max_depth)
+        if k == 0 and self._rounds_at_zero >= EXPLORE_EVERY:
+            return min(PROBE_DEPTH, self.max_depth)
+        return k
+
+    def observe(self, obs: RoundObservation) -> None:
+        if obs.num_proposed > 0:
+            rejected = obs.num_accepted < obs.num_proposed
+            self._successes = self._successes * ACCEPT_DECAY + obs.num_accepted
+            self._failures = self._failures * ACCEPT_DECAY + (1.0 if rejected else 0.0)
+        if obs.depth > 0:
+            self._draft_ns_per_token.add(obs.draft_ns / obs.depth)
+            self._rounds_at_zero = 0
+        else:
+            self._rounds_at_zero += 1
+        self._verify.add(obs.num_proposed + 1, obs.verify_ns)
+        self._overhead_ns.add(max(obs.round_ns - obs.draft_ns - obs.verify_ns, 0))
+        self._pressure.add(max(obs.verifier_active - 1, 0) + obs.verifier_queue)

@@ -1,0 +1,65 @@
+"""The public Generation servicer: validate, run the speculation loop, stream the answer.
+
+Errors: bad input → INVALID_ARGUMENT naming the field; out of slots everywhere →
+RESOURCE_EXHAUSTED; no replica → UNAVAILABLE; anything else → INTERNAL without a stack trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+
+from specdec.engine.errors import InvalidRequest, OutOfSlots
+from specdec.router.depth_policy import POLICIES
+from specdec.router.request import parse_request
+from specdec.router.speculation import RouterDeps, generate
+from specdec.serving.errors import Unavailable, abort_with
+from specdec.v1 import generation_pb2, generation_pb2_grpc
+
+
+def _from_replica(exc: grpc.aio.AioRpcError) -> Exception:
+    """A replica's error, as the router's client should see it."""
+    details = exc.details() or exc.code().name
+    if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidRequest("request", details)
+    if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return OutOfSlots(details)
+    return Unavailable(f"a replica failed: {details}")
+
+
+class GenerationServicer(generation_pb2_grpc.GenerationServicer):
+    def __init__(self, deps: RouterDeps, target_model: str, draft_model: str) -> None:
+        self.deps = deps
+        self.target_model = target_model
+        self.draft_model = draft_model
+
+    async def Generate(
+        self, request: generation_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[generation_pb2.GenerateResponse]:
+        try:
+            req = parse_request(request, self.deps.tokenizer, self.deps.limits)
+            async for response in generate(req, self.deps):
+                yield response
+        except asyncio.CancelledError:
+            raise  # the client went away; the streams' finally blocks free the slots
+        except grpc.aio.AioRpcError as exc:
+            await abort_with(context, _from_replica(exc), "Generate")
+        except Exception as exc:
+            await abort_with(context, exc, "Generate")
+
+    async def GetInfo(
+        self, request: generation_pb2.GetInfoRequest, context: grpc.aio.ServicerContext
+    ) -> generation_pb2.GetInfoResponse:
+        limits = self.deps.limits
+        return generation_pb2.GetInfoResponse(
+            target_model=self.target_model,
+            draft_model=self.draft_model,
+            vocab_size=limits.vocab_size,
+            max_context_tokens=limits.max_context_tokens,
+            max_output_tokens=limits.max_output_tokens,
+            depth_policies=sorted(POLICIES),
+            verifier_replicas=len(self.deps.verifiers),
+            draft_replicas=len(self.deps.drafts),
+        )

@@ -1,0 +1,85 @@
+"""Protobuf ↔ engine types for the draft and verifier services (imports torch).
+
+Validation of what crosses the wire lives here too: token ids in the vocabulary, sparse
+distributions well-formed, sizes bounded. Errors name the field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from specdec.engine.errors import InvalidRequest
+from specdec.engine.proposer import MAX_SPEC_DEPTH, Proposal
+from specdec.engine.sampling import SamplingParams
+from specdec.v1 import common_pb2
+
+MAX_SPARSE_WIDTH = 256  # draft probabilities per position
+
+
+def sampling_from_proto(msg: common_pb2.SamplingParams) -> SamplingParams:
+    params = SamplingParams(
+        temperature=msg.temperature,
+        top_k=msg.top_k,
+        top_p=msg.top_p if msg.HasField("top_p") else 1.0,
+        seed=msg.seed if msg.HasField("seed") else None,
+    )
+    params.validate()
+    return params
+
+
+def check_token_ids(token_ids: Sequence[int], vocab_size: int, field: str) -> list[int]:
+    ids = list(token_ids)
+    for t in ids:
+        if t >= vocab_size:
+            raise InvalidRequest(field, f"token id {t} is outside the vocabulary [0, {vocab_size})")
+    return ids
+
+
+def sparse_to_proto(ids: torch.Tensor, probs: torch.Tensor) -> list[common_pb2.SparseDistribution]:
+    """[K, M] ids and probs → K messages (zero-probability entries dropped)."""
+    out = []
+    for row_ids, row_probs in zip(ids.tolist(), probs.tolist(), strict=True):
+        keep = [(i, p) for i, p in zip(row_ids, row_probs, strict=True) if p > 0.0]
+        out.append(
+            common_pb2.SparseDistribution(
+                token_ids=[i for i, _ in keep], probs=[p for _, p in keep]
+            )
+        )
+    return out
+
+
+def proposal_from_proto(
+    draft_token_ids: Sequence[int],
+    draft_probs: Sequence[common_pb2.SparseDistribution],
+    params: SamplingParams,
+    vocab_size: int,
+) -> Proposal:
+    """Validate drafts (and their distributions when sampling) and build a ``Proposal``."""
+    drafts = check_token_ids(draft_token_ids, vocab_size, "draft_token_ids")
+    if len(drafts) > MAX_SPEC_DEPTH:
+        raise InvalidRequest("draft_token_ids", f"at most {MAX_SPEC_DEPTH} drafts per step")
+    if params.is_greedy or not drafts:
+        return Proposal(drafts)
+    if len(draft_probs) != len(drafts):
+        raise InvalidRequest(
+            "draft_probs",
+            f"need one distribution per draft token ({len(drafts)}), got {len(draft_probs)}",
+        )
+    width = max(len(d.token_ids) for d in draft_probs)
+    if width == 0 or width > MAX_SPARSE_WIDTH:
+        raise InvalidRequest("draft_probs", f"each distribution needs 1-{MAX_SPARSE_WIDTH} ids")
+    ids = torch.zeros(len(drafts), width, dtype=torch.int64)  # [K, M], padded with p = 0
+    probs = torch.zeros(len(drafts), width)  # [K, M]
+    for row, dist in enumerate(draft_probs):
+        if len(dist.token_ids) != len(dist.probs):
+            raise InvalidRequest("draft_probs", "token_ids and probs differ in length")
+        n = len(dist.token_ids)
+        row_ids = check_token_ids(dist.token_ids, vocab_size, "draft_probs")
+        # Padding must not repeat a real id: use ids absent from the row.
+        taken = set(row_ids)
+        pad = [i for i in range(min(vocab_size, 2 * width + 1)) if i not in taken][: width - n]
+        ids[row] = torch.tensor(row_ids + pad, dtype=torch.int64)
+        probs[row, :n] = torch.tensor(list(dist.probs))
+    return Proposal(drafts, ids, probs)

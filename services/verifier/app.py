@@ -1,0 +1,68 @@
+"""Wiring of a verifier replica: load the target, warm up, serve, turn health SERVING."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from specdec.engine.batch import Chunk
+from specdec.engine.checkpoint import load_model
+from specdec.engine.local import default_device, default_dtype
+from specdec.engine.runner import ModelRunner
+from specdec.serving.server import Running, serve_forever, start_server
+from specdec.v1 import verifier_pb2, verifier_pb2_grpc
+from specdec.verifier.core import VerifierCore
+from specdec.verifier.server import VerifierServicer, model_name
+
+log = logging.getLogger("specdec.verifier")
+
+
+@dataclass(frozen=True)
+class VerifierConfig:
+    model: str  # target model folder (Hugging Face format)
+    listen: str = "127.0.0.1:50052"  # host:port; port 0 picks a free one
+    device: str | None = None  # cpu, cuda, cuda:1 ...; default: cuda when present
+    slots: int = 16  # KV-cache slots: concurrent sequences (and parked sessions)
+    max_seq_len: int = 2048  # tokens per slot (capped by the model's context)
+    max_batch_tokens: int = 8192  # tokens per batched forward
+
+
+def build_core(cfg: VerifierConfig) -> VerifierCore:
+    device = cfg.device or default_device()
+    log.info("loading target %s on %s", cfg.model, device)
+    model = load_model(cfg.model, default_dtype(device), device)
+    max_len = min(cfg.max_seq_len, model.config.max_position_embeddings)
+    runner = ModelRunner(model, num_slots=cfg.slots, max_seq_len=max_len)
+    warm_up(runner)
+    return VerifierCore(runner, cfg.max_batch_tokens)
+
+
+def warm_up(runner: ModelRunner) -> None:
+    """One prefill and one verify-shaped step, so the first request pays no start-up cost."""
+    slot = runner.cache.allocate()
+    try:
+        runner.step([Chunk(slot, [0] * 16, 0, 1)])
+        runner.step([Chunk(slot, [0] * 5, 16, 5)])
+    finally:
+        runner.cache.free(slot)
+
+
+async def start(cfg: VerifierConfig, core: VerifierCore | None = None) -> Running:
+    core = core or await asyncio.to_thread(build_core, cfg)
+    servicer = VerifierServicer(core, model_name(cfg.model))
+    running = await start_server(
+        cfg.listen,
+        [lambda s: verifier_pb2_grpc.add_VerifierServicer_to_server(servicer, s)],
+        [verifier_pb2.DESCRIPTOR.services_by_name["Verifier"].full_name],
+    )
+    await running.set_serving(True)
+    log.info("verifier ready on port %d", running.port)
+    return running
+
+
+def main(cfg: VerifierConfig) -> None:
+    async def run() -> None:
+        await serve_forever(await start(cfg))
+
+    asyncio.run(run())

@@ -1,0 +1,113 @@
+"""The Verifier gRPC servicer: protobuf in, ``VerifierCore`` call, protobuf out.
+
+One ``Verify`` stream is one sequence: the first message opens it, each later one verifies
+drafts at an explicit position. When the stream ends for any reason (done, cancelled, deadline,
+error) the sequence is closed, so its KV-cache slot is freed or parked for its session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+
+from specdec.engine.errors import InvalidRequest
+from specdec.engine.sequence import SequenceState
+from specdec.serving.convert import check_token_ids, proposal_from_proto, sampling_from_proto
+from specdec.serving.errors import abort_with
+from specdec.v1 import common_pb2, verifier_pb2, verifier_pb2_grpc
+from specdec.verifier.core import VerifierCore
+
+
+class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
+    def __init__(self, core: VerifierCore, model_name: str) -> None:
+        self.core = core
+        self.model_name = model_name
+
+    def load(self) -> common_pb2.ReplicaLoad:
+        cache = self.core.runner.cache
+        return common_pb2.ReplicaLoad(
+            active_sequences=self.core.counters.active_sequences,
+            queued_steps=self.core.loop.queued,
+            slots_free=self.core.slots_free,
+            slots_total=cache.num_slots,
+        )
+
+    async def Verify(
+        self,
+        request_iterator: AsyncIterator[verifier_pb2.VerifyRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[verifier_pb2.VerifyResponse]:
+        seq: SequenceState | None = None
+        session_id = ""
+        cached_prompt_tokens = 0
+        try:
+            async for msg in request_iterator:
+                if msg.HasField("open"):
+                    if seq is not None:
+                        raise InvalidRequest("open", "the stream already opened a sequence")
+                    seq, cached_prompt_tokens = await self._open(msg.open)
+                    session_id = msg.open.session_id
+                    continue
+                if seq is None:
+                    raise InvalidRequest("open", "the first message of a stream must open it")
+                step = msg.step
+                proposal = proposal_from_proto(
+                    step.draft_token_ids, step.draft_probs, seq.params, self.core.runner.vocab_size
+                )
+                position = len(seq.committed)
+                timed = await asyncio.wrap_future(self.core.verify(seq, step.position, proposal))
+                yield verifier_pb2.VerifyResponse(
+                    position=position,
+                    num_accepted=timed.result.num_accepted,
+                    next_token_id=timed.result.next_token_id,
+                    committed_len=len(seq.committed),
+                    cached_prompt_tokens=cached_prompt_tokens,
+                    verify_ns=timed.batch_ns,
+                    queue_ns=timed.queue_ns,
+                    load=self.load(),
+                )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await abort_with(context, exc, "Verify")
+        finally:
+            if seq is not None:
+                self.core.close(seq, session_id)
+
+    async def _open(self, msg: verifier_pb2.OpenSequence) -> tuple[SequenceState, int]:
+        prompt = check_token_ids(msg.prompt_token_ids, self.core.runner.vocab_size, "prompt")
+        params = sampling_from_proto(msg.sampling)
+        future = self.core.open(prompt, params, msg.seed, msg.session_id)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            # Cancelled while the loop was opening it: close what it opened, if anything.
+            future.add_done_callback(self._close_orphan)
+            raise
+
+    def _close_orphan(self, future: concurrent.futures.Future[tuple[SequenceState, int]]) -> None:
+        if not future.cancelled() and future.exception() is None:
+            self.core.close(future.result()[0], "")
+
+    async def GetStatus(
+        self, request: common_pb2.GetStatusRequest, context: grpc.aio.ServicerContext
+    ) -> common_pb2.ReplicaStatus:
+        c = self.core.counters
+        return common_pb2.ReplicaStatus(
+            model=self.model_name,
+            load=self.load(),
+            vocab_size=self.core.runner.vocab_size,
+            max_context_tokens=self.core.runner.max_seq_len,
+            prefill_tokens_total=c.prefill_tokens_total,
+            reused_prefix_tokens_total=c.reused_prefix_tokens_total,
+            parked_sessions=self.core.parked_sessions,
+            slots_in_use=self.core.slots_in_use,
+        )
+
+
+def model_name(folder: str) -> str:
+    return Path(folder).resolve().name

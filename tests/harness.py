@@ -1,0 +1,113 @@
+"""Run the real services in this process, on loopback ports, for tests.
+
+``Pipeline`` starts an asyncio loop on a background thread and, on it, a verifier, a draft
+replica (model, or prompt lookup only) and a router, each a real gRPC server on port 0.
+Tests talk to them with ordinary blocking gRPC stubs, like any client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from specdec.draft import app as draft_app
+from specdec.router import app as router_app
+from specdec.serving.server import Running
+from specdec.v1 import common_pb2, draft_pb2_grpc, generation_pb2_grpc, verifier_pb2_grpc
+from specdec.verifier import app as verifier_app
+
+
+class LoopThread:
+    """An asyncio event loop running on its own thread."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, Any], timeout: float = 120) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+
+
+@dataclass
+class Pipeline:
+    target: str
+    draft: str | None
+    slots: int = 8
+    redis_url: str | None = None
+    max_context_tokens: int = 256
+    loop: LoopThread = field(default_factory=LoopThread)
+    servers: dict[str, Running] = field(default_factory=dict)
+    router_deps: Any = None
+
+    def start(self) -> Pipeline:
+        v = self.loop.run(
+            verifier_app.start(
+                verifier_app.VerifierConfig(
+                    self.target,
+                    listen="127.0.0.1:0",
+                    device="cpu",
+                    slots=self.slots,
+                    max_seq_len=self.max_context_tokens,
+                )
+            )
+        )
+        d = self.loop.run(
+            draft_app.start(
+                draft_app.DraftConfig(
+                    self.draft,
+                    listen="127.0.0.1:0",
+                    device="cpu",
+                    slots=self.slots,
+                    max_seq_len=self.max_context_tokens,
+                )
+            )
+        )
+        self.servers = {"verifier": v, "draft": d}
+        self.add_router()
+        return self
+
+    def add_router(self, **overrides: Any) -> Running:
+        cfg = router_app.RouterConfig(
+            model=self.target,
+            verifiers=(f"127.0.0.1:{self.servers['verifier'].port}",),
+            drafts=(f"127.0.0.1:{self.servers['draft'].port}",),
+            listen="127.0.0.1:0",
+            redis_url=self.redis_url,
+            max_context_tokens=self.max_context_tokens,
+            **overrides,
+        )
+        running, self.router_deps = self.loop.run(router_app.start(cfg))
+        self.servers["router"] = running
+        return running
+
+    def address(self, role: str) -> str:
+        return f"127.0.0.1:{self.servers[role].port}"
+
+    def client(self) -> generation_pb2_grpc.GenerationStub:
+        return generation_pb2_grpc.GenerationStub(grpc.insecure_channel(self.address("router")))
+
+    def verifier_status(self) -> common_pb2.ReplicaStatus:
+        stub = verifier_pb2_grpc.VerifierStub(grpc.insecure_channel(self.address("verifier")))
+        return stub.GetStatus(common_pb2.GetStatusRequest())
+
+    def draft_status(self) -> common_pb2.ReplicaStatus:
+        stub = draft_pb2_grpc.DraftStub(grpc.insecure_channel(self.address("draft")))
+        return stub.GetStatus(common_pb2.GetStatusRequest())
+
+    def stop_server(self, role: str) -> None:
+        self.loop.run(self.servers[role].stop(0))
+
+    def close(self) -> None:
+        for running in self.servers.values():
+            self.loop.run(running.stop(0))
+        self.loop.close()

@@ -1,0 +1,397 @@
+"""Speculation-depth policies: the goodput model in closed form, each policy's rules, and a
+seeded round-by-round simulation comparing the goodput policy with the best fixed depth."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, replace
+from itertools import pairwise
+
+import pytest
+
+from specdec.router.depth_goodput import (
+    EXPLORE_EVERY,
+    PROBE_DEPTH,
+    CostModel,
+    GoodputDepth,
+    best_depth,
+    expected_tokens,
+)
+from specdec.router.depth_heuristic import HeuristicDepth
+from specdec.router.depth_policy import (
+    DEFAULT_POLICY,
+    MAX_DEPTH,
+    POLICIES,
+    DepthPolicy,
+    FixedDepth,
+    RoundObservation,
+    make_policy,
+)
+
+pytestmark = pytest.mark.unit
+
+MS = 1_000_000  # ns
+
+
+# --- A small deterministic simulator ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Regime:
+    """One request's world: acceptance, costs (ns) and what the verifier reports."""
+
+    alpha: float  # per-position acceptance probability
+    draft_ns_per_token: int
+    verify_base_ns: int
+    verify_ns_per_token: int
+    overhead_ns: int
+    verifier_active: int = 1
+    verifier_queue: int = 0
+
+    def round_ns(self, k: int) -> float:
+        verify = self.verify_base_ns + self.verify_ns_per_token * (k + 1)
+        return k * self.draft_ns_per_token + verify + self.overhead_ns
+
+    def fixed_rate(self, k: int) -> float:
+        """Exact expected tokens per ns of a fixed depth k."""
+        return expected_tokens(self.alpha, k) / self.round_ns(k)
+
+
+def play_round(policy: DepthPolicy, regime: Regime, rng: random.Random, jitter: float) -> tuple:
+    """One round: ask for k, accept each draft with probability alpha until the first miss,
+    time it with +-jitter noise, report it. Returns (k, tokens committed, round_ns)."""
+    k = policy.next_depth()
+    accepted = 0
+    while accepted < k and rng.random() < regime.alpha:
+        accepted += 1
+    draft_ns = int(k * regime.draft_ns_per_token * (1 + jitter * (2 * rng.random() - 1)))
+    verify_ns = regime.verify_base_ns + regime.verify_ns_per_token * (k + 1)
+    verify_ns = int(verify_ns * (1 + jitter * (2 * rng.random() - 1)))
+    round_ns = draft_ns + verify_ns + regime.overhead_ns
+    obs = RoundObservation(
+        depth=k,
+        num_proposed=k,
+        num_accepted=accepted,
+        draft_ns=draft_ns,
+        verify_ns=verify_ns,
+        round_ns=round_ns,
+        verifier_active=regime.verifier_active,
+        verifier_queue=regime.verifier_queue,
+    )
+    policy.observe(obs)
+    return k, accepted + 1, round_ns
+
+
+def simulate(
+    policy: DepthPolicy, regime: Regime, rounds: int, seed: int = 0, jitter: float = 0.1
+) -> tuple[float, list[int]]:
+    """Tokens per ns over ``rounds`` rounds, and the depths chosen."""
+    rng = random.Random(seed)
+    tokens = elapsed = 0
+    depths = []
+    for _ in range(rounds):
+        k, committed, round_ns = play_round(policy, regime, rng, jitter)
+        depths.append(k)
+        tokens += committed
+        elapsed += round_ns
+    return tokens / elapsed, depths
+
+
+def median_tail(depths: list[int], n: int = 50) -> int:
+    """The median of the last ``n`` depths."""
+    return sorted(depths[-n:])[n // 2]
+
+
+CHEAP_ACCURATE = Regime(0.9, MS // 2, 20 * MS, MS // 5, 2 * MS)
+MEDIUM = Regime(0.7, 2 * MS, 20 * MS, MS // 2, 2 * MS)
+USELESS = Regime(0.02, 2 * MS, 20 * MS, MS // 5, 2 * MS)
+SLOW_DRAFT = Regime(0.8, 20 * MS, 20 * MS, MS // 5, 2 * MS)  # a draft token costs a verify step
+# Compute-bound verifier: every verified token costs twice the fixed part of a step.
+SATURATED = Regime(0.8, MS, 5 * MS, 10 * MS, 2 * MS)
+
+
+# --- The model in closed form -------------------------------------------------------------------
+
+
+def test_expected_tokens_closed_form():
+    assert expected_tokens(0.0, 5) == 1.0  # only the verifier's own token
+    assert expected_tokens(1.0, 5) == 6.0  # every draft plus the bonus token
+    assert expected_tokens(0.5, 2) == pytest.approx(1 + 0.5 + 0.25)
+    assert expected_tokens(0.8, 0) == 1.0
+    for alpha in (0.1, 0.6, 0.95):
+        for k in range(MAX_DEPTH + 1):
+            assert expected_tokens(alpha, k) == pytest.approx(sum(alpha**i for i in range(k + 1)))
+    assert expected_tokens(1 - 1e-13, 7) == pytest.approx(8.0)  # continuous at alpha = 1
+    assert expected_tokens(1 - 1e-6, 7) == pytest.approx(8.0, rel=1e-4)
+
+
+def test_expected_tokens_matches_sampling():
+    rng = random.Random(3)
+    alpha, k, n = 0.7, 4, 20_000
+    total = 0
+    for _ in range(n):
+        accepted = 0
+        while accepted < k and rng.random() < alpha:
+            accepted += 1
+        total += accepted + 1
+    assert total / n == pytest.approx(expected_tokens(alpha, k), rel=0.02)
+
+
+def cost(draft: float = 0.5, v0: float = 20.0, v1: float = 0.2, overhead: float = 2.0) -> CostModel:
+    return CostModel(draft * MS, v0 * MS, v1 * MS, overhead * MS)
+
+
+def test_best_depth_zero_when_drafts_are_rejected_or_as_slow_as_a_verify_step():
+    assert best_depth(0.01, cost(), 8) == 0
+    assert best_depth(0.8, cost(draft=20.0), 8) == 0  # a draft token costs a whole step
+    assert best_depth(0.8, cost(), 0) == 0
+
+
+def test_best_depth_large_when_accurate_and_cheap():
+    assert best_depth(0.95, cost(draft=0.2), 8) == 8
+    assert best_depth(0.95, cost(draft=0.2), 16) >= 12
+
+
+def test_best_depth_falls_as_draft_cost_rises():
+    depths = [best_depth(0.8, cost(draft=d), MAX_DEPTH) for d in (0.1, 0.5, 1, 2, 4, 8, 32)]
+    assert depths == sorted(depths, reverse=True)
+    assert depths[0] > depths[-1] == 0
+
+
+def test_best_depth_falls_as_verify_tokens_get_expensive():
+    depths = [best_depth(0.8, cost(v1=v1), MAX_DEPTH) for v1 in (0.1, 1, 4, 10, 40)]
+    assert depths == sorted(depths, reverse=True)
+    assert depths[0] > depths[-1]
+
+
+def test_best_depth_breaks_ties_towards_smaller_k():
+    # alpha = 1 and all cost per token: every k gives the same rate.
+    assert best_depth(1.0, CostModel(10.0, 0.0, 10.0, 0.0), 8) == 0
+
+
+# --- The goodput policy -------------------------------------------------------------------------
+
+
+def observe(policy: DepthPolicy, *, k: int, accepted: int, **kw: int) -> None:
+    """Report one round with fixed timings (ns), overridable by keyword."""
+    fields = dict(draft_ns=k * MS, verify_ns=20 * MS + k * MS // 5, verifier_active=1)
+    fields.update(kw)
+    fields.setdefault("round_ns", fields["draft_ns"] + fields["verify_ns"] + 2 * MS)
+    fields.setdefault("verifier_queue", 0)
+    policy.observe(RoundObservation(depth=k, num_proposed=k, num_accepted=accepted, **fields))
+
+
+def test_goodput_starts_at_its_initial_depth():
+    assert GoodputDepth().next_depth() == 4
+    assert GoodputDepth(max_depth=2).next_depth() == 2
+    assert GoodputDepth(initial_depth=6).next_depth() == 6
+    with pytest.raises(ValueError, match="initial_depth"):
+        GoodputDepth(max_depth=4, initial_depth=5)
+
+
+def test_goodput_counts_acceptance_per_position():
+    policy = GoodputDepth()
+    assert policy.alpha == pytest.approx(0.6)  # the prior
+    observe(policy, k=4, accepted=2)  # 2 successes, 1 failure; positions 3, 4 unobserved
+    assert policy.alpha == pytest.approx((2.4 * 0.9 + 2) / (4 * 0.9 + 3))
+    observe(policy, k=4, accepted=4)  # all accepted: no failure
+    s, f = (2.4 * 0.9 + 2) * 0.9 + 4, (1.6 * 0.9 + 1) * 0.9
+    assert policy.alpha == pytest.approx(s / (s + f))
+    before = policy.alpha
+    observe(policy, k=0, accepted=0)  # nothing proposed: nothing learnt, nothing forgotten
+    policy.observe(RoundObservation(4, 0, 0, MS, 20 * MS, 22 * MS, 1, 0))  # prompt lookup: none
+    assert policy.alpha == before
+
+
+def test_goodput_fits_verify_time_linear_in_tokens():
+    policy = GoodputDepth()
+    for k in (4, 2, 6, 4, 1, 8):  # verify = 10 ms + 3 ms per token, exactly
+        observe(policy, k=k, accepted=0, verify_ns=10 * MS + 3 * MS * (k + 1))
+    model = policy.cost_model()
+    assert model is not None
+    # The weak slope prior (v1 = 5 % of v0) biases the fit by a few percent at most.
+    assert model.verify_base_ns == pytest.approx(10 * MS, rel=0.05)
+    assert model.verify_ns_per_token == pytest.approx(3 * MS, rel=0.05)
+    assert model.draft_ns_per_token == pytest.approx(MS)
+    assert model.overhead_ns == pytest.approx(2 * MS)
+
+
+def test_goodput_assumes_a_small_verify_slope_from_a_single_depth():
+    policy = GoodputDepth()
+    observe(policy, k=4, accepted=4, verify_ns=25 * MS)
+    model = policy.cost_model()
+    assert model is not None
+    assert model.verify_base_ns + 5 * model.verify_ns_per_token == pytest.approx(25 * MS)
+    assert model.verify_ns_per_token == pytest.approx(0.05 * model.verify_base_ns)
+
+
+@pytest.mark.parametrize("regime", [USELESS, SLOW_DRAFT], ids=["useless", "slow_draft"])
+def test_goodput_settles_on_zero_when_speculation_does_not_pay(regime: Regime):
+    _, depths = simulate(GoodputDepth(), regime, rounds=200)
+    tail = depths[-100:]
+    assert tail.count(0) >= 90  # the rest are probes
+
+
+def test_goodput_goes_deep_when_drafts_are_accurate_and_cheap():
+    _, depths = simulate(GoodputDepth(max_depth=8), replace(CHEAP_ACCURATE, alpha=0.95), 100)
+    assert min(depths[-50:]) >= 6
+
+
+def test_goodput_depth_falls_as_draft_cost_rises():
+    medians = []
+    for draft_ns in (MS // 10, MS, 4 * MS, 20 * MS):
+        _, depths = simulate(GoodputDepth(), replace(MEDIUM, draft_ns_per_token=draft_ns), 150)
+        medians.append(median_tail(depths))
+    assert medians == sorted(medians, reverse=True)
+    assert medians[0] > medians[-1] == 0
+
+
+def test_goodput_picks_smaller_k_on_a_saturated_verifier():
+    _, idle = simulate(GoodputDepth(), MEDIUM, 150)
+    # Measured: each verified token costs a lot.
+    _, costly = simulate(GoodputDepth(), replace(MEDIUM, verify_ns_per_token=8 * MS), 150)
+    assert median_tail(costly) < median_tail(idle)
+    # Reported: same timings, but a full batch and a queue raise the price of a verify token.
+    _, loaded = simulate(GoodputDepth(), replace(MEDIUM, verifier_active=32, verifier_queue=8), 150)
+    assert median_tail(loaded) < median_tail(idle)
+
+
+def test_goodput_probes_at_zero_and_recovers_when_text_gets_predictable():
+    policy = GoodputDepth()
+    rng = random.Random(1)
+    useless = replace(CHEAP_ACCURATE, alpha=0.0, draft_ns_per_token=4 * MS)
+    depths = [play_round(policy, useless, rng, 0.0)[0] for _ in range(300)]
+    tail = depths[-200:]
+    probes = [i for i, k in enumerate(tail) if k]
+    assert {tail[i] for i in probes} == {PROBE_DEPTH}
+    assert all(b - a == EXPLORE_EVERY + 1 for a, b in pairwise(probes))
+    assert len(probes) >= 200 // (EXPLORE_EVERY + 1)
+    # The text becomes predictable: within a few probes speculation resumes and deepens.
+    easy = replace(useless, alpha=0.95)
+    depths = [play_round(policy, easy, rng, 0.0)[0] for _ in range(120)]
+    assert min(depths[-40:]) >= 2
+
+
+def test_goodput_is_deterministic():
+    runs = [simulate(GoodputDepth(), MEDIUM, 200, seed=5)[1] for _ in range(2)]
+    assert runs[0] == runs[1]
+
+
+# --- Against the best fixed depth, in simulation ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "regime",
+    [CHEAP_ACCURATE, MEDIUM, USELESS, SLOW_DRAFT, SATURATED],
+    ids=["cheap_accurate", "medium", "useless", "slow_draft", "saturated"],
+)
+def test_goodput_close_to_the_best_fixed_depth(regime: Regime):
+    fixed = [regime.fixed_rate(k) for k in range(9)]
+    for seed in range(3):
+        rate, _ = simulate(GoodputDepth(max_depth=8), regime, rounds=400, seed=seed)
+        assert rate >= 0.9 * max(fixed)
+        assert rate >= 0.95 * fixed[0]  # probes at k = 0 cost a little
+
+
+def test_goodput_under_reported_load_trades_little_of_its_own_speed():
+    """With a full batch and a queue the policy charges itself for delaying other sequences, so
+    it may run below its own best fixed depth, but not below plain decoding."""
+    regime = replace(SATURATED, verifier_active=32, verifier_queue=4)
+    fixed = [regime.fixed_rate(k) for k in range(9)]
+    for seed in range(3):
+        rate, depths = simulate(GoodputDepth(max_depth=8), regime, rounds=400, seed=seed)
+        assert rate >= 0.95 * fixed[0]
+        assert rate >= 0.85 * max(fixed)
+        assert max(depths[-100:]) <= PROBE_DEPTH
+
+
+# --- The heuristic policy -----------------------------------------------------------------------
+
+
+def test_heuristic_grows_on_full_acceptance_up_to_max_depth():
+    policy = HeuristicDepth(max_depth=6)
+    assert policy.next_depth() == 4
+    for expected in (5, 6, 6):
+        k = policy.next_depth()
+        observe(policy, k=k, accepted=k)
+        assert policy.next_depth() == expected
+
+
+def test_heuristic_shrinks_on_rejection_halves_on_a_first_draft_miss_never_below_one():
+    policy = HeuristicDepth(max_depth=8, initial_depth=8)
+    observe(policy, k=8, accepted=3)
+    assert policy.next_depth() == 7
+    observe(policy, k=7, accepted=0)
+    assert policy.next_depth() == 3
+    for _ in range(4):
+        observe(policy, k=policy.next_depth(), accepted=0)
+    assert policy.next_depth() == 1
+
+
+def test_heuristic_holds_when_the_draft_delivers_fewer_than_asked():
+    policy = HeuristicDepth()
+    policy.observe(RoundObservation(4, 2, 2, MS, 20 * MS, 23 * MS, 1, 0))  # short, all accepted
+    assert policy.next_depth() == 4
+    policy.observe(RoundObservation(4, 0, 0, MS, 20 * MS, 23 * MS, 1, 0))  # nothing proposed
+    assert policy.next_depth() == 4
+
+
+# --- Registry, fixed policy, observation checks, bounds -----------------------------------------
+
+
+def test_make_policy_builds_each_registered_policy():
+    assert DEFAULT_POLICY == "goodput"
+    assert set(POLICIES) == {"fixed", "heuristic", "goodput"}
+    for name in POLICIES:
+        assert make_policy(name).name == name
+    assert make_policy("fixed", fixed_depth=3).next_depth() == 3
+    assert make_policy("fixed", fixed_depth=0).next_depth() == 0
+
+
+def test_make_policy_rejects_bad_input_naming_it():
+    with pytest.raises(ValueError, match="fixed, heuristic, goodput") as info:
+        make_policy("greedy")
+    assert "'greedy'" in str(info.value)
+    with pytest.raises(ValueError, match="max_depth"):
+        make_policy("goodput", max_depth=MAX_DEPTH + 1)
+    with pytest.raises(ValueError, match="max_depth"):
+        make_policy("heuristic", max_depth=0)
+    with pytest.raises(ValueError, match="fixed_depth"):
+        make_policy("fixed", fixed_depth=9, max_depth=8)
+    with pytest.raises(ValueError, match="fixed_depth"):
+        FixedDepth(-1)
+
+
+def test_fixed_policy_ignores_what_it_observes():
+    policy = FixedDepth(5)
+    observe(policy, k=5, accepted=0)
+    assert policy.next_depth() == 5
+
+
+def test_round_observation_rejects_impossible_counts():
+    with pytest.raises(ValueError, match="num_accepted <= num_proposed <= depth"):
+        RoundObservation(2, 3, 0, 0, 0, 0, 1, 0)
+    with pytest.raises(ValueError, match="num_accepted <= num_proposed <= depth"):
+        RoundObservation(4, 2, 3, 0, 0, 0, 1, 0)
+    with pytest.raises(ValueError, match="verify_ns"):
+        RoundObservation(4, 4, 2, 0, -1, 0, 1, 0)
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+@pytest.mark.parametrize("max_depth", [1, 3, 8, MAX_DEPTH])
+def test_every_policy_returns_ints_within_bounds(name: str, max_depth: int):
+    rng = random.Random(max_depth)
+    policy = make_policy(name, fixed_depth=min(4, max_depth), max_depth=max_depth)
+    for _ in range(150):  # a world that changes every round, extremes included
+        regime = Regime(
+            alpha=rng.choice([0.0, 0.3, 0.9, 1.0]),
+            draft_ns_per_token=rng.choice([0, MS, 30 * MS]),
+            verify_base_ns=rng.choice([0, 20 * MS]),
+            verify_ns_per_token=rng.choice([0, MS, 20 * MS]),
+            overhead_ns=rng.choice([0, 5 * MS]),
+            verifier_active=rng.choice([0, 1, 64]),
+            verifier_queue=rng.choice([0, 10]),
+        )
+        k, _, _ = play_round(policy, regime, rng, jitter=0.5)
+        assert type(k) is int
+        assert 0 <= k <= max_depth
