@@ -86,7 +86,7 @@ class BatchLoop(Generic[W, R]):
             while not (self._work or self._calls or self._stopped):
                 self._cv.wait()
             calls, self._calls = self._calls, []
-            taken, spent, budget = [], 0, self._budget
+            taken, spent = [], 0
             while self._work and (
                 not taken or spent + self._cost(self._work[0][0]) <= self._budget
             ):
