@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup run test lint format protos bench-engine clean
+.PHONY: setup run test lint format protos bench-engine demo-models clean
 
 setup: $(STAMP)
 
@@ -46,6 +46,10 @@ $(PROTO_STAMP): $(PROTOS) $(STAMP)
 # Cost of verifying k tokens vs one decode step, and batched vs sequential throughput.
 bench-engine: setup
 	$(PY) benchmarks/engine_step.py
+
+# Train the demo pair into models/ (hours on a CPU; resumable: run it again to continue).
+demo-models: setup
+	$(PY) tools/train_demo.py --out models
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info

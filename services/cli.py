@@ -1,4 +1,4 @@
-"""The ``specdec`` command line: ``generate`` now; ``up`` and ``serve`` arrive with the pipeline.
+"""The ``specdec`` command line: ``up``, ``serve ROLE``, ``generate``.
 
 Subcommands stay thin: parse flags, call the library, print. Errors a user can fix print one
 line and exit 2; no stack traces.
@@ -8,92 +8,193 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from typing import Any
 
 from specdec.engine.errors import SpecdecError
 
-PIPELINE_NOT_YET = (
-    "specdec {cmd}: the distributed pipeline (router, draft, verifier) is not built yet.\n"
-    "Today specdec runs in one process: specdec generate --in-process --target DIR [--draft DIR]"
-)
+DEFAULT_ADDR = "127.0.0.1:50051"
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "generate",
-        help="generate text (in-process for now)",
+        help="generate text through a router (or in-process)",
         description="Generate a continuation of PROMPT.",
     )
     p.add_argument("prompt", help="prompt text; '-' reads it from standard input")
+    p.add_argument("--addr", default=DEFAULT_ADDR, help=f"router address (default {DEFAULT_ADDR})")
+    p.add_argument("--session", default="", help="session id for multi-turn cache reuse")
+    p.add_argument(
+        "--policy",
+        choices=["goodput", "heuristic", "fixed"],
+        default=None,
+        help="depth policy (default: the router's)",
+    )
+    p.add_argument("--draft-method", choices=["model", "ngram", "none"], default=None)
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument(
         "--in-process", action="store_true", help="run the models in this process (no services)"
     )
-    p.add_argument("--target", help="target model folder (Hugging Face format)")
-    p.add_argument("--draft", help="draft model folder sharing the target's tokenizer")
-    p.add_argument("--ngram", action="store_true", help="draft by prompt lookup instead of a model")
-    p.add_argument("--k", type=int, default=4, help="speculation depth per round (default 4)")
+    p.add_argument("--target", help="with --in-process: target model folder")
+    p.add_argument("--draft", help="with --in-process: draft model folder")
+    p.add_argument("--ngram", action="store_true", help="with --in-process: prompt lookup")
+    p.add_argument(
+        "--k",
+        type=int,
+        default=None,
+        help="fixed speculation depth (with a router: implies --policy fixed)",
+    )
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-k", type=int, default=0, help="keep the k likeliest tokens (0 = off)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus mass (1 = off)")
     p.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
     p.add_argument("--max-tokens", type=int, default=128, help="tokens to generate (default 128)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if any)")
+    p.add_argument("--device", default=None, help="with --in-process: cpu, cuda, cuda:1 ...")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run one service (for containers)")
+    p.add_argument("role", choices=["router", "draft", "verifier"])
+    p.add_argument("--listen", default=None, help="host:port to listen on")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="model folder (router: the target's, for the "
+        "tokenizer and config; draft: none serves n-gram only)",
+    )
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if any)")
+    p.add_argument("--slots", type=int, default=16, help="KV-cache slots (concurrent sequences)")
+    p.add_argument("--max-seq-len", type=int, default=2048, help="tokens per sequence")
+    p.add_argument("--vocab-size", type=int, default=None, help="draft without model: vocab")
+    p.add_argument("--verifiers", default="", help="router: comma-separated host:port list")
+    p.add_argument("--drafts", default="", help="router: comma-separated host:port list")
+    p.add_argument("--draft-model", default="", help="router: draft model name for GetInfo")
+    p.add_argument(
+        "--redis-url",
+        default=None,
+        help="router: Redis for sessions (default: $REDIS_URL; none: no session affinity)",
+    )
+    p.add_argument("--policy", default="goodput", help="router: default depth policy")
+    p.add_argument("--max-depth", type=int, default=8, help="router: deepest adaptive k")
+
+
+def _add_up(sub: argparse._SubParsersAction) -> None:
+    from specdec.up import DEMO_DRAFT, DEMO_TARGET
+
+    p = sub.add_parser("up", help="start router, draft, verifier and Redis on this machine")
+    p.add_argument("--target", default=str(DEMO_TARGET), help="target model folder")
+    p.add_argument("--draft", default=str(DEMO_DRAFT), help="draft model folder")
+    p.add_argument("--no-draft-model", action="store_true", help="n-gram drafting only")
+    p.add_argument("--listen", default=DEFAULT_ADDR, help="router address")
+    p.add_argument("--device", default=None, help="verifier device (default: cuda if any)")
+    p.add_argument("--draft-device", default=None, help="draft device, e.g. cuda:1")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="specdec", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
-    sub.add_parser("up", help="start router, draft, verifier and Redis locally (not yet)")
-    serve = sub.add_parser("serve", help="run one service (not yet)")
-    serve.add_argument("role", choices=["router", "draft", "verifier"])
+    _add_serve(sub)
+    _add_up(sub)
     return parser
 
 
 def _run_generate(args: argparse.Namespace) -> int:
-    if not args.in_process:
-        print(PIPELINE_NOT_YET.format(cmd="generate without --in-process"), file=sys.stderr)
-        return 2
-    if not args.target:
-        print("specdec generate: --target DIR is required with --in-process", file=sys.stderr)
-        return 2
-    if args.draft and args.ngram:
-        print("specdec generate: choose --draft DIR or --ngram, not both", file=sys.stderr)
-        return 2
-    from specdec.engine.local import run_in_process  # torch is imported only here
-
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    out = run_in_process(
-        target=args.target,
-        draft=args.draft,
-        ngram=args.ngram,
-        prompt=prompt,
-        k=args.k,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        seed=args.seed,
-        max_tokens=args.max_tokens,
-        device=args.device,
-    )
-    if args.json:
-        print(json.dumps(out))
-    else:
-        print(out["text"])
-        print(_stats_line(out), file=sys.stderr)
-    return 0
+    if args.in_process:
+        if not args.target:
+            raise SpecdecError("--target DIR is required with --in-process")
+        if args.draft and args.ngram:
+            raise SpecdecError("choose --draft DIR or --ngram, not both")
+        from specdec.engine.local import run_in_process  # torch is imported only here
+
+        out = run_in_process(
+            target=args.target,
+            draft=args.draft,
+            ngram=args.ngram,
+            prompt=prompt,
+            k=4 if args.k is None else args.k,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            seed=args.seed,
+            max_tokens=args.max_tokens,
+            device=args.device,
+        )
+        if args.json:
+            print(json.dumps(out))
+        else:
+            print(out["text"])
+            print(_stats_line(out["stats"], out["finish_reason"]), file=sys.stderr)
+        return 0
+    from specdec.client import stream_generate
+
+    return stream_generate(args, prompt)
 
 
-def _stats_line(out: dict[str, Any]) -> str:
-    s = out["stats"]
+def _stats_line(s: dict[str, Any], finish: str) -> str:
     return (
-        f"[{s['output_tokens']} tokens in {s['elapsed_s']:.2f}s, "
+        f"[{s['output_tokens']} tokens in {s.get('elapsed_s', 0):.2f}s, "
         f"{s['tokens_per_s']:.1f} tok/s, {s['rounds']} rounds, "
-        f"accepted {s['accepted_tokens']}/{s['draft_tokens']} drafts, "
-        f"finish: {out['finish_reason']}]"
+        f"accepted {s['accepted_tokens']}/{s['draft_tokens']} drafts, finish: {finish}]"
     )
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.role == "verifier":
+        from specdec.verifier.app import VerifierConfig, main
+
+        if not args.model:
+            raise SpecdecError("serve verifier needs --model DIR")
+        main(
+            VerifierConfig(
+                args.model,
+                args.listen or "0.0.0.0:50052",
+                args.device,
+                args.slots,
+                args.max_seq_len,
+            )
+        )
+    elif args.role == "draft":
+        from specdec.draft.app import DraftConfig
+        from specdec.draft.app import main as draft_main
+
+        draft_main(
+            DraftConfig(
+                args.model,
+                args.listen or "0.0.0.0:50053",
+                args.device,
+                args.slots,
+                args.max_seq_len,
+                args.vocab_size,
+            )
+        )
+    else:
+        import os
+
+        from specdec.router.app import RouterConfig
+        from specdec.router.app import main as router_main
+
+        if not args.model or not args.verifiers:
+            raise SpecdecError("serve router needs --model DIR and --verifiers HOST:PORT,...")
+        router_main(
+            RouterConfig(
+                model=args.model,
+                verifiers=tuple(filter(None, args.verifiers.split(","))),
+                drafts=tuple(filter(None, args.drafts.split(","))),
+                listen=args.listen or "0.0.0.0:50051",
+                draft_model=args.draft_model,
+                redis_url=args.redis_url or os.environ.get("REDIS_URL") or None,
+                default_policy=args.policy,
+                max_depth=args.max_depth,
+                max_context_tokens=args.max_seq_len,
+            )
+        )
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,8 +202,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "generate":
             return _run_generate(args)
-        print(PIPELINE_NOT_YET.format(cmd=args.command), file=sys.stderr)
-        return 2
+        if args.command == "serve":
+            return _run_serve(args)
+        from specdec.up import up
+
+        return up(
+            args.target,
+            None if args.no_draft_model else args.draft,
+            args.listen,
+            args.device,
+            args.draft_device,
+        )
     except SpecdecError as exc:
         print(f"specdec: {exc}", file=sys.stderr)
         return 2

@@ -45,41 +45,37 @@ class Pipeline:
     slots: int = 8
     redis_url: str | None = None
     max_context_tokens: int = 256
+    num_verifiers: int = 1
     loop: LoopThread = field(default_factory=LoopThread)
     servers: dict[str, Running] = field(default_factory=dict)
     router_deps: Any = None
 
     def start(self) -> Pipeline:
-        v = self.loop.run(
-            verifier_app.start(
-                verifier_app.VerifierConfig(
-                    self.target,
-                    listen="127.0.0.1:0",
-                    device="cpu",
-                    slots=self.slots,
-                    max_seq_len=self.max_context_tokens,
-                )
+        for i in range(self.num_verifiers):
+            name = "verifier" if i == 0 else f"verifier{i + 1}"
+            cfg = verifier_app.VerifierConfig(
+                self.target,
+                listen="127.0.0.1:0",
+                device="cpu",
+                slots=self.slots,
+                max_seq_len=self.max_context_tokens,
             )
+            self.servers[name] = self.loop.run(verifier_app.start(cfg))
+        draft_cfg = draft_app.DraftConfig(
+            self.draft,
+            listen="127.0.0.1:0",
+            device="cpu",
+            slots=self.slots,
+            max_seq_len=self.max_context_tokens,
         )
-        d = self.loop.run(
-            draft_app.start(
-                draft_app.DraftConfig(
-                    self.draft,
-                    listen="127.0.0.1:0",
-                    device="cpu",
-                    slots=self.slots,
-                    max_seq_len=self.max_context_tokens,
-                )
-            )
-        )
-        self.servers = {"verifier": v, "draft": d}
+        self.servers["draft"] = self.loop.run(draft_app.start(draft_cfg))
         self.add_router()
         return self
 
     def add_router(self, **overrides: Any) -> Running:
         cfg = router_app.RouterConfig(
             model=self.target,
-            verifiers=(f"127.0.0.1:{self.servers['verifier'].port}",),
+            verifiers=tuple(self.address(n) for n in self.servers if n.startswith("verifier")),
             drafts=(f"127.0.0.1:{self.servers['draft'].port}",),
             listen="127.0.0.1:0",
             redis_url=self.redis_url,
@@ -96,8 +92,8 @@ class Pipeline:
     def client(self) -> generation_pb2_grpc.GenerationStub:
         return generation_pb2_grpc.GenerationStub(grpc.insecure_channel(self.address("router")))
 
-    def verifier_status(self) -> common_pb2.ReplicaStatus:
-        stub = verifier_pb2_grpc.VerifierStub(grpc.insecure_channel(self.address("verifier")))
+    def verifier_status(self, name: str = "verifier") -> common_pb2.ReplicaStatus:
+        stub = verifier_pb2_grpc.VerifierStub(grpc.insecure_channel(self.address(name)))
         return stub.GetStatus(common_pb2.GetStatusRequest())
 
     def draft_status(self) -> common_pb2.ReplicaStatus:
@@ -110,4 +106,9 @@ class Pipeline:
     def close(self) -> None:
         for running in self.servers.values():
             self.loop.run(running.stop(0))
+        if self.router_deps is not None:
+            self.loop.run(self.router_deps.verifiers.close())
+            self.loop.run(self.router_deps.drafts.close())
+            if self.router_deps.sessions is not None:
+                self.loop.run(self.router_deps.sessions.close())
         self.loop.close()

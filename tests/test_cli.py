@@ -114,7 +114,13 @@ def test_mismatched_tokenizers_are_refused(tmp_path: Path, model_dir: Path):
     assert "tokenizer differs" in out.stderr
 
 
-def test_pipeline_commands_say_not_yet():
-    out = specdec("up")
+def test_up_without_models_says_how_to_get_them(tmp_path: Path):
+    out = specdec("up", "--target", str(tmp_path / "missing"), "--listen", "127.0.0.1:0")
     assert out.returncode == 2
-    assert "not built yet" in out.stderr
+    assert "missing" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_generate_without_a_router_is_a_clear_error():
+    out = specdec("generate", "--addr", "127.0.0.1:1", "hello")
+    assert out.returncode == 2
+    assert "no router at 127.0.0.1:1" in out.stderr

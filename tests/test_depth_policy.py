@@ -189,6 +189,18 @@ def test_goodput_starts_at_its_initial_depth():
         GoodputDepth(max_depth=4, initial_depth=5)
 
 
+def test_goodput_ignores_the_timings_of_the_prefill_round():
+    policy = GoodputDepth()
+    observe(policy, k=4, accepted=4, draft_ns=900 * MS, verify_ns=2000 * MS)  # prompt prefill
+    assert policy.cost_model() is None
+    assert policy.next_depth() == 4
+    observe(policy, k=4, accepted=4)
+    model = policy.cost_model()
+    assert model is not None
+    assert model.draft_ns_per_token == pytest.approx(MS)
+    assert model.round_ns(4) == pytest.approx(4 * MS + 20 * MS + 4 * MS // 5 + 2 * MS)
+
+
 def test_goodput_counts_acceptance_per_position():
     policy = GoodputDepth()
     assert policy.alpha == pytest.approx(0.6)  # the prior
@@ -205,6 +217,7 @@ def test_goodput_counts_acceptance_per_position():
 
 def test_goodput_fits_verify_time_linear_in_tokens():
     policy = GoodputDepth()
+    observe(policy, k=4, accepted=0)  # prefill round, timings ignored
     for k in (4, 2, 6, 4, 1, 8):  # verify = 10 ms + 3 ms per token, exactly
         observe(policy, k=k, accepted=0, verify_ns=10 * MS + 3 * MS * (k + 1))
     model = policy.cost_model()
@@ -218,6 +231,7 @@ def test_goodput_fits_verify_time_linear_in_tokens():
 
 def test_goodput_assumes_a_small_verify_slope_from_a_single_depth():
     policy = GoodputDepth()
+    observe(policy, k=4, accepted=4)  # prefill round, timings ignored
     observe(policy, k=4, accepted=4, verify_ns=25 * MS)
     model = policy.cost_model()
     assert model is not None

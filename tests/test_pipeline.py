@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -90,3 +92,142 @@ def test_sampling_with_seed_is_reproducible(pipeline):
         fixed_depth=3,
     )
     assert run(pipeline, **fields)[0] == run(pipeline, **fields)[0]
+
+
+@pytest.mark.parametrize(
+    "policy", [generation_pb2.DEPTH_POLICY_HEURISTIC, generation_pb2.DEPTH_POLICY_GOODPUT]
+)
+def test_greedy_each_adaptive_policy_equals_target_only(pipeline, reference, policy):
+    tokens, _, _ = run(pipeline, prompt_text=PROMPTS[3], max_tokens=30, depth_policy=policy)
+    assert tokens == reference(PROMPTS[3], 30)
+
+
+@pytest.mark.parametrize(
+    "method", [generation_pb2.DRAFT_METHOD_NGRAM, generation_pb2.DRAFT_METHOD_NONE]
+)
+def test_greedy_ngram_and_no_draft_equal_target_only(pipeline, reference, method):
+    tokens, _, last = run(pipeline, prompt_text=PROMPTS[0] * 3, max_tokens=30, draft_method=method)
+    assert tokens == reference(PROMPTS[0] * 3, 30)
+    if method == generation_pb2.DRAFT_METHOD_NONE:
+        assert last.stats.draft_tokens == 0
+
+
+def test_eight_concurrent_requests_are_each_exact(pipeline, reference):
+    prompts = [f"{p} # {i}" for i, p in enumerate(PROMPTS * 2)]
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda p: run(pipeline, prompt_text=p, max_tokens=24)[0], prompts))
+    for prompt, tokens in zip(prompts, results, strict=True):
+        assert tokens == reference(prompt, 24)
+    assert pipeline.verifier_status().slots_in_use == 0
+
+
+def test_text_streams_and_decodes_to_the_tokens(pipeline, model_dir):
+    tokens, text, last = run(pipeline, prompt_text=PROMPTS[1], max_tokens=16)
+    tokenizer = Tokenizer.from_folder(model_dir / "target")
+    assert text == tokenizer.decode(tokens)
+    assert last.finish_reason == generation_pb2.FINISH_REASON_LENGTH
+    assert last.stats.output_tokens == 16 and last.stats.time_to_first_token_ns > 0
+
+
+def test_stop_string_ends_the_text_before_it(pipeline, model_dir):
+    tokens, _text, _ = run(pipeline, prompt_text=PROMPTS[0], max_tokens=30)
+    full = Tokenizer.from_folder(model_dir / "target").decode(tokens)
+    stop = full[10:13]
+    _, cut, last = run(pipeline, prompt_text=PROMPTS[0], max_tokens=30, stop=[stop])
+    assert last.finish_reason == generation_pb2.FINISH_REASON_STOP_SEQUENCE
+    assert cut == full[: full.index(stop)]
+
+
+def test_deadline_frees_slots_on_both_replicas(pipeline):
+    request = generation_pb2.GenerateRequest(prompt_text=PROMPTS[2], max_tokens=240)
+    with pytest.raises(grpc.RpcError) as err:
+        for _ in pipeline.client().Generate(request, timeout=0.03):
+            time.sleep(0.01)  # a slow reader: the deadline passes mid-stream
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if (
+            pipeline.verifier_status().slots_in_use == 0
+            and pipeline.draft_status().slots_in_use == 0
+        ):
+            break
+        time.sleep(0.05)
+    assert pipeline.verifier_status().slots_in_use == 0
+    assert pipeline.draft_status().slots_in_use == 0
+
+
+def test_cancel_frees_slots_on_both_replicas(pipeline):
+    call = pipeline.client().Generate(
+        generation_pb2.GenerateRequest(prompt_text=PROMPTS[0], max_tokens=200)
+    )
+    next(call)
+    call.cancel()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and (
+        pipeline.verifier_status().slots_in_use or pipeline.draft_status().slots_in_use
+    ):
+        time.sleep(0.05)
+    assert pipeline.verifier_status().slots_in_use == 0
+    assert pipeline.draft_status().slots_in_use == 0
+
+
+LONG = "x" * ((1 << 20) + 1)
+
+
+@pytest.mark.parametrize(
+    ("fields", "field_name"),
+    [
+        (dict(max_tokens=5), "prompt"),
+        (dict(prompt_text="", max_tokens=5), "prompt_text"),
+        (dict(prompt_token_ids=generation_pb2.TokenIds(ids=[]), max_tokens=5), "prompt_token_ids"),
+        (
+            dict(prompt_token_ids=generation_pb2.TokenIds(ids=[1, 99999]), max_tokens=5),
+            "prompt_token_ids",
+        ),
+        (
+            dict(prompt_token_ids=generation_pb2.TokenIds(ids=[1] * 256), max_tokens=5),
+            "prompt_token_ids",
+        ),
+        (dict(prompt_text="hi", max_tokens=0), "max_tokens"),
+        (dict(prompt_text="hi", max_tokens=100000), "max_tokens"),
+        (
+            dict(
+                prompt_text="hi", max_tokens=5, sampling=common_pb2.SamplingParams(temperature=-0.5)
+            ),
+            "temperature",
+        ),
+        (
+            dict(
+                prompt_text="hi",
+                max_tokens=5,
+                sampling=common_pb2.SamplingParams(temperature=1, top_p=0.0),
+            ),
+            "top_p",
+        ),
+        (
+            dict(
+                prompt_text="hi",
+                max_tokens=5,
+                sampling=common_pb2.SamplingParams(temperature=1, top_p=1.5),
+            ),
+            "top_p",
+        ),
+        (dict(prompt_text="hi", max_tokens=5, depth_policy=42), "depth_policy"),
+        (dict(prompt_text="hi", max_tokens=5, fixed_depth=17), "fixed_depth"),
+        (dict(prompt_text="hi", max_tokens=5, stop=[""]), "stop"),
+        (dict(prompt_text="hi", max_tokens=5, session_id="no spaces"), "session_id"),
+        (dict(prompt_text=LONG, max_tokens=5), "prompt_text"),
+    ],
+)
+def test_bad_fields_are_invalid_argument_naming_the_field(pipeline, fields, field_name):
+    with pytest.raises(grpc.RpcError) as err:
+        run(pipeline, **fields)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_name in err.value.details()
+    assert "Traceback" not in err.value.details()
+
+
+def test_get_info_describes_the_deployment(pipeline):
+    info = pipeline.client().GetInfo(generation_pb2.GetInfoRequest())
+    assert info.target_model == "target" and info.vocab_size == 320
+    assert info.max_context_tokens == 256 and "goodput" in info.depth_policies

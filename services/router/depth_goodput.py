@@ -42,8 +42,10 @@ Exploration. At k = 0 acceptance is never observed again, so after EXPLORE_EVERY
 k = 0 rounds the policy asks once for PROBE_DEPTH tokens; a predictable stretch of text then
 lifts alpha and speculation resumes.
 
-Before its first measured round the policy returns ``initial_depth`` (4). All state is in the
-object, one per request; the same observations always give the same depths.
+Start. The first round of a request also prefills the prompt on the draft and the verifier, so
+its timings are not used (its acceptance is). Until draft and verify times have been measured,
+the policy returns ``initial_depth`` (4): the first two rounds run at that depth. All state is in
+the object, one per request; the same observations always give the same depths.
 
 Non-goals: learning across requests (a new request starts from the prior); a model of
 proposers that return fewer tokens than asked (prompt lookup): such rounds only add less
@@ -176,6 +178,7 @@ class GoodputDepth:
         self._overhead_ns = _DecayedMean(TIME_DECAY)
         self._pressure = _DecayedMean(LOAD_DECAY)
         self._verify = _VerifyCostFit()
+        self._rounds = 0  # rounds observed
         self._rounds_at_zero = 0  # consecutive observed rounds with depth 0
 
     @property
@@ -205,11 +208,12 @@ class GoodputDepth:
             rejected = obs.num_accepted < obs.num_proposed
             self._successes = self._successes * ACCEPT_DECAY + obs.num_accepted
             self._failures = self._failures * ACCEPT_DECAY + (1.0 if rejected else 0.0)
+        self._rounds_at_zero = 0 if obs.depth > 0 else self._rounds_at_zero + 1
+        self._rounds += 1
+        if self._rounds == 1:  # prompt prefill on both sides: timings unlike any later round
+            return
         if obs.depth > 0:
             self._draft_ns_per_token.add(obs.draft_ns / obs.depth)
-            self._rounds_at_zero = 0
-        else:
-            self._rounds_at_zero += 1
         self._verify.add(obs.num_proposed + 1, obs.verify_ns)
         self._overhead_ns.add(max(obs.round_ns - obs.draft_ns - obs.verify_ns, 0))
         self._pressure.add(max(obs.verifier_active - 1, 0) + obs.verifier_queue)

@@ -73,7 +73,9 @@ def _sampling(req: Request) -> common_pb2.SamplingParams:
 
 def _policy(req: Request, deps: RouterDeps) -> DepthPolicy:
     name = req.policy or deps.default_policy
-    return make_policy(name, fixed_depth=req.fixed_depth, max_depth=deps.max_depth)
+    # A fixed depth above the adaptive policies' ceiling is still allowed (up to MAX_DEPTH).
+    max_depth = max(deps.max_depth, req.fixed_depth) if name == "fixed" else deps.max_depth
+    return make_policy(name, fixed_depth=req.fixed_depth, max_depth=max_depth)
 
 
 async def generate(

@@ -30,12 +30,22 @@ class _Stream:
         self._closed = False
 
     async def _ask(self, msg: object) -> object:
-        await self.call.write(msg)
+        try:
+            await self.call.write(msg)
+        except asyncio.InvalidStateError:  # the call already ended: surface its status
+            await self._raise_status()
         reply = await asyncio.wait_for(self.call.read(), self.timeout_s)
         if reply is grpc.aio.EOF:
-            await self.call  # raises the status the replica ended with, if any
-            raise StreamClosed(f"{self.replica.address} closed the stream")
+            await self._raise_status()
         return reply
+
+    async def _raise_status(self) -> None:
+        """Raise the status the replica ended the call with (``StreamClosed`` if it was OK)."""
+        code = await self.call.code()
+        if code != grpc.StatusCode.OK:
+            details = await self.call.details()
+            raise grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
+        raise StreamClosed(f"{self.replica.address} closed the stream")
 
     async def close(self) -> None:
         if self._closed:

@@ -1,0 +1,85 @@
+"""End to end: ``specdec up`` as a user runs it, then ``specdec generate`` against it."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from specdec.engine.local import run_in_process
+
+pytestmark = pytest.mark.e2e
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_up_serves_generate_and_stops_cleanly_on_ctrl_c(model_dir: Path):
+    addr = f"127.0.0.1:{free_port()}"
+    up = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "specdec.cli",
+            "up",
+            "--target",
+            str(model_dir / "target"),
+            "--draft",
+            str(model_dir / "draft_close"),
+            "--listen",
+            addr,
+            "--device",
+            "cpu",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        lines = []
+        while time.monotonic() < deadline:
+            line = up.stdout.readline()
+            lines.append(line)
+            if "specdec ready" in line or not line:
+                break
+        assert any("specdec ready" in ln for ln in lines), "".join(lines)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "specdec.cli",
+                "generate",
+                "--addr",
+                addr,
+                "--json",
+                "--max-tokens",
+                "16",
+                "def add(a, b):",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        got = json.loads(out.stdout)
+        expected = run_in_process(
+            str(model_dir / "target"), "def add(a, b):", max_tokens=16, device="cpu"
+        )
+        assert got["token_ids"] == expected["token_ids"]
+        assert got["text"] == expected["text"]
+        assert got["stats"]["rounds"] > 0
+    finally:
+        up.send_signal(signal.SIGINT)
+        rest = up.communicate(timeout=30)[0]
+    assert up.returncode == 0, rest
+    assert "specdec stopped" in rest
