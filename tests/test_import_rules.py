@@ -93,6 +93,9 @@ TORCHLESS = textwrap.dedent("""
         raise SystemExit("the torch blocker does not work")
 
     import specdec.router
+    import specdec.router.app
+    import specdec.client
+    import specdec.up
     from specdec.engine.tokenizer import Tokenizer
 
     leaked = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
@@ -107,3 +110,10 @@ def test_router_and_tokenizer_import_without_torch() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok Tokenizer"
+
+
+def test_router_depth_bound_equals_the_engine_bound() -> None:
+    from specdec.engine.proposer import MAX_SPEC_DEPTH
+    from specdec.router.depth_policy import MAX_DEPTH
+
+    assert MAX_DEPTH == MAX_SPEC_DEPTH

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
 import pytest
+from exact import assert_matches, exact_two_token_marginals
 from harness import Pipeline
 
 from specdec.engine.checkpoint import load_model
@@ -231,3 +233,29 @@ def test_get_info_describes_the_deployment(pipeline):
     info = pipeline.client().GetInfo(generation_pb2.GetInfoRequest())
     assert info.target_model == "target" and info.vocab_size == 320
     assert info.max_context_tokens == 256 and "goodput" in info.depth_policies
+
+
+@pytest.mark.slow
+def test_pipeline_sampling_keeps_the_target_distribution(pipeline, model_dir):
+    """First two tokens sampled through router, draft and verifier vs the exact marginals."""
+    target = ModelRunner(load_model(model_dir / "target"), num_slots=1, max_seq_len=256)
+    prompt = Tokenizer.from_folder(model_dir / "target").encode(PROMPTS[0])
+    params = SamplingParams(temperature=1.5, top_k=6)
+    first, second = exact_two_token_marginals(target, prompt, params)
+    n = 1200
+
+    def one(seed: int) -> list[int]:
+        sampling = common_pb2.SamplingParams(temperature=1.5, top_k=6, seed=seed)
+        return run(
+            pipeline,
+            prompt_token_ids=generation_pb2.TokenIds(ids=prompt),
+            max_tokens=2,
+            sampling=sampling,
+            depth_policy=generation_pb2.DEPTH_POLICY_FIXED,
+            fixed_depth=1,
+        )[0]
+
+    with ThreadPoolExecutor(8) as pool:
+        outputs = list(pool.map(one, range(n)))
+    assert_matches(Counter(o[0] for o in outputs), first, n)
+    assert_matches(Counter(o[1] for o in outputs), second, n)

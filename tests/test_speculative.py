@@ -7,16 +7,14 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import torch
-from scipy.stats import chisquare
+from exact import assert_matches, exact_two_token_marginals
 
-from specdec.engine.batch import Chunk
 from specdec.engine.checkpoint import load_model
 from specdec.engine.errors import InvalidRequest
 from specdec.engine.proposer_draft import DraftModelProposer
 from specdec.engine.proposer_ngram import NgramProposer
 from specdec.engine.runner import ModelRunner
-from specdec.engine.sampling import SamplingParams, target_probs
+from specdec.engine.sampling import SamplingParams
 from specdec.engine.speculative import generate
 
 pytestmark = pytest.mark.unit
@@ -148,30 +146,12 @@ def test_seeded_sampling_is_reproducible(target, drafts):
     assert generate(target, PROMPTS[0], other, 30, None, 0).token_ids != run(None)
 
 
-def _exact_two_token_marginals(
-    target: ModelRunner, prompt: list[int], params: SamplingParams
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """P(first token) and P(second token) of plain sampling, computed exactly."""
-    slot = target.cache.allocate()
-    try:
-        logits = target.step([Chunk(slot, prompt, 0, 1)])[0]
-        first = target_probs(logits, params)[0].double()  # [V]
-        second = torch.zeros_like(first)
-        for tok in torch.nonzero(first).flatten().tolist():
-            nxt = target.step([Chunk(slot, [tok], len(prompt), 1)])[0]
-            target.cache.rollback_to(slot, len(prompt))
-            second += first[tok] * target_probs(nxt, params)[0].double()
-    finally:
-        target.cache.free(slot)
-    return first, second
-
-
 @pytest.mark.slow
 def test_speculative_sampling_keeps_the_target_distribution(target, drafts):
     """Chi-square of the first two generated tokens against the exact target marginals."""
     params = SamplingParams(temperature=1.5, top_k=6)
     prompt = PROMPTS[0]
-    first, second = _exact_two_token_marginals(target, prompt, params)
+    first, second = exact_two_token_marginals(target, prompt, params)
     draft = drafts["draft_close"]
     n = 2000
     counts: list[Counter[int]] = [Counter(), Counter()]
@@ -185,12 +165,8 @@ def test_speculative_sampling_keeps_the_target_distribution(target, drafts):
         for i in (0, 1):
             counts[i][got.token_ids[i]] += 1
     assert accepted > n // 10  # the draft path really ran
-    for position, exact in ((0, first), (1, second)):
-        support = torch.nonzero(exact > 1e-3).flatten().tolist()
-        observed = [counts[position][t] for t in support]
-        expected = (exact[support] / exact[support].sum() * sum(observed)).tolist()
-        assert sum(observed) >= 0.99 * n
-        assert chisquare(observed, expected).pvalue > 1e-4, (position, observed, expected)
+    assert_matches(counts[0], first, n)
+    assert_matches(counts[1], second, n)
 
 
 def test_draft_and_target_slots_hold_committed_tokens_only(model_dir, target):
