@@ -1,0 +1,231 @@
+"""Measure the demo pair: held-out loss, greedy acceptance per position for k = 1..8, the share
+of continuations that loop, the draft/target step cost, and sample continuations.
+
+Prompts are the first lines of held-out files (the same hash split as ``train_demo.py``).
+Prints a Markdown report (for ``models/README.md``) and writes the numbers as JSON.
+
+    python tools/eval_demo.py --models models --json bench-out/demo-eval.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).parent))
+from train_demo import SEQ_LEN, corpus_files, is_heldout
+
+from specdec.engine.batch import Chunk
+from specdec.engine.checkpoint import load_model
+from specdec.engine.proposer_draft import DraftModelProposer
+from specdec.engine.runner import ModelRunner
+from specdec.engine.sampling import SamplingParams
+from specdec.engine.speculative import generate
+from specdec.engine.tokenizer import Tokenizer
+
+CONTINUATION = 64
+
+
+def heldout_texts(root: Path) -> list[tuple[str, str]]:
+    out = []
+    for path in corpus_files(root):
+        rel = path.relative_to(root).as_posix()
+        if is_heldout(rel):
+            try:
+                out.append((rel, path.read_text(encoding="utf-8")))
+            except (UnicodeDecodeError, OSError):
+                continue
+    return out
+
+
+def prompts_from(texts: list[tuple[str, str]], n: int, lines: int) -> list[tuple[str, str]]:
+    """The first ``lines`` lines of the first ``n`` held-out files that are long enough."""
+    out = []
+    for rel, text in texts:
+        split = text.splitlines(keepends=True)
+        if len(split) > lines + 8 and sum(len(s) for s in split[:lines]) > 80:
+            out.append((rel, "".join(split[:lines])))
+        if len(out) == n:
+            break
+    return out
+
+
+@torch.no_grad()
+def heldout_loss(
+    model, tokenizer: Tokenizer, texts: list[tuple[str, str]], windows: int = 64
+) -> float:
+    ids = [t for _, text in texts for t in tokenizer.encode(text)]
+    data = torch.tensor(ids)
+    gen = torch.Generator().manual_seed(1)
+    starts = torch.randint(0, len(data) - SEQ_LEN - 1, (windows,), generator=gen).tolist()
+    rows = torch.stack([data[s : s + SEQ_LEN + 1] for s in starts])
+    losses = []
+    for chunk in rows.split(16):
+        logits = model.forward_dense(chunk[:, :-1]).float()
+        losses.append(F.cross_entropy(logits.flatten(0, 1), chunk[:, 1:].flatten()).item())
+    return sum(losses) / len(losses)
+
+
+def loops(token_ids: list[int], text: str) -> bool:
+    """A continuation loops if its second half repeats with a short period, or a non-blank
+    line appears three times or more."""
+    tail = token_ids[len(token_ids) // 2 :]
+    for period in range(1, 17):
+        if len(tail) > 2 * period and all(
+            tail[i] == tail[i - period] for i in range(period, len(tail))
+        ):
+            return True
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return any(lines.count(ln) >= 3 for ln in set(lines))
+
+
+def step_cost_ratio(
+    target: ModelRunner, draft: ModelRunner, ctx: int = 128, reps: int = 30
+) -> tuple[float, float]:
+    """Median time of one decode step of each model at context ``ctx`` (interleaved)."""
+    times: dict[str, list[float]] = {"target": [], "draft": []}
+    slots = {}
+    for name, runner in (("target", target), ("draft", draft)):
+        slots[name] = runner.cache.allocate()
+        runner.step([Chunk(slots[name], [1] * ctx, 0, 1)])
+    for _ in range(reps):
+        for name, runner in (("target", target), ("draft", draft)):
+            start = time.perf_counter()
+            runner.step([Chunk(slots[name], [1], ctx, 1)])
+            times[name].append(time.perf_counter() - start)
+            runner.cache.rollback_to(slots[name], ctx)
+    for name, runner in (("target", target), ("draft", draft)):
+        runner.cache.free(slots[name])
+    return statistics.median(times["target"]), statistics.median(times["draft"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", type=Path, default=Path("models"))
+    ap.add_argument("--prompts", type=int, default=32)
+    ap.add_argument("--prompt-lines", type=int, default=12)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    tdir, ddir = args.models / "demo-target", args.models / "demo-draft"
+    tokenizer = Tokenizer.from_folder(tdir)
+    target_model, draft_model = load_model(tdir), load_model(ddir)
+    target = ModelRunner(target_model, num_slots=2, max_seq_len=1024)
+    draft = ModelRunner(draft_model, num_slots=2, max_seq_len=1024)
+    texts = heldout_texts(Path(sysconfig.get_paths()["stdlib"]))
+    prompts = prompts_from(texts, args.prompts, args.prompt_lines)
+    result: dict = {"prompts": len(prompts), "heldout_files": len(texts)}
+    result["heldout_loss"] = {
+        "target": heldout_loss(target_model, tokenizer, texts),
+        "draft": heldout_loss(draft_model, tokenizer, texts),
+    }
+    greedy = SamplingParams()
+    refs, looping = [], []
+    for _, prompt in prompts:
+        ids = generate(
+            target, tokenizer.encode(prompt), greedy, CONTINUATION, None, 0, stop_token_ids=[]
+        ).token_ids
+        refs.append(ids)
+        looping.append(loops(ids, tokenizer.decode(ids)))
+    result["loop_share"] = sum(looping) / len(looping)
+    per_k = {}
+    for k in range(1, 9):
+        acc = [0] * k
+        prop = [0] * k
+        tokens = {"all": [0, 0], "non_looping": [0, 0]}  # [accepted drafts, rounds]
+        for (_, prompt), ref, loop in zip(prompts, refs, looping, strict=True):
+            res = generate(
+                target,
+                tokenizer.encode(prompt),
+                greedy,
+                CONTINUATION,
+                DraftModelProposer(draft),
+                k,
+                stop_token_ids=[],
+            )
+            assert res.token_ids == ref, "speculative output differs from target-only"
+            s = res.stats
+            for i in range(k):
+                acc[i] += s.accepted_per_position[i]
+                prop[i] += s.proposed_per_position[i]
+            for key in ("all",) + (() if loop else ("non_looping",)):
+                tokens[key][0] += s.accepted_tokens
+                tokens[key][1] += s.rounds
+        per_k[k] = {
+            "per_position": [a / p if p else 0.0 for a, p in zip(acc, prop, strict=True)],
+            "accepted_per_round": tokens["all"][0] / tokens["all"][1],
+            "accepted_per_round_non_looping": (
+                tokens["non_looping"][0] / tokens["non_looping"][1]
+                if tokens["non_looping"][1]
+                else None
+            ),
+        }
+    result["per_k"] = per_k
+    t_target, t_draft = step_cost_ratio(target, draft)
+    result["step_ms"] = {
+        "target": t_target * 1e3,
+        "draft": t_draft * 1e3,
+        "ratio": t_draft / t_target,
+    }
+    samples = []
+    for _, prompt in prompts[:2]:
+        ids = tokenizer.encode(prompt)
+        g = generate(target, ids, greedy, 96, None, 0).token_ids
+        s = generate(target, ids, SamplingParams(temperature=0.8, seed=0), 96, None, 0).token_ids
+        samples.append(
+            {"prompt": prompt, "greedy": tokenizer.decode(g), "t0.8": tokenizer.decode(s)}
+        )
+    result["samples"] = samples
+    print(report(result))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+
+
+def report(r: dict) -> str:
+    lines = [
+        f"held-out loss: target {r['heldout_loss']['target']:.3f}, "
+        f"draft {r['heldout_loss']['draft']:.3f} (nats/token)",
+        f"prompts: {r['prompts']} held-out files; continuations that loop: {r['loop_share']:.0%}",
+        f"decode step: target {r['step_ms']['target']:.2f} ms, draft "
+        f"{r['step_ms']['draft']:.2f} ms, ratio {r['step_ms']['ratio']:.3f}",
+        "",
+        "| k | accepted drafts / round | same, non-looping | acceptance by position |",
+        "|---|---|---|---|",
+    ]
+    for k, v in r["per_k"].items():
+        non = v["accepted_per_round_non_looping"]
+        pos = " ".join(f"{p:.2f}" for p in v["per_position"])
+        lines.append(
+            f"| {k} | {v['accepted_per_round']:.2f} | "
+            f"{'-' if non is None else f'{non:.2f}'} | {pos} |"
+        )
+    for s in r["samples"]:
+        lines += [
+            "",
+            "Prompt:",
+            "```python",
+            s["prompt"].rstrip(),
+            "```",
+            "Greedy:",
+            "```python",
+            s["greedy"].rstrip(),
+            "```",
+            "Temperature 0.8:",
+            "```python",
+            s["t0.8"].rstrip(),
+            "```",
+        ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
