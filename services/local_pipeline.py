@@ -1,8 +1,9 @@
-"""Run the real services in this process, on loopback ports, for tests.
+"""All three services in this process, on loopback ports: for tests and benchmarks.
 
-``Pipeline`` starts an asyncio loop on a background thread and, on it, a verifier, a draft
-replica (model, or prompt lookup only) and a router, each a real gRPC server on port 0.
-Tests talk to them with ordinary blocking gRPC stubs, like any client.
+``Pipeline`` starts an asyncio loop on a background thread and, on it, one or more verifiers,
+a draft replica (model, or prompt lookup only) and a router, each a real gRPC server on port 0.
+Callers talk to them with ordinary blocking gRPC stubs, like any client. (``specdec up`` runs
+the same services as separate processes instead.)
 """
 
 from __future__ import annotations
