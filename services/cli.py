@@ -79,6 +79,12 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--policy", default="goodput", help="router: default depth policy")
     p.add_argument("--max-depth", type=int, default=8, help="router: deepest adaptive k")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="serve Prometheus /metrics on this port (0: off)",
+    )
 
 
 def _add_up(sub: argparse._SubParsersAction) -> None:
@@ -157,6 +163,7 @@ def _run_serve(args: argparse.Namespace) -> int:
                 args.device,
                 args.slots,
                 args.max_seq_len,
+                metrics_port=args.metrics_port,
             )
         )
     elif args.role == "draft":
@@ -171,6 +178,7 @@ def _run_serve(args: argparse.Namespace) -> int:
                 args.slots,
                 args.max_seq_len,
                 args.vocab_size,
+                metrics_port=args.metrics_port,
             )
         )
     else:
@@ -191,6 +199,7 @@ def _run_serve(args: argparse.Namespace) -> int:
                 redis_url=args.redis_url or os.environ.get("REDIS_URL") or None,
                 default_policy=args.policy,
                 max_depth=args.max_depth,
+                metrics_port=args.metrics_port,
                 max_context_tokens=args.max_seq_len,
             )
         )

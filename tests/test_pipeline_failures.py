@@ -154,8 +154,10 @@ def test_second_turn_of_a_session_prefills_only_new_tokens(model_dir, reference)
                 )
             )
             assert turn2 == reference(follow, 10)
-            reused = len(prompt) + len(turn1) - 1  # all but the last token was fed
-            assert last.stats.cached_prompt_tokens == reused
+            # Everything the first turn fed is reused: at least all but its last token (more
+            # when its last round fed drafts past the token budget).
+            reused = last.stats.cached_prompt_tokens
+            assert len(prompt) + len(turn1) - 1 <= reused <= len(prompt) + len(turn1)
             after = {n: p.verifier_status(n) for n in before}
             prefilled = sum(
                 after[n].prefill_tokens_total - before[n].prefill_tokens_total for n in before

@@ -11,7 +11,10 @@ from specdec.draft.server import DraftServicer
 from specdec.engine.checkpoint import load_model
 from specdec.engine.local import default_device, default_dtype
 from specdec.engine.runner import ModelRunner
+from specdec.serving import metrics
+from specdec.serving.metrics import serve_metrics
 from specdec.serving.server import Running, serve_forever, start_server
+from specdec.serving.telemetry import setup_tracing
 from specdec.v1 import draft_pb2, draft_pb2_grpc
 from specdec.verifier.app import warm_up
 from specdec.verifier.server import model_name
@@ -27,6 +30,7 @@ class DraftConfig:
     slots: int = 16  # KV-cache slots: concurrent sequences
     max_seq_len: int = 2048  # tokens per slot (capped by the model's context)
     vocab_size: int | None = None  # the target's vocabulary (drafts stay below it)
+    metrics_port: int = 0  # Prometheus /metrics on this port; 0: off
 
 
 def build_core(cfg: DraftConfig) -> tuple[DraftCore, int]:
@@ -46,6 +50,10 @@ async def start(cfg: DraftConfig) -> Running:
     core, vocab = await asyncio.to_thread(build_core, cfg)
     name = model_name(cfg.model) if cfg.model else "ngram"
     servicer = DraftServicer(core, name, vocab or (1 << 31))
+    metrics.QUEUE_DEPTH.labels("draft").set_function(lambda: core.loop.queued if core.loop else 0)
+    metrics.SLOTS_IN_USE.labels("draft").set_function(
+        lambda: core.runner.cache.slots_in_use if core.runner else 0
+    )
     running = await start_server(
         cfg.listen,
         [lambda s: draft_pb2_grpc.add_DraftServicer_to_server(servicer, s)],
@@ -57,6 +65,9 @@ async def start(cfg: DraftConfig) -> Running:
 
 
 def main(cfg: DraftConfig) -> None:
+    setup_tracing("specdec-draft")
+    serve_metrics(cfg.metrics_port)
+
     async def run() -> None:
         await serve_forever(await start(cfg))
 

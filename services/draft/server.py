@@ -10,11 +10,13 @@ import concurrent.futures
 from collections.abc import AsyncIterator
 
 import grpc
+from opentelemetry import trace
 
 from specdec.draft.core import DraftCore, DraftSequence
 from specdec.engine.errors import InvalidRequest
 from specdec.serving.convert import check_token_ids, sampling_from_proto, sparse_to_proto
 from specdec.serving.errors import abort_with
+from specdec.serving.telemetry import extract_context
 from specdec.v1 import common_pb2, draft_pb2, draft_pb2_grpc
 
 
@@ -39,12 +41,20 @@ class DraftServicer(draft_pb2_grpc.DraftServicer):
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[draft_pb2.ProposeResponse]:
         seq: DraftSequence | None = None
+        span = trace.get_tracer("specdec.draft").start_span(
+            "specdec.propose",
+            context=extract_context(context.invocation_metadata()),
+            kind=trace.SpanKind.SERVER,
+        )
         try:
             async for msg in request_iterator:
                 if msg.HasField("open"):
                     if seq is not None:
                         raise InvalidRequest("open", "the stream already opened a sequence")
                     seq = await self._open(msg.open)
+                    span.set_attributes(
+                        {"specdec.request_id": msg.open.request_id, "specdec.ngram": seq.ngram}
+                    )
                     continue
                 if seq is None:
                     raise InvalidRequest("open", "the first message of a stream must open it")
@@ -53,6 +63,15 @@ class DraftServicer(draft_pb2_grpc.DraftServicer):
                 future = self.core.propose(seq, step.position, tokens, step.depth)
                 timed = await asyncio.wrap_future(future)
                 proposal = timed.result
+                span.add_event(
+                    "step",
+                    {
+                        "position": step.position,
+                        "k": step.depth,
+                        "proposed": len(proposal),
+                        "draft_ns": timed.batch_ns + timed.queue_ns,
+                    },
+                )
                 response = draft_pb2.ProposeResponse(
                     position=len(seq.state.committed),
                     draft_token_ids=proposal.draft_token_ids,
@@ -66,8 +85,10 @@ class DraftServicer(draft_pb2_grpc.DraftServicer):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            span.record_exception(exc)
             await abort_with(context, exc, "Propose")
         finally:
+            span.end()
             if seq is not None:
                 self.core.close(seq)
 

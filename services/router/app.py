@@ -14,7 +14,9 @@ from specdec.router.request import Limits
 from specdec.router.server import GenerationServicer
 from specdec.router.sessions import SessionStore
 from specdec.router.speculation import RouterDeps
+from specdec.serving.metrics import serve_metrics
 from specdec.serving.server import Running, serve_forever, start_server
+from specdec.serving.telemetry import setup_tracing
 from specdec.v1 import draft_pb2_grpc, generation_pb2, generation_pb2_grpc, verifier_pb2_grpc
 
 log = logging.getLogger("specdec.router")
@@ -33,6 +35,7 @@ class RouterConfig:
     max_context_tokens: int = 2048  # prompt + output (must not exceed the verifiers')
     max_output_tokens: int = 4096  # largest max_tokens accepted
     session_ttl_s: int = 3600
+    metrics_port: int = 0  # Prometheus /metrics on this port; 0: off
 
 
 def build_deps(cfg: RouterConfig) -> RouterDeps:
@@ -57,6 +60,7 @@ def build_deps(cfg: RouterConfig) -> RouterDeps:
         sessions=sessions,
         default_policy=cfg.default_policy,
         max_depth=cfg.max_depth,
+        target_model=Path(cfg.model).resolve().name,
     )
 
 
@@ -84,6 +88,9 @@ async def stop(running: Running, deps: RouterDeps, grace_s: float = 5.0) -> None
 
 
 def main(cfg: RouterConfig) -> None:
+    setup_tracing("specdec-router")
+    serve_metrics(cfg.metrics_port)
+
     async def run() -> None:
         running, deps = await start(cfg)
         try:

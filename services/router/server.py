@@ -15,7 +15,9 @@ from specdec.engine.errors import InvalidRequest, OutOfSlots
 from specdec.router.depth_policy import POLICIES
 from specdec.router.request import parse_request
 from specdec.router.speculation import RouterDeps, generate
-from specdec.serving.errors import Unavailable, abort_with
+from specdec.serving import metrics
+from specdec.serving.errors import Unavailable, abort_with, status_for
+from specdec.serving.telemetry import extract_context
 from specdec.v1 import generation_pb2, generation_pb2_grpc
 
 
@@ -38,16 +40,21 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
     async def Generate(
         self, request: generation_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[generation_pb2.GenerateResponse]:
+        status = "OK"
         try:
             req = parse_request(request, self.deps.tokenizer, self.deps.limits)
-            async for response in generate(req, self.deps):
+            parent = extract_context(context.invocation_metadata())
+            async for response in generate(req, self.deps, parent):
                 yield response
         except asyncio.CancelledError:
+            status = "CANCELLED"
             raise  # the client went away; the streams' finally blocks free the slots
-        except grpc.aio.AioRpcError as exc:
-            await abort_with(context, _from_replica(exc), "Generate")
         except Exception as exc:
-            await abort_with(context, exc, "Generate")
+            error = _from_replica(exc) if isinstance(exc, grpc.aio.AioRpcError) else exc
+            status = status_for(error)[0].name
+            await abort_with(context, error, "Generate")
+        finally:
+            metrics.REQUESTS.labels(status).inc()
 
     async def GetInfo(
         self, request: generation_pb2.GetInfoRequest, context: grpc.aio.ServicerContext

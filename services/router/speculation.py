@@ -17,8 +17,11 @@ import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 
 from specdec.engine.errors import OutOfSlots
 from specdec.engine.tokenizer import Tokenizer
@@ -28,7 +31,9 @@ from specdec.router.replicas import Replica, ReplicaPool
 from specdec.router.request import Limits, Request
 from specdec.router.sessions import SessionRecord, SessionStore, extends, hash_tokens
 from specdec.router.streams import DraftStream, StreamClosed, VerifierStream
+from specdec.serving import metrics
 from specdec.serving.errors import Unavailable
+from specdec.serving.telemetry import inject_metadata
 from specdec.v1 import common_pb2, generation_pb2
 
 log = logging.getLogger("specdec.router")
@@ -39,6 +44,13 @@ _FAILOVER_CODES = {
     grpc.StatusCode.UNKNOWN,
     grpc.StatusCode.CANCELLED,
     grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+FINISH_NAMES = {
+    generation_pb2.FINISH_REASON_EOS: "stop",
+    generation_pb2.FINISH_REASON_LENGTH: "length",
+    generation_pb2.FINISH_REASON_STOP_SEQUENCE: "stop",
 }
 
 
@@ -53,6 +65,7 @@ class RouterDeps:
     drafts: ReplicaPool
     sessions: SessionStore | None = None
     default_policy: str = "goodput"
+    target_model: str = ""
     max_depth: int = 8
     draft_timeout_s: float = 2.0
     verify_timeout_s: float = 60.0
@@ -79,10 +92,50 @@ def _policy(req: Request, deps: RouterDeps) -> DepthPolicy:
 
 
 async def generate(
-    req: Request, deps: RouterDeps, metadata: tuple = ()
+    req: Request, deps: RouterDeps, parent: otel_context.Context | None = None
 ) -> AsyncIterator[generation_pb2.GenerateResponse]:
-    """Stream the responses for ``req``; the last one carries the finish reason and stats."""
+    """Stream the responses for ``req``; the last one carries the finish reason and stats.
+
+    One span per request (a child of the caller's trace when it sent one); its context goes to
+    the draft and the verifier in the stream metadata, so their spans join the same trace.
+    """
+    span = trace.get_tracer("specdec.router").start_span(
+        "specdec.generate",
+        context=parent,
+        kind=trace.SpanKind.SERVER,
+        attributes=_request_attributes(req, deps),
+    )
+    try:
+        async for response in _generate(req, deps, span):
+            yield response
+    except BaseException as exc:
+        span.record_exception(exc)
+        span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
+        raise
+    finally:
+        span.end()
+
+
+def _request_attributes(req: Request, deps: RouterDeps) -> dict[str, Any]:
+    """GenAI semantic-convention attributes where they fit."""
+    return {
+        "gen_ai.operation.name": "text_completion",
+        "gen_ai.request.model": deps.target_model,
+        "gen_ai.request.max_tokens": req.max_tokens,
+        "gen_ai.request.temperature": req.temperature,
+        "gen_ai.request.top_p": req.top_p,
+        "gen_ai.usage.input_tokens": len(req.prompt_ids),
+        "specdec.request_id": req.request_id,
+        "specdec.session_id": req.session_id,
+    }
+
+
+async def _generate(
+    req: Request, deps: RouterDeps, span: trace.Span
+) -> AsyncIterator[generation_pb2.GenerateResponse]:
+    metadata = inject_metadata(span)
     started = time.perf_counter_ns()
+    last_emit = started
     seed = req.seed if req.seed is not None else random.getrandbits(63)
     sampling = _sampling(req)
     state = _State(req, list(req.prompt_ids))
@@ -142,7 +195,17 @@ async def generate(
                 )
                 continue
             new = drafts[: reply.num_accepted] + [reply.next_token_id]
-            _record_round(state, k, len(drafts), reply, round_start)
+            _record_round(state, k, len(drafts), reply.num_accepted)
+            span.add_event(
+                "round",
+                {
+                    "k": k,
+                    "proposed": len(drafts),
+                    "accepted": reply.num_accepted,
+                    "draft_ns": draft_ns,
+                    "verify_ns": reply.verify_ns,
+                },
+            )
             if state.stats.rounds == 1:
                 state.stats.cached_prompt_tokens = reply.cached_prompt_tokens
             policy.observe(
@@ -159,8 +222,14 @@ async def generate(
             )
             emitted, stop = _commit(state, new, deps)
             text = detok.add(emitted)
+            now = time.perf_counter_ns()
             if state.stats.rounds == 1:
-                state.stats.time_to_first_token_ns = time.perf_counter_ns() - started
+                state.stats.time_to_first_token_ns = now - started
+                metrics.TTFT.observe((now - started) / 1e9)
+            else:
+                for _ in emitted:  # speculation delivers tokens in bursts: spread the gap
+                    metrics.ITL.observe((now - last_emit) / 1e9 / len(emitted))
+            last_emit = now
             if detok.stopped:
                 finish = generation_pb2.FINISH_REASON_STOP_SEQUENCE
             elif stop:
@@ -181,6 +250,15 @@ async def generate(
         state.accepted_per_position[: max(state.stats.depths, default=0)]
     )
     _save_session(state, deps, verifier.replica, draft.replica if draft else None)
+    span.set_attributes(
+        {
+            "gen_ai.usage.output_tokens": len(state.generated),
+            "gen_ai.response.finish_reasons": [FINISH_NAMES[finish]],
+            "specdec.rounds": state.stats.rounds,
+            "specdec.accepted_tokens": state.stats.accepted_tokens,
+            "specdec.draft_tokens": state.stats.draft_tokens,
+        }
+    )
     yield generation_pb2.GenerateResponse(
         text=detok.flush(), finish_reason=finish, stats=state.stats
     )
@@ -200,8 +278,14 @@ def _commit(state: _State, new: list[int], deps: RouterDeps) -> tuple[list[int],
     return out, False
 
 
-def _record_round(state: _State, k: int, proposed: int, reply: object, round_start: int) -> None:
-    accepted = reply.num_accepted  # type: ignore[attr-defined]
+def _record_round(state: _State, k: int, proposed: int, accepted: int) -> None:
+    metrics.DEPTH.observe(k)
+    if proposed:
+        metrics.NUM_DRAFTS.inc()
+        metrics.NUM_DRAFT_TOKENS.inc(proposed)
+        metrics.NUM_ACCEPTED_TOKENS.inc(accepted)
+        for i in range(accepted):
+            metrics.ACCEPTED_PER_POS.labels(str(i)).inc()
     state.stats.rounds += 1
     state.stats.depths.append(k)
     state.stats.draft_tokens += proposed

@@ -10,7 +10,10 @@ from specdec.engine.batch import Chunk
 from specdec.engine.checkpoint import load_model
 from specdec.engine.local import default_device, default_dtype
 from specdec.engine.runner import ModelRunner
+from specdec.serving import metrics
+from specdec.serving.metrics import serve_metrics
 from specdec.serving.server import Running, serve_forever, start_server
+from specdec.serving.telemetry import setup_tracing
 from specdec.v1 import verifier_pb2, verifier_pb2_grpc
 from specdec.verifier.core import VerifierCore
 from specdec.verifier.server import VerifierServicer, model_name
@@ -25,6 +28,7 @@ class VerifierConfig:
     device: str | None = None  # cpu, cuda, cuda:1 ...; default: cuda when present
     slots: int = 16  # KV-cache slots: concurrent sequences (and parked sessions)
     max_seq_len: int = 2048  # tokens per slot (capped by the model's context)
+    metrics_port: int = 0  # Prometheus /metrics on this port; 0: off
     max_batch_tokens: int = 8192  # tokens per batched forward
 
 
@@ -51,6 +55,8 @@ def warm_up(runner: ModelRunner) -> None:
 async def start(cfg: VerifierConfig, core: VerifierCore | None = None) -> Running:
     core = core or await asyncio.to_thread(build_core, cfg)
     servicer = VerifierServicer(core, model_name(cfg.model))
+    metrics.QUEUE_DEPTH.labels("verifier").set_function(lambda: core.loop.queued)
+    metrics.SLOTS_IN_USE.labels("verifier").set_function(lambda: core.slots_in_use)
     running = await start_server(
         cfg.listen,
         [lambda s: verifier_pb2_grpc.add_VerifierServicer_to_server(servicer, s)],
@@ -62,6 +68,9 @@ async def start(cfg: VerifierConfig, core: VerifierCore | None = None) -> Runnin
 
 
 def main(cfg: VerifierConfig) -> None:
+    setup_tracing("specdec-verifier")
+    serve_metrics(cfg.metrics_port)
+
     async def run() -> None:
         await serve_forever(await start(cfg))
 

@@ -13,11 +13,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
+from opentelemetry import trace
 
 from specdec.engine.errors import InvalidRequest
 from specdec.engine.sequence import SequenceState
 from specdec.serving.convert import check_token_ids, proposal_from_proto, sampling_from_proto
 from specdec.serving.errors import abort_with
+from specdec.serving.telemetry import extract_context
 from specdec.v1 import common_pb2, verifier_pb2, verifier_pb2_grpc
 from specdec.verifier.core import VerifierCore
 
@@ -44,6 +46,11 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
         seq: SequenceState | None = None
         session_id = ""
         cached_prompt_tokens = 0
+        span = trace.get_tracer("specdec.verifier").start_span(
+            "specdec.verify",
+            context=extract_context(context.invocation_metadata()),
+            kind=trace.SpanKind.SERVER,
+        )
         try:
             async for msg in request_iterator:
                 if msg.HasField("open"):
@@ -51,6 +58,13 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
                         raise InvalidRequest("open", "the stream already opened a sequence")
                     seq, cached_prompt_tokens = await self._open(msg.open)
                     session_id = msg.open.session_id
+                    span.set_attributes(
+                        {
+                            "specdec.prompt_tokens": len(msg.open.prompt_token_ids),
+                            "specdec.cached_prompt_tokens": cached_prompt_tokens,
+                            "specdec.request_id": msg.open.request_id,
+                        }
+                    )
                     continue
                 if seq is None:
                     raise InvalidRequest("open", "the first message of a stream must open it")
@@ -60,6 +74,17 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
                 )
                 position = len(seq.committed)
                 timed = await asyncio.wrap_future(self.core.verify(seq, step.position, proposal))
+                span.add_event(
+                    "step",
+                    {
+                        "position": position,
+                        "k": len(proposal),
+                        "accepted": timed.result.num_accepted,
+                        "verify_ns": timed.batch_ns,
+                        "queue_ns": timed.queue_ns,
+                        "batch_size": timed.batch_size,
+                    },
+                )
                 yield verifier_pb2.VerifyResponse(
                     position=position,
                     num_accepted=timed.result.num_accepted,
@@ -73,8 +98,10 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            span.record_exception(exc)
             await abort_with(context, exc, "Verify")
         finally:
+            span.end()
             if seq is not None:
                 self.core.close(seq, session_id)
 

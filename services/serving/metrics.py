@@ -1,0 +1,44 @@
+"""Prometheus metrics of the three services, with the names users know from vLLM.
+
+Each service exposes ``/metrics`` on its own port (``--metrics-port``). The router counts
+speculation (drafts, draft tokens, accepted tokens, accepted per position), latencies (time to
+first token, inter-token latency), the depth it chose, and request outcomes; draft and verifier
+report their queue depth and KV-cache slots in use.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+NUM_DRAFTS = Counter("specdec_spec_decode_num_drafts", "Speculation rounds that drafted tokens")
+NUM_DRAFT_TOKENS = Counter("specdec_spec_decode_num_draft_tokens", "Draft tokens proposed")
+NUM_ACCEPTED_TOKENS = Counter(
+    "specdec_spec_decode_num_accepted_tokens", "Draft tokens accepted by the verifier"
+)
+ACCEPTED_PER_POS = Counter(
+    "specdec_spec_decode_num_accepted_tokens_per_pos",
+    "Accepted draft tokens by position in the round",
+    ["position"],
+)
+TTFT = Histogram(
+    "specdec_time_to_first_token_seconds",
+    "Time to first token",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+ITL = Histogram(
+    "specdec_inter_token_latency_seconds",
+    "Time between streamed tokens",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28),
+)
+DEPTH = Histogram(
+    "specdec_speculation_depth", "Speculation depth k chosen per round", buckets=tuple(range(17))
+)
+REQUESTS = Counter("specdec_requests", "Finished requests by gRPC status", ["status"])
+QUEUE_DEPTH = Gauge("specdec_queue_depth", "Work items waiting for a batched forward", ["role"])
+SLOTS_IN_USE = Gauge("specdec_kv_slots_in_use", "KV-cache slots held by active sequences", ["role"])
+
+
+def serve_metrics(port: int) -> None:
+    """Expose ``/metrics`` over HTTP on ``port`` (0 or less: off)."""
+    if port > 0:
+        start_http_server(port)
