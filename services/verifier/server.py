@@ -15,13 +15,81 @@ from pathlib import Path
 import grpc
 from opentelemetry import trace
 
-from specdec.engine.errors import InvalidRequest
 from specdec.engine.sequence import SequenceState
 from specdec.serving.convert import check_token_ids, proposal_from_proto, sampling_from_proto
-from specdec.serving.errors import abort_with
-from specdec.serving.telemetry import extract_context
+from specdec.serving.stream import serve_stream
 from specdec.v1 import common_pb2, verifier_pb2, verifier_pb2_grpc
 from specdec.verifier.core import VerifierCore
+
+
+class _VerifyStream:
+    """One sequence on the verifier, for the life of one stream."""
+
+    def __init__(self, servicer: VerifierServicer) -> None:
+        self.servicer = servicer
+        self.core = servicer.core
+        self.seq: SequenceState | None = None
+        self.session_id = ""
+        self.cached_prompt_tokens = 0
+
+    async def open(self, msg: verifier_pb2.OpenSequence, span: trace.Span) -> None:
+        prompt = check_token_ids(msg.prompt_token_ids, self.core.runner.vocab_size, "prompt")
+        params = sampling_from_proto(msg.sampling)
+        future = self.core.open(prompt, params, msg.seed, msg.session_id)
+        try:
+            self.seq, self.cached_prompt_tokens = await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            # Cancelled while the loop was opening it: close what it opened, if anything.
+            future.add_done_callback(self._close_orphan)
+            raise
+        self.session_id = msg.session_id
+        span.set_attributes(
+            {
+                "specdec.prompt_tokens": len(prompt),
+                "specdec.cached_prompt_tokens": self.cached_prompt_tokens,
+                "specdec.request_id": msg.request_id,
+            }
+        )
+
+    async def step(
+        self, msg: verifier_pb2.VerifyStep, span: trace.Span
+    ) -> verifier_pb2.VerifyResponse:
+        seq = self.seq
+        assert seq is not None
+        proposal = proposal_from_proto(
+            msg.draft_token_ids, msg.draft_probs, seq.params, self.core.runner.vocab_size
+        )
+        position = len(seq.committed)
+        timed = await asyncio.wrap_future(self.core.verify(seq, msg.position, proposal))
+        span.add_event(
+            "step",
+            {
+                "position": position,
+                "k": len(proposal),
+                "accepted": timed.result.num_accepted,
+                "verify_ns": timed.batch_ns,
+                "queue_ns": timed.queue_ns,
+                "batch_size": timed.batch_size,
+            },
+        )
+        return verifier_pb2.VerifyResponse(
+            position=position,
+            num_accepted=timed.result.num_accepted,
+            next_token_id=timed.result.next_token_id,
+            committed_len=len(seq.committed),
+            cached_prompt_tokens=self.cached_prompt_tokens,
+            verify_ns=timed.batch_ns,
+            queue_ns=timed.queue_ns,
+            load=self.servicer.load(),
+        )
+
+    def close(self) -> None:
+        if self.seq is not None:
+            self.core.close(self.seq, self.session_id)
+
+    def _close_orphan(self, future: concurrent.futures.Future[tuple[SequenceState, int]]) -> None:
+        if not future.cancelled() and future.exception() is None:
+            self.core.close(future.result()[0], "")
 
 
 class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
@@ -30,12 +98,11 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
         self.model_name = model_name
 
     def load(self) -> common_pb2.ReplicaLoad:
-        cache = self.core.runner.cache
         return common_pb2.ReplicaLoad(
             active_sequences=self.core.counters.active_sequences,
             queued_steps=self.core.loop.queued,
             slots_free=self.core.slots_free,
-            slots_total=cache.num_slots,
+            slots_total=self.core.runner.cache.num_slots,
         )
 
     async def Verify(
@@ -43,82 +110,11 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
         request_iterator: AsyncIterator[verifier_pb2.VerifyRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[verifier_pb2.VerifyResponse]:
-        seq: SequenceState | None = None
-        session_id = ""
-        cached_prompt_tokens = 0
-        span = trace.get_tracer("specdec.verifier").start_span(
-            "specdec.verify",
-            context=extract_context(context.invocation_metadata()),
-            kind=trace.SpanKind.SERVER,
-        )
-        try:
-            async for msg in request_iterator:
-                if msg.HasField("open"):
-                    if seq is not None:
-                        raise InvalidRequest("open", "the stream already opened a sequence")
-                    seq, cached_prompt_tokens = await self._open(msg.open)
-                    session_id = msg.open.session_id
-                    span.set_attributes(
-                        {
-                            "specdec.prompt_tokens": len(msg.open.prompt_token_ids),
-                            "specdec.cached_prompt_tokens": cached_prompt_tokens,
-                            "specdec.request_id": msg.open.request_id,
-                        }
-                    )
-                    continue
-                if seq is None:
-                    raise InvalidRequest("open", "the first message of a stream must open it")
-                step = msg.step
-                proposal = proposal_from_proto(
-                    step.draft_token_ids, step.draft_probs, seq.params, self.core.runner.vocab_size
-                )
-                position = len(seq.committed)
-                timed = await asyncio.wrap_future(self.core.verify(seq, step.position, proposal))
-                span.add_event(
-                    "step",
-                    {
-                        "position": position,
-                        "k": len(proposal),
-                        "accepted": timed.result.num_accepted,
-                        "verify_ns": timed.batch_ns,
-                        "queue_ns": timed.queue_ns,
-                        "batch_size": timed.batch_size,
-                    },
-                )
-                yield verifier_pb2.VerifyResponse(
-                    position=position,
-                    num_accepted=timed.result.num_accepted,
-                    next_token_id=timed.result.next_token_id,
-                    committed_len=len(seq.committed),
-                    cached_prompt_tokens=cached_prompt_tokens,
-                    verify_ns=timed.batch_ns,
-                    queue_ns=timed.queue_ns,
-                    load=self.load(),
-                )
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            span.record_exception(exc)
-            await abort_with(context, exc, "Verify")
-        finally:
-            span.end()
-            if seq is not None:
-                self.core.close(seq, session_id)
-
-    async def _open(self, msg: verifier_pb2.OpenSequence) -> tuple[SequenceState, int]:
-        prompt = check_token_ids(msg.prompt_token_ids, self.core.runner.vocab_size, "prompt")
-        params = sampling_from_proto(msg.sampling)
-        future = self.core.open(prompt, params, msg.seed, msg.session_id)
-        try:
-            return await asyncio.wrap_future(future)
-        except asyncio.CancelledError:
-            # Cancelled while the loop was opening it: close what it opened, if anything.
-            future.add_done_callback(self._close_orphan)
-            raise
-
-    def _close_orphan(self, future: concurrent.futures.Future[tuple[SequenceState, int]]) -> None:
-        if not future.cancelled() and future.exception() is None:
-            self.core.close(future.result()[0], "")
+        # grpc.aio needs the method itself to be an async generator.
+        async for response in serve_stream(
+            request_iterator, context, _VerifyStream(self), "specdec.verify"
+        ):
+            yield response
 
     async def GetStatus(
         self, request: common_pb2.GetStatusRequest, context: grpc.aio.ServicerContext
