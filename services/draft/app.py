@@ -12,9 +12,7 @@ from specdec.engine.checkpoint import load_model
 from specdec.engine.local import default_device, default_dtype
 from specdec.engine.runner import ModelRunner
 from specdec.serving import metrics
-from specdec.serving.metrics import serve_metrics
-from specdec.serving.server import Running, serve_forever, start_server
-from specdec.serving.telemetry import setup_tracing
+from specdec.serving.server import Running, run_service, start_service
 from specdec.v1 import draft_pb2, draft_pb2_grpc
 from specdec.verifier.app import warm_up
 from specdec.verifier.server import model_name
@@ -54,21 +52,11 @@ async def start(cfg: DraftConfig) -> Running:
     metrics.SLOTS_IN_USE.labels("draft").set_function(
         lambda: core.runner.cache.slots_in_use if core.runner else 0
     )
-    running = await start_server(
-        cfg.listen,
-        [lambda s: draft_pb2_grpc.add_DraftServicer_to_server(servicer, s)],
-        [draft_pb2.DESCRIPTOR.services_by_name["Draft"].full_name],
+    service = draft_pb2.DESCRIPTOR.services_by_name["Draft"]
+    return await start_service(
+        cfg.listen, "draft", servicer, draft_pb2_grpc.add_DraftServicer_to_server, service
     )
-    await running.set_serving(True)
-    log.info("draft ready on port %d", running.port)
-    return running
 
 
 def main(cfg: DraftConfig) -> None:
-    setup_tracing("specdec-draft")
-    serve_metrics(cfg.metrics_port)
-
-    async def run() -> None:
-        await serve_forever(await start(cfg))
-
-    asyncio.run(run())
+    run_service("draft", cfg.metrics_port, lambda: start(cfg))

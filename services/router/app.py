@@ -15,7 +15,7 @@ from specdec.router.server import GenerationServicer
 from specdec.router.sessions import SessionStore
 from specdec.router.speculation import RouterDeps
 from specdec.serving.metrics import serve_metrics
-from specdec.serving.server import Running, serve_forever, start_server
+from specdec.serving.server import Running, serve_forever, start_service
 from specdec.serving.telemetry import setup_tracing
 from specdec.v1 import draft_pb2_grpc, generation_pb2, generation_pb2_grpc, verifier_pb2_grpc
 
@@ -69,13 +69,14 @@ async def start(cfg: RouterConfig) -> tuple[Running, RouterDeps]:
     if deps.sessions is not None:
         await deps.sessions.start()
     servicer = GenerationServicer(deps, Path(cfg.model).resolve().name, cfg.draft_model)
-    running = await start_server(
+    service = generation_pb2.DESCRIPTOR.services_by_name["Generation"]
+    running = await start_service(
         cfg.listen,
-        [lambda s: generation_pb2_grpc.add_GenerationServicer_to_server(servicer, s)],
-        [generation_pb2.DESCRIPTOR.services_by_name["Generation"].full_name],
+        "router",
+        servicer,
+        generation_pb2_grpc.add_GenerationServicer_to_server,
+        service,
     )
-    await running.set_serving(True)
-    log.info("router ready on port %d", running.port)
     return running, deps
 
 

@@ -10,12 +10,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
+from specdec.serving.metrics import serve_metrics
+from specdec.serving.telemetry import setup_tracing
 
 log = logging.getLogger("specdec.server")
 
@@ -80,3 +84,30 @@ async def serve_forever(running: Running, grace_s: float = 5.0) -> None:
     await stop.wait()
     log.info("shutting down (grace %.0fs)", grace_s)
     await running.stop(grace_s)
+
+
+async def start_service(
+    address: str,
+    role: str,
+    servicer: object,
+    add_to_server: Callable[[object, grpc.aio.Server], None],
+    service: ServiceDescriptor,
+) -> Running:
+    """Serve one servicer (plus health and reflection) and mark it SERVING: it is ready."""
+    running = await start_server(
+        address, [lambda s: add_to_server(servicer, s)], [service.full_name]
+    )
+    await running.set_serving(True)
+    log.info("%s ready on port %d", role, running.port)
+    return running
+
+
+def run_service(role: str, metrics_port: int, start: Callable[[], Awaitable[Running]]) -> None:
+    """A replica's process: tracing and metrics as configured, then serve until a signal."""
+    setup_tracing(f"specdec-{role}")
+    serve_metrics(metrics_port)
+
+    async def run() -> None:
+        await serve_forever(await start())
+
+    asyncio.run(run())

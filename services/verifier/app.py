@@ -11,9 +11,7 @@ from specdec.engine.checkpoint import load_model
 from specdec.engine.local import default_device, default_dtype
 from specdec.engine.runner import ModelRunner
 from specdec.serving import metrics
-from specdec.serving.metrics import serve_metrics
-from specdec.serving.server import Running, serve_forever, start_server
-from specdec.serving.telemetry import setup_tracing
+from specdec.serving.server import Running, run_service, start_service
 from specdec.v1 import verifier_pb2, verifier_pb2_grpc
 from specdec.verifier.core import VerifierCore
 from specdec.verifier.server import VerifierServicer, model_name
@@ -57,21 +55,11 @@ async def start(cfg: VerifierConfig, core: VerifierCore | None = None) -> Runnin
     servicer = VerifierServicer(core, model_name(cfg.model))
     metrics.QUEUE_DEPTH.labels("verifier").set_function(lambda: core.loop.queued)
     metrics.SLOTS_IN_USE.labels("verifier").set_function(lambda: core.slots_in_use)
-    running = await start_server(
-        cfg.listen,
-        [lambda s: verifier_pb2_grpc.add_VerifierServicer_to_server(servicer, s)],
-        [verifier_pb2.DESCRIPTOR.services_by_name["Verifier"].full_name],
+    service = verifier_pb2.DESCRIPTOR.services_by_name["Verifier"]
+    return await start_service(
+        cfg.listen, "verifier", servicer, verifier_pb2_grpc.add_VerifierServicer_to_server, service
     )
-    await running.set_serving(True)
-    log.info("verifier ready on port %d", running.port)
-    return running
 
 
 def main(cfg: VerifierConfig) -> None:
-    setup_tracing("specdec-verifier")
-    serve_metrics(cfg.metrics_port)
-
-    async def run() -> None:
-        await serve_forever(await start(cfg))
-
-    asyncio.run(run())
+    run_service("verifier", cfg.metrics_port, lambda: start(cfg))
