@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup run test lint format protos bench-engine demo-models clean
+.PHONY: setup run test lint format protos bench-engine demo-models helm-lint clean
 
 setup: $(STAMP)
 
@@ -46,6 +46,12 @@ $(PROTO_STAMP): $(PROTOS) $(STAMP)
 # Cost of verifying k tokens vs one decode step, and batched vs sequential throughput.
 bench-engine: setup
 	$(PY) benchmarks/engine_step.py
+
+# Render, lint and schema-check the Helm chart (Helm's Go engine in-process, no binary), and lint
+# the Dockerfile.
+helm-lint: setup
+	$(PY) -m pytest -q tests/test_helm.py
+	$(VENV)/bin/hadolint Dockerfile
 
 # Train the demo pair into models/ (hours on a CPU; resumable: run it again to continue).
 demo-models: setup

