@@ -94,6 +94,7 @@ TORCHLESS = textwrap.dedent("""
 
     import specdec.router
     import specdec.router.app
+    import specdec.router.discovery
     import specdec.client
     import specdec.up
     from specdec.engine.tokenizer import Tokenizer

@@ -293,7 +293,7 @@ def main() -> None:
     )
     ap.add_argument("--phase", choices=["all", "target", "draft"], default="all")
     ap.add_argument("--target-steps", type=int, default=600)
-    ap.add_argument("--draft-steps", type=int, default=700)
+    ap.add_argument("--draft-steps", type=int, default=400)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from specdec.engine.config import load_config
 from specdec.engine.tokenizer import Tokenizer
@@ -18,6 +19,9 @@ from specdec.serving.metrics import serve_metrics
 from specdec.serving.server import Running, serve_forever, start_service
 from specdec.serving.telemetry import setup_tracing
 from specdec.v1 import draft_pb2_grpc, generation_pb2, generation_pb2_grpc, verifier_pb2_grpc
+
+if TYPE_CHECKING:
+    from specdec.router.discovery import EndpointSliceWatcher
 
 log = logging.getLogger("specdec.router")
 
@@ -36,6 +40,17 @@ class RouterConfig:
     max_output_tokens: int = 4096  # largest max_tokens accepted
     session_ttl_s: int = 3600
     metrics_port: int = 0  # Prometheus /metrics on this port; 0: off
+    # Kubernetes discovery (router/discovery.py): a Service named here replaces the static list.
+    discover_namespace: str = ""  # namespace of the Services below; "": this pod's
+    discover_verifiers: str = ""  # headless Service whose ready endpoints are the verifiers
+    discover_drafts: str = ""  # headless Service whose ready endpoints are the drafts
+
+
+@dataclass
+class RouterRunning(Running):
+    """The router's server and its discovery watchers (stopped by ``stop``)."""
+
+    watchers: tuple[EndpointSliceWatcher, ...] = ()
 
 
 def build_deps(cfg: RouterConfig) -> RouterDeps:
@@ -64,10 +79,22 @@ def build_deps(cfg: RouterConfig) -> RouterDeps:
     )
 
 
+async def _start_discovery(cfg: RouterConfig, deps: RouterDeps) -> tuple[EndpointSliceWatcher, ...]:
+    """Watch the configured Services (waits briefly for their first lists); none: ()."""
+    pools = ((cfg.discover_verifiers, deps.verifiers), (cfg.discover_drafts, deps.drafts))
+    services = {service: pool.set_addresses for service, pool in pools if service}
+    if not services:
+        return ()
+    from specdec.router.discovery import start_discovery  # imports kubernetes: only when used
+
+    return await start_discovery(services, cfg.discover_namespace or None)
+
+
 async def start(cfg: RouterConfig) -> tuple[Running, RouterDeps]:
     deps = build_deps(cfg)
     if deps.sessions is not None:
         await deps.sessions.start()
+    watchers = await _start_discovery(cfg, deps)  # before SERVING: the replicas are known
     servicer = GenerationServicer(deps, Path(cfg.model).resolve().name, cfg.draft_model)
     service = generation_pb2.DESCRIPTOR.services_by_name["Generation"]
     running = await start_service(
@@ -77,10 +104,17 @@ async def start(cfg: RouterConfig) -> tuple[Running, RouterDeps]:
         generation_pb2_grpc.add_GenerationServicer_to_server,
         service,
     )
+    running = RouterRunning(
+        **{f.name: getattr(running, f.name) for f in fields(Running)}, watchers=watchers
+    )
     return running, deps
 
 
 async def stop(running: Running, deps: RouterDeps, grace_s: float = 5.0) -> None:
+    if isinstance(running, RouterRunning) and running.watchers:
+        from specdec.router.discovery import stop_discovery
+
+        await stop_discovery(running.watchers)  # first: no pool changes while closing
     await running.stop(grace_s)
     if deps.sessions is not None:
         await deps.sessions.close()
