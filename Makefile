@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup run test lint format protos bench-engine demo-models helm-lint clean
+.PHONY: setup run test lint format protos bench bench-engine demo-models helm-lint clean
 
 setup: $(STAMP)
 
@@ -42,6 +42,10 @@ $(PROTO_STAMP): $(PROTOS) $(STAMP)
 		--grpc_python_out=build/protos $(PROTOS)
 	cp build/protos/specdec/v1/*.py build/protos/specdec/v1/*.pyi services/v1/
 	touch $@
+
+# Side-by-side benchmark on the demo pair: result.json, REPORT.md and plots in bench-out/.
+bench: setup protos
+	$(VENV)/bin/specdec bench --target models/demo-target --draft models/demo-draft --out bench-out
 
 # Cost of verifying k tokens vs one decode step, and batched vs sequential throughput.
 bench-engine: setup

@@ -1,4 +1,4 @@
-"""The ``specdec`` command line: ``up``, ``serve ROLE``, ``generate``.
+"""The ``specdec`` command line: ``up``, ``serve ROLE``, ``generate``, ``bench``.
 
 Subcommands stay thin: parse flags, call the library, print. Errors a user can fix print one
 line and exit 2; no stack traces.
@@ -73,6 +73,23 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--drafts", default="", help="router: comma-separated host:port list")
     p.add_argument("--draft-model", default="", help="router: draft model name for GetInfo")
     p.add_argument(
+        "--discover-namespace",
+        default="",
+        help="router: Kubernetes namespace of the --discover-* Services (default: this pod's)",
+    )
+    p.add_argument(
+        "--discover-verifiers",
+        default="",
+        metavar="SERVICE",
+        help="router: find verifiers from this headless Service's EndpointSlices",
+    )
+    p.add_argument(
+        "--discover-drafts",
+        default="",
+        metavar="SERVICE",
+        help="router: find drafts from this headless Service's EndpointSlices",
+    )
+    p.add_argument(
         "--redis-url",
         default=None,
         help="router: Redis for sessions (default: $REDIS_URL; none: no session affinity)",
@@ -99,12 +116,25 @@ def _add_up(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--draft-device", default=None, help="draft device, e.g. cuda:1")
 
 
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    from specdec.bench.config import add_arguments
+
+    p = sub.add_parser(
+        "bench",
+        help="benchmark against k = 0 and transformers; writes a report",
+        description="Measure the pipeline, the engine and transformers side by side; write "
+        "result.json, REPORT.md and plots into --out.",
+    )
+    add_arguments(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="specdec", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
     _add_serve(sub)
     _add_up(sub)
+    _add_bench(sub)
     return parser
 
 
@@ -187,8 +217,11 @@ def _run_serve(args: argparse.Namespace) -> int:
         from specdec.router.app import RouterConfig
         from specdec.router.app import main as router_main
 
-        if not args.model or not args.verifiers:
-            raise SpecdecError("serve router needs --model DIR and --verifiers HOST:PORT,...")
+        if not args.model or not (args.verifiers or args.discover_verifiers):
+            raise SpecdecError(
+                "serve router needs --model DIR and --verifiers HOST:PORT,... "
+                "(or --discover-verifiers SERVICE)"
+            )
         router_main(
             RouterConfig(
                 model=args.model,
@@ -201,8 +234,20 @@ def _run_serve(args: argparse.Namespace) -> int:
                 max_depth=args.max_depth,
                 metrics_port=args.metrics_port,
                 max_context_tokens=args.max_seq_len,
+                discover_namespace=args.discover_namespace,
+                discover_verifiers=args.discover_verifiers,
+                discover_drafts=args.discover_drafts,
             )
         )
+    return 0
+
+
+def _run_bench(args: argparse.Namespace, argv: list[str]) -> int:
+    from specdec.bench.config import from_args
+    from specdec.bench.runner import print_summary, run_bench
+
+    cfg = from_args(args, argv)
+    print_summary(run_bench(cfg), cfg.out)
     return 0
 
 
@@ -213,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run_generate(args)
         if args.command == "serve":
             return _run_serve(args)
+        if args.command == "bench":
+            return _run_bench(args, sys.argv[1:] if argv is None else argv)
         from specdec.up import up
 
         return up(

@@ -8,6 +8,7 @@ SIGTERM, marks health NOT_SERVING, then stops with a grace period so in-flight s
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
@@ -94,6 +95,10 @@ async def start_service(
     service: ServiceDescriptor,
 ) -> Running:
     """Serve one servicer (plus health and reflection) and mark it SERVING: it is ready."""
+    # Models are loaded: move everything alive now out of the collector's reach, so a full
+    # collection over the model's Python objects never stalls a request (seen: 188 ms).
+    gc.collect()
+    gc.freeze()
     running = await start_server(
         address, [lambda s: add_to_server(servicer, s)], [service.full_name]
     )

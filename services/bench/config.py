@@ -1,0 +1,129 @@
+"""What one ``specdec bench`` run measures: a typed config, its command-line flags, ``--quick``.
+
+Every field has a full-run default and a ``--quick`` default (a smoke run for ``make test`` that
+checks the harness, not the speed); a flag given explicitly wins over both.
+Non-goals: config files; importing torch (the CLI parser builds this without loading models).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+DEFAULT_POLICY = "goodput"  # the router's default depth policy (RouterConfig.default_policy)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    target: str = "models/demo-target"  # target model folder (also the tokenizer)
+    draft: str = "models/demo-draft"  # draft model folder
+    addr: str | None = None  # a running router; None: start the pipeline in this process
+    out: str = "bench-out"  # folder for result.json, REPORT.md and the plots
+    workload: str = "all"  # code, prose or all
+    prompts_dir: str | None = None  # None: benchmarks/prompts in the repository
+    num_prompts: int | None = None  # prompts in all (workloads alternate); None: every one
+    max_tokens: int = 64  # tokens to generate per request (fewer when eos comes first)
+    repeats: int = 1  # passes over the prompts in latency mode
+    fixed_k: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8)  # fixed depths run through the pipeline
+    policies: tuple[str, ...] = ("heuristic", "goodput")  # adaptive depth policies
+    default_policy: str = DEFAULT_POLICY  # the policy the headline and load mode use
+    in_process_k: int = 4  # depth of the in-process engine run (no network)
+    concurrency: tuple[int, ...] = (1, 4, 16, 32)  # closed-loop clients per load point
+    load_seconds: float = 20.0  # measuring window per load point and system
+    latency: bool = True  # run latency mode
+    load: bool = True  # run load mode
+    hf: bool = True  # run transformers greedy and assisted generation
+    hf_assistant_tokens: int | None = None  # num_assistant_tokens; None: transformers' default
+    threads: int | None = None  # torch threads in this process; None: torch's default
+    cost_repeats: int = 30  # timed decode steps per model when measuring the cost ratio c
+    quick: bool = False
+    command: str = ""  # the command line, for the report
+
+    @property
+    def max_concurrency(self) -> int:
+        return max(self.concurrency, default=1) if self.load else 1
+
+
+# What ``--quick`` changes (2 prompts, 8 tokens, k in {0, 2}, one policy, 2 load points, no HF).
+QUICK: dict[str, Any] = dict(
+    num_prompts=2,
+    max_tokens=8,
+    fixed_k=(2,),
+    policies=(DEFAULT_POLICY,),
+    in_process_k=2,
+    concurrency=(1, 2),
+    load_seconds=1.5,
+    hf=False,
+    cost_repeats=5,
+)
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    """``1,2,4`` or ``1-8`` (or a mix: ``1-4,8``)."""
+    out: list[int] = []
+    for part in filter(None, text.split(",")):
+        lo, sep, hi = part.partition("-")
+        out += range(int(lo), int(hi) + 1) if sep else [int(lo)]
+    return tuple(out)
+
+
+def _str_list(text: str) -> tuple[str, ...]:
+    return tuple(filter(None, (s.strip() for s in text.split(","))))
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``specdec bench`` flags. Defaults are None here so that ``--quick`` can tell which
+    flags were given; ``from_args`` fills in the rest."""
+    d = BenchConfig()
+    p.add_argument("--target", help=f"target model folder (default {d.target})")
+    p.add_argument("--draft", help=f"draft model folder (default {d.draft})")
+    p.add_argument("--addr", help="HOST:PORT of a running router (default: start one here)")
+    p.add_argument("--out", help=f"output folder (default {d.out})")
+    p.add_argument("--workload", choices=["code", "prose", "all"], help="prompt set (default all)")
+    p.add_argument("--prompts-dir", help="folder of <workload>.jsonl files")
+    p.add_argument("--num-prompts", type=int, help="prompts in all (default: every prompt)")
+    p.add_argument("--max-tokens", type=int, help=f"tokens per request (default {d.max_tokens})")
+    p.add_argument("--repeats", type=int, help="latency passes over the prompts (default 1)")
+    p.add_argument("--fixed-k", type=_int_list, help="fixed depths, e.g. 1-8 or 2,4 (default 1-8)")
+    p.add_argument(
+        "--policies", type=_str_list, help="adaptive policies (default heuristic,goodput)"
+    )
+    p.add_argument(
+        "--default-policy", help=f"policy for the headline and load (default {d.default_policy})"
+    )
+    p.add_argument(
+        "--in-process-k", type=int, help="depth of the in-process engine run (default 4)"
+    )
+    p.add_argument("--concurrency", type=_int_list, help="load-mode clients (default 1,4,16,32)")
+    p.add_argument(
+        "--load-seconds", type=float, help="window per load point and system (default 20)"
+    )
+    p.add_argument(
+        "--no-latency", dest="latency", action="store_false", default=None, help="skip latency"
+    )
+    p.add_argument("--no-load", dest="load", action="store_false", default=None, help="skip load")
+    p.add_argument(
+        "--hf",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run transformers greedy and assisted generation (default: on, off with --quick)",
+    )
+    p.add_argument("--hf-assistant-tokens", type=int, help="num_assistant_tokens for transformers")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    p.add_argument("--quick", action="store_true", help="smoke run: checks the harness, not speed")
+
+
+def from_args(args: argparse.Namespace, argv: list[str]) -> BenchConfig:
+    """Explicit flags, else the ``--quick`` defaults when quick, else the full-run defaults."""
+    cfg = replace(BenchConfig(), **(QUICK if args.quick else {}))
+    given = {
+        f.name: getattr(args, f.name)
+        for f in fields(BenchConfig)
+        if f.name != "command" and getattr(args, f.name, None) is not None
+    }
+    if given.get("prompts_dir") is not None:
+        given["prompts_dir"] = str(Path(given["prompts_dir"]))
+    return replace(cfg, **given, command="specdec " + shlex.join(argv))

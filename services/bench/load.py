@@ -1,0 +1,187 @@
+"""Load mode: N closed-loop clients (each sends its next request when the last one ends).
+
+For each concurrency N the systems take turns in short windows (A B A B ...), so drift of a
+shared machine lands on both. Throughput counts the tokens that arrive inside the window; the
+requests still running at its end finish (and their latencies count) but their later tokens do
+not. Time to first token and inter-token latency come from the arrival times of the streamed
+responses, on the client. Speculation delivers tokens in bursts, so a response carrying n tokens
+after a gap g counts n inter-token latencies of g / n (the tokens of the first response beyond
+the first token are not counted).
+Non-goals: open-loop (fixed arrival rate) load; sessions.
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from specdec.bench.systems import request_id
+from specdec.v1 import generation_pb2, generation_pb2_grpc
+
+
+@dataclass
+class Window:
+    """What one system's clients measured in one window."""
+
+    seconds: float = 0.0
+    tokens_in_window: int = 0
+    requests: int = 0
+    errors: int = 0
+    ttft_s: list[float] = field(default_factory=list)
+    itl_s: list[float] = field(default_factory=list)
+    tpot_s: list[float] = field(default_factory=list)  # per request: (last − first) / (n − 1)
+
+    def add(self, other: Window) -> None:
+        self.seconds += other.seconds
+        self.tokens_in_window += other.tokens_in_window
+        self.requests += other.requests
+        self.errors += other.errors
+        self.ttft_s += other.ttft_s
+        self.itl_s += other.itl_s
+        self.tpot_s += other.tpot_s
+
+
+def _client(
+    stub: generation_pb2_grpc.GenerationStub,
+    make_request: Callable[[int], generation_pb2.GenerateRequest],
+    start: float,
+    end: float,
+    out: Window,
+    lock: threading.Lock,
+) -> None:
+    """Send requests back to back until ``end``; record into a private window, then merge."""
+    mine = Window()
+    i = 0
+    while time.perf_counter() < end:
+        sent = time.perf_counter()
+        arrivals: list[tuple[float, int]] = []
+        try:
+            for response in stub.Generate(make_request(i)):
+                if response.token_ids:
+                    arrivals.append((time.perf_counter(), len(response.token_ids)))
+        except grpc.RpcError:
+            mine.errors += 1
+            time.sleep(0.05)  # e.g. out of slots: back off instead of spinning
+            continue
+        finally:
+            i += 1
+        mine.requests += 1
+        mine.tokens_in_window += sum(n for t, n in arrivals if start <= t <= end)
+        if not arrivals:
+            continue
+        mine.ttft_s.append(arrivals[0][0] - sent)
+        for (t0, _), (t1, n) in itertools.pairwise(arrivals):
+            mine.itl_s += [(t1 - t0) / n] * n
+        total = sum(n for _, n in arrivals)
+        if total > 1:
+            mine.tpot_s.append((arrivals[-1][0] - arrivals[0][0]) / (total - 1))
+    with lock:
+        out.add(mine)
+
+
+def run_window(
+    stub: generation_pb2_grpc.GenerationStub,
+    make_request: Callable[[int, int], generation_pb2.GenerateRequest],
+    concurrency: int,
+    seconds: float,
+) -> Window:
+    """``concurrency`` clients for ``seconds``; ``make_request(client, i)`` builds each request."""
+    out, lock = Window(), threading.Lock()
+    start = time.perf_counter()
+    end = start + seconds
+    threads = [
+        threading.Thread(
+            target=_client,
+            args=(stub, lambda i, c=c: make_request(c, i), start, end, out, lock),
+            daemon=True,
+        )
+        for c in range(concurrency)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    out.seconds = seconds
+    return out
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def point(system: str, concurrency: int, w: Window) -> dict[str, Any]:
+    """One load point as the report shows it."""
+    return {
+        "system": system,
+        "concurrency": concurrency,
+        "seconds": w.seconds,
+        "requests": w.requests,
+        "errors": w.errors,
+        "tokens_in_window": w.tokens_in_window,
+        "throughput_tokens_per_s": w.tokens_in_window / w.seconds if w.seconds else 0.0,
+        "ttft_p50_s": _pct(w.ttft_s, 0.5),
+        "ttft_p99_s": _pct(w.ttft_s, 0.99),
+        "itl_p50_s": _pct(w.itl_s, 0.5),
+        "itl_p99_s": _pct(w.itl_s, 0.99),
+        "tpot_median_s": statistics.median(w.tpot_s) if w.tpot_s else None,
+    }
+
+
+def run_load(
+    stub: generation_pb2_grpc.GenerationStub,
+    systems: dict[str, dict[str, int]],
+    prompts: Sequence[list[int]],
+    max_tokens: int,
+    concurrency: Sequence[int],
+    seconds: float,
+    slices: int = 2,
+    tick: Callable[[str], None] = lambda _label: None,
+) -> list[dict[str, Any]]:
+    """Every system at every concurrency; ``systems`` maps a name to its request fields."""
+    points = []
+    for n in concurrency:
+        windows = {name: Window() for name in systems}
+        for s in range(slices):
+            names = list(systems) if s % 2 == 0 else list(reversed(systems))
+            for name in names:
+
+                def make(
+                    client: int, i: int, name: str = name, n: int = n
+                ) -> generation_pb2.GenerateRequest:
+                    ids = prompts[(client + i * max(1, n)) % len(prompts)]
+                    return generation_pb2.GenerateRequest(
+                        prompt_token_ids=generation_pb2.TokenIds(ids=ids),
+                        max_tokens=max_tokens,
+                        request_id=request_id("load", name, n, client, i),
+                        **systems[name],
+                    )
+
+                windows[name].add(run_window(stub, make, n, seconds / slices))
+                tick(f"{name} x{n}")
+        points += [point(name, n, w) for name, w in windows.items()]
+    return points
+
+
+def crossover(points: list[dict[str, Any]], spec: str, base: str) -> dict[str, Any]:
+    """Throughput of ``spec`` over ``base`` per concurrency; where it first drops below 1."""
+    by = {(p["system"], p["concurrency"]): p["throughput_tokens_per_s"] for p in points}
+    ratios = {
+        n: by[(spec, n)] / by[(base, n)] for (name, n) in by if name == spec and by.get((base, n))
+    }
+    below = sorted(n for n, r in ratios.items() if r < 1.0)
+    return {
+        "ratio_by_concurrency": dict(sorted(ratios.items())),
+        "first_concurrency_below_1": below[0] if below else None,
+        "min_ratio": min(ratios.values()) if ratios else None,
+        "never_below_k0": not below if ratios else None,
+    }

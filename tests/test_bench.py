@@ -1,0 +1,117 @@
+"""``specdec bench``: the math it reports, and a ``--quick`` smoke run of the whole harness."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from specdec.bench import acceptance, config
+from specdec.bench.systems import SpecCounts, request_id, system_of
+from specdec.bench.workloads import WORKLOADS, load_workload
+from specdec.local_pipeline import Pipeline
+
+
+def bench(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "specdec.cli", "bench", "--threads", "1", *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+@pytest.mark.unit
+def test_leviathan_prediction_matches_the_paper_at_fixed_k():
+    alpha, c, k = 0.8, 0.1, 4
+    paper = (1 - alpha ** (k + 1)) / ((1 - alpha) * (k * c + 1))
+    assert acceptance.predicted_speedup(alpha, c, [k] * 10) == pytest.approx(paper)
+    assert acceptance.predicted_speedup(1.0, 0.0, [3]) == pytest.approx(4.0)
+    assert acceptance.predicted_speedup(0.5, 0.1, [0, 0]) == pytest.approx(1.0)  # k = 0
+
+
+@pytest.mark.unit
+def test_alpha_is_the_mle_of_the_iid_model():
+    # Rounds of k = 3: accepted 3 (no rejection), 1 (rejected at the 2nd), 0 (rejected at once).
+    rounds = [(3, 3), (3, 1), (3, 0)]
+    assert acceptance.alpha_from_rounds(rounds) == pytest.approx(4 / 6)
+    counts = SpecCounts(rounds=3, depths=[3, 3, 3])
+    counts.accepted_per_position[:3] = [2, 1, 1]  # the same rounds, per position
+    assert acceptance.alpha_from_counts(counts) == pytest.approx(4 / 6)  # exact at fixed k
+    assert acceptance.per_position_rates(counts) == pytest.approx([2 / 3, 1 / 3, 1 / 3])
+
+
+@pytest.mark.unit
+def test_quick_defaults_yield_to_explicit_flags():
+    p = argparse.ArgumentParser()
+    config.add_arguments(p)
+    argv = ["--quick", "--max-tokens", "5", "--fixed-k", "1-3,6"]
+    cfg = config.from_args(p.parse_args(argv), ["bench", *argv])
+    assert cfg.max_tokens == 5 and cfg.fixed_k == (1, 2, 3, 6)
+    assert cfg.num_prompts == 2 and not cfg.hf and cfg.concurrency == (1, 2)
+    assert cfg.command == "specdec bench --quick --max-tokens 5 --fixed-k 1-3,6"
+    full = config.from_args(p.parse_args([]), [])
+    assert full.hf and full.fixed_k == tuple(range(1, 9)) and full.concurrency == (1, 4, 16, 32)
+
+
+@pytest.mark.unit
+def test_stored_workloads_and_request_ids():
+    for name in WORKLOADS:
+        prompts = load_workload(name)
+        assert len(prompts) >= 16 and all(p.text for p in prompts)
+        assert len({p.id for p in prompts}) == len(prompts)
+    rid = request_id("lat", "pipeline k=3", "code-01", 0)
+    assert " " not in rid and system_of(rid) == "pipeline k=3"
+
+
+@pytest.mark.e2e
+def test_quick_run_writes_result_report_and_plots(model_dir: Path, tmp_path: Path):
+    out = tmp_path / "bench"
+    target, draft = str(model_dir / "target"), str(model_dir / "draft_close")
+    proc = bench("--quick", "--target", target, "--draft", draft, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "result.json").read_text())
+    assert {"machine", "config", "latency", "acceptance", "cost", "profile", "load"} <= set(result)
+    assert {"headline", "greedy_check", "plots"} <= set(result)
+    systems = result["latency"]["systems"]
+    expected = {"pipeline k=0", "pipeline k=2", "pipeline goodput", "in-process k=2"}
+    assert expected | {"in-process target-only"} == set(systems)
+    assert result["greedy_check"]["specdec_identical"] is True
+    assert all(s["differing_prompts"] == 0 for s in systems.values())
+    assert {"pipeline k=2", "pipeline goodput", "in-process k=2"} == set(result["acceptance"])
+    assert result["acceptance"]["pipeline k=2"]["alpha_source"] == "trace rounds"
+    assert set(result["profile"]["pipeline"]) == {
+        "pipeline k=0",
+        "pipeline k=2",
+        "pipeline goodput",
+    }
+    points = {(p["system"], p["concurrency"]) for p in result["load"]["points"]}
+    assert points == {(s, n) for s in ("pipeline k=0", "pipeline goodput") for n in (1, 2)}
+    assert all(p["requests"] > 0 and p["errors"] == 0 for p in result["load"]["points"])
+    assert result["headline"]["speedup_vs_k0"]["value"] > 0
+    report = (out / "REPORT.md").read_text()
+    assert "## Headline" in report and result["command"] in report
+    assert list(out.glob("*.png")) and all((out / p).is_file() for p in result["plots"])
+    assert "greedy check: all outputs identical" in proc.stdout
+
+
+@pytest.mark.e2e
+def test_bench_against_a_running_router(model_dir: Path, tmp_path: Path):
+    target, draft = str(model_dir / "target"), str(model_dir / "draft_close")
+    pipe = Pipeline(target, draft).start()
+    try:
+        out = tmp_path / "bench"
+        args = ["--quick", "--no-load", "--num-prompts", "1", "--addr", pipe.address("router")]
+        proc = bench(*args, "--target", target, "--draft", draft, "--out", str(out))
+    finally:
+        pipe.close()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "result.json").read_text())
+    assert result["greedy_check"]["specdec_identical"] is True
+    assert result["profile"]["pipeline"] == {}  # a remote router's spans are not here
+    assert result["acceptance"]["pipeline k=2"]["alpha_source"] == "per-position stats"
+    assert "load" not in result
