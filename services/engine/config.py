@@ -46,18 +46,6 @@ class ModelConfig:
     eos_token_ids: tuple[int, ...] = field(default_factory=tuple)
     bos_token_id: int | None = None
 
-    @property
-    def num_params(self) -> int:
-        """Parameter count (embedding counted once when tied)."""
-        h, i, d = self.hidden_size, self.intermediate_size, self.head_dim
-        q, kv = self.num_attention_heads * d, self.num_key_value_heads * d
-        attn = h * q + 2 * h * kv + q * h
-        if self.attention_bias:
-            attn += q + 2 * kv
-        layer = attn + 3 * h * i + 2 * h + (2 * d if self.qk_norm else 0)
-        embed = self.vocab_size * h * (1 if self.tie_word_embeddings else 2)
-        return self.num_hidden_layers * layer + embed + h
-
     @classmethod
     def from_hf_dict(cls, raw: dict[str, Any], source: str = "config.json") -> ModelConfig:
         """Parse a ``config.json`` dict; raise ``CheckpointError`` naming ``source`` if unusable."""

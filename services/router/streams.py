@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Sequence
+from typing import Any
 
 import grpc
 
@@ -29,7 +30,7 @@ class _Stream:
         replica.open_streams += 1
         self._closed = False
 
-    async def _ask(self, msg: object) -> object:
+    async def _ask(self, msg: object) -> Any:
         try:
             await self.call.write(msg)
         except asyncio.InvalidStateError:  # the call already ended: surface its status
@@ -37,6 +38,7 @@ class _Stream:
         reply = await asyncio.wait_for(self.call.read(), self.timeout_s)
         if reply is grpc.aio.EOF:
             await self._raise_status()
+        self.replica.reported_active = reply.load.active_sequences
         return reply
 
     async def _raise_status(self) -> None:
@@ -97,7 +99,6 @@ class VerifierStream(_Stream):
         )
         reply = await self._ask(msg)
         assert isinstance(reply, verifier_pb2.VerifyResponse)
-        self.replica.reported_active = reply.load.active_sequences
         return reply
 
 
@@ -141,5 +142,4 @@ class DraftStream(_Stream):
         self.known = len(committed)
         reply = await self._ask(msg)
         assert isinstance(reply, draft_pb2.ProposeResponse)
-        self.replica.reported_active = reply.load.active_sequences
         return reply

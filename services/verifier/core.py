@@ -84,19 +84,13 @@ class VerifierCore:
     def _open(
         self, prompt_ids: list[int], params: SamplingParams, seed: int, session_id: str
     ) -> tuple[SequenceState, int]:
-        cache = self.runner.cache
         parked = self._parked.pop(session_id, None) if session_id else None
-        reused = 0
-        if parked is not None:
-            reused = _common_prefix(parked.cached, prompt_ids[:-1])
-            if reused == 0:
-                cache.free(parked.slot)
-                parked = None
-        if parked is not None:
+        if parked is not None:  # its slot holds an earlier turn: keep what the prompt shares
             seq = SequenceState(parked.slot, list(prompt_ids), params, seed, parked.cached)
         else:
             seq = SequenceState(self._allocate(), list(prompt_ids), params, seed)
-        seq.sync_cache(self.runner)  # rolls the reused slot back to the shared prefix
+        seq.sync_cache(self.runner)  # rolls the slot back to the longest shared prefix
+        reused = len(seq.cached)
         self.counters.reused_prefix_tokens_total += reused
         self.counters.prefill_tokens_total += len(prompt_ids) - reused
         self.counters.active_sequences += 1
@@ -133,12 +127,3 @@ class VerifierCore:
     @property
     def slots_in_use(self) -> int:
         return self.runner.cache.slots_in_use - len(self._parked)
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
