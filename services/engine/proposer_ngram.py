@@ -19,14 +19,20 @@ from specdec.engine.sampling import SamplingParams
 
 def lookup(tokens: Sequence[int], k: int, max_ngram: int = 4, min_ngram: int = 1) -> list[int]:
     """Up to ``k`` tokens that followed the latest earlier match of the trailing n-gram."""
+    tokens = list(tokens)
     n_tokens = len(tokens)
+    if n_tokens < 2:
+        return []
+    last = tokens[-1]
+    # Every candidate n-gram ends with the newest token: find those ends once, newest first
+    # (a match must leave a token after it), then try the longest n at each.
+    ends = [i for i in range(n_tokens - 2, -1, -1) if tokens[i] == last]
     for n in range(min(max_ngram, n_tokens - 1), min_ngram - 1, -1):
-        tail = list(tokens[n_tokens - n :])
-        # Scan backwards so the most recent match wins; a match must leave a token after it.
-        for start in range(n_tokens - n - 1, -1, -1):
-            if list(tokens[start : start + n]) == tail:
-                follow = tokens[start + n : start + n + k]
-                return list(follow)
+        tail = tokens[n_tokens - n :]
+        for end in ends:
+            start = end - n + 1
+            if start >= 0 and tokens[start : end + 1] == tail:
+                return tokens[end + 1 : end + 1 + k]
     return []
 
 
