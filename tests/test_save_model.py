@@ -70,3 +70,19 @@ def test_bf16_export_halves_the_file(model, tmp_path: Path):
     half = save_model(model, tmp_path / "bf16") / "model.safetensors"
     assert half.stat().st_size < 0.6 * full.stat().st_size
     assert load_model(half.parent).lm_head.weight.dtype == torch.float32  # caller's dtype
+
+
+def test_fused_projections_change_no_logit_and_no_name(model, tmp_path: Path):
+    ids = torch.randint(0, CFG.vocab_size, (2, 12), generator=torch.Generator().manual_seed(2))
+    folder = save_model(model, tmp_path / "m", dtype=torch.float32)
+    loaded = load_model(folder)  # inference models come back fused
+    attn = loaded.model.layers[0].self_attn
+    assert attn.fused and attn.q_proj.weight.data_ptr() == attn.qkv_weight.data_ptr()
+    assert loaded.state_dict().keys() == model.state_dict().keys()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded.forward_dense(ids), model.forward_dense(ids), atol=1e-6, rtol=0
+        )
+    again = load_model(save_model(loaded, tmp_path / "again", dtype=torch.float32))
+    for name, tensor in again.state_dict().items():
+        torch.testing.assert_close(tensor, model.state_dict()[name], atol=0, rtol=0)

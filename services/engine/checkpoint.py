@@ -95,7 +95,7 @@ def load_model(
         model.lm_head.weight = model.model.embed_tokens.weight
     inv_freq = inv_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
     model.inv_freq = inv_freq.to(device)  # non-persistent buffer: rebuilt off the meta device
-    return model.eval().requires_grad_(False)
+    return model.eval().requires_grad_(False).fuse_projections()
 
 
 def _few(names: list[str], limit: int = 5) -> str:
@@ -150,7 +150,7 @@ def save_model(
     generation = {"eos_token_id": config["eos_token_id"], "bos_token_id": cfg.bos_token_id}
     (folder / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
     state = {
-        name: tensor.detach().to("cpu", dtype).contiguous()
+        name: tensor.detach().to("cpu", dtype).clone()  # clone: fused weights share storage
         for name, tensor in model.state_dict().items()
         if not (cfg.tie_word_embeddings and name == "lm_head.weight")
     }

@@ -5,6 +5,8 @@ checkpoint loads as a plain state dict. The forward takes a ``ForwardBatch`` of 
 their own positions and a ``KVCache``; linear layers see the flat [T, C] tokens (no padding),
 attention scatters queries into a padded [B, L] layout and reads each slot's cached keys.
 ``forward_dense`` runs whole sequences without a cache, for the demo pair's training script.
+``load_model`` calls ``fuse_projections``: q/k/v and gate/up each become one matmul, the
+per-projection parameters views into the stacked weight (same names, no second copy).
 Non-goals: training features (dropout, gradient checkpointing), tensor parallelism, quantization.
 """
 
@@ -37,8 +39,38 @@ class RMSNorm(nn.Module):
         return self.weight * x32.to(dtype)
 
 
+def stack_linears(*layers: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One weight (and bias) for linears that share an input, so one matmul computes them all.
+
+    Each layer's parameters are re-pointed at its rows of the stacked tensors: the model keeps its
+    Hugging Face parameter names and no weight is held twice.  # → [sum(out_i), C], [sum(out_i)]
+    """
+    weight = torch.cat([layer.weight.detach() for layer in layers])
+    bias = None
+    if any(layer.bias is not None for layer in layers):
+        bias = torch.cat(
+            [
+                layer.weight.new_zeros(layer.out_features)
+                if layer.bias is None
+                else layer.bias.detach()
+                for layer in layers
+            ]
+        )
+    row = 0
+    for layer in layers:
+        rows = slice(row, row + layer.out_features)
+        layer.weight = nn.Parameter(weight[rows], requires_grad=False)
+        if layer.bias is not None and bias is not None:
+            layer.bias = nn.Parameter(bias[rows], requires_grad=False)
+        row += layer.out_features
+    return weight, bias
+
+
 class Attention(nn.Module):
     """Grouped-query attention over the KV cache, with optional q/k bias and q/k norm."""
+
+    qkv_weight: torch.Tensor  # [(Hq+2Hkv)·D, C], after ``fuse()``
+    qkv_bias: torch.Tensor | None
 
     def __init__(self, cfg: ModelConfig, layer: int) -> None:
         super().__init__()
@@ -55,15 +87,29 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(d, cfg.rms_norm_eps)
             self.k_norm = RMSNorm(d, cfg.rms_norm_eps)
         self.qk_norm = cfg.qk_norm
+        self.proj_sizes = (self.num_heads * d, self.num_kv_heads * d, self.num_kv_heads * d)
+        self.fused = False
+
+    def fuse(self) -> None:
+        """One [(Hq+2Hkv)·D, C] matmul for q, k and v (inference; weights become views)."""
+        weight, bias = stack_linears(self.q_proj, self.k_proj, self.v_proj)
+        self.register_buffer("qkv_weight", weight, persistent=False)
+        self.register_buffer("qkv_bias", bias, persistent=False)
+        self.fused = True
 
     def _qkv(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Project, normalise (Qwen3) and rotate.  # x [..., T, C] → q [..., T, Hq, D], k, v"""
         lead = x.shape[:-1]
-        q = self.q_proj(x).view(*lead, self.num_heads, self.head_dim)
-        k = self.k_proj(x).view(*lead, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(*lead, self.num_kv_heads, self.head_dim)
+        if self.fused:
+            qkv = F.linear(x, self.qkv_weight, self.qkv_bias)  # [..., T, (Hq+2Hkv)·D]
+            q, k, v = qkv.split(self.proj_sizes, dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.view(*lead, self.num_heads, self.head_dim)
+        k = k.view(*lead, self.num_kv_heads, self.head_dim)
+        v = v.view(*lead, self.num_kv_heads, self.head_dim)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
@@ -116,15 +162,31 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
 
+    gate_up_weight: torch.Tensor  # [2I, C], after ``fuse()``
+    gate_up_bias: torch.Tensor | None
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         h, i = cfg.hidden_size, cfg.intermediate_size
         self.gate_proj = nn.Linear(h, i, bias=cfg.mlp_bias)
         self.up_proj = nn.Linear(h, i, bias=cfg.mlp_bias)
         self.down_proj = nn.Linear(i, h, bias=cfg.mlp_bias)
+        self.fused = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [T, C]
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+    def fuse(self) -> None:
+        """One [2I, C] matmul for gate and up (inference; weights become views)."""
+        weight, bias = stack_linears(self.gate_proj, self.up_proj)
+        self.register_buffer("gate_up_weight", weight, persistent=False)
+        self.register_buffer("gate_up_bias", bias, persistent=False)
+        self.fused = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [..., C]
+        if self.fused:
+            gate_up = F.linear(x, self.gate_up_weight, self.gate_up_bias)  # [..., 2I]
+            gate, up = gate_up.chunk(2, dim=-1)  # [..., I] each
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class DecoderLayer(nn.Module):
@@ -175,6 +237,13 @@ class DecoderModel(nn.Module):
             self.lm_head.weight = self.model.embed_tokens.weight
         inv_freq = inv_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
         self.register_buffer("inv_freq", inv_freq, persistent=False)  # [D/2] fp32
+
+    def fuse_projections(self) -> DecoderModel:
+        """Stack q/k/v and gate/up weights for inference: fewer, larger matmuls per layer."""
+        for layer in self.model.layers:
+            cast(DecoderLayer, layer).self_attn.fuse()
+            cast(DecoderLayer, layer).mlp.fuse()
+        return self
 
     def new_cache(self, num_slots: int, max_seq_len: int | None = None) -> KVCache:
         """A cache shaped for this model, on its device and in its dtype."""
