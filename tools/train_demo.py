@@ -4,6 +4,8 @@ distilled from it, both on Python source code, sharing one byte-level BPE tokeni
 Reproducible: the corpus is the running Python's standard library (every ``*.py`` under
 ``sysconfig.get_paths()["stdlib"]``, site-packages excluded), files in sorted order, split into
 train / held-out by a hash of each file's relative path; every random draw comes from ``--seed``.
+The draft learns from the target's logits on training text and, for half of each batch, on
+text the target wrote itself (greedy and sampled), the text it must predict when serving.
 Resumable: each phase checkpoints to ``--work-dir`` and picks up where it stopped. Uses CUDA when
 present, the CPU otherwise.
 
@@ -29,9 +31,11 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm import tqdm
 
+from specdec.engine.batch import Chunk
 from specdec.engine.checkpoint import save_model
 from specdec.engine.config import ModelConfig
 from specdec.engine.model import DecoderModel
+from specdec.engine.runner import ModelRunner
 
 EOS = "<|endoftext|>"
 HELDOUT_PERCENT = 3
@@ -172,6 +176,44 @@ def heldout_loss(model: DecoderModel, data: torch.Tensor, device: str, n: int = 
     return sum(losses) / len(losses)
 
 
+@torch.no_grad()
+def teacher_continuations(
+    teacher: DecoderModel, data: torch.Tensor, n: int, batch: int, seed: int
+) -> torch.Tensor:
+    """Training-text prompts continued by the teacher, as the draft will meet them at serving time.
+
+    Even rows are greedy, odd rows sampled at temperature 0.8; each row is ``SEQ_LEN // 2`` tokens
+    of training text then the teacher's next ``SEQ_LEN // 2 + 1``.  # → [n, SEQ_LEN + 1] int16
+    """
+    prompt_len, new = SEQ_LEN // 2, SEQ_LEN // 2 + 1
+    gen = torch.Generator().manual_seed(seed)
+    device = teacher.lm_head.weight.device
+    runner = ModelRunner(teacher, num_slots=batch, max_seq_len=SEQ_LEN + 1)
+    rows = []
+    for _ in tqdm(range(0, n, batch), desc="teacher continuations", unit="batch"):
+        prompts = windows(data, batch, gen, "cpu")[:, :prompt_len]  # [B, P]
+        slots = [runner.cache.allocate() for _ in range(batch)]
+        seqs = prompts.tolist()
+        logits = runner.step([Chunk(s, seq, 0, 1) for s, seq in zip(slots, seqs, strict=True)])
+        for _ in range(new):
+            last = torch.cat(logits).float()  # [B, V]
+            probs = torch.softmax(last / 0.8, dim=-1).cpu()
+            sampled = torch.multinomial(probs, 1, generator=gen)[:, 0]  # [B]
+            greedy = last.argmax(-1).cpu()  # [B]
+            picks = torch.where(torch.arange(batch) % 2 == 0, greedy, sampled).tolist()
+            for seq, tok in zip(seqs, picks, strict=True):
+                seq.append(tok)
+            if len(seqs[0]) == SEQ_LEN + 1:
+                break
+            logits = runner.step(
+                [Chunk(s, [seq[-1]], len(seq) - 1, 1) for s, seq in zip(slots, seqs, strict=True)]
+            )
+        for slot in slots:
+            runner.cache.free(slot)
+        rows.append(torch.tensor(seqs, dtype=torch.int16))
+    return torch.cat(rows)[:n].to(device)
+
+
 def train(
     model: DecoderModel,
     phase: Phase,
@@ -181,8 +223,11 @@ def train(
     seed: int,
     device: str,
     teacher: DecoderModel | None = None,
+    extra: torch.Tensor | None = None,
 ) -> None:
     """AdamW with warm-up and cosine decay; distils from ``teacher`` when given (soft targets).
+
+    With ``extra`` ([N, SEQ_LEN + 1] rows), half of each batch comes from it instead of ``data``.
 
     Checkpoints to ``work / f"{phase.name}.pt"`` every few minutes and resumes from it.
     """
@@ -202,6 +247,9 @@ def train(
     tokens_seen, t0 = 0, time.perf_counter()
     while step < phase.steps:
         rows = windows(data, phase.batch, gen, device)
+        if extra is not None:
+            pick = torch.randint(0, len(extra), (phase.batch // 2,), generator=gen)
+            rows = torch.cat([rows[: phase.batch - len(pick)], extra[pick].long().to(device)])
         inputs, labels = rows[:, :-1], rows[:, 1:]
         logits = model.forward_dense(inputs).float()  # [B, T, V]
         if teacher is None:
@@ -282,6 +330,20 @@ def load_data(work: Path, stdlib: Path) -> tuple[Tokenizer, torch.Tensor, torch.
     return tok, train_ids, heldout_ids
 
 
+def cached_continuations(
+    target: DecoderModel, target_step: int, data: torch.Tensor, n: int, args: argparse.Namespace
+) -> torch.Tensor:
+    """``teacher_continuations`` of the target, kept in the work dir.  # → [n, SEQ_LEN + 1]"""
+    path = args.work_dir / "continuations.pt"
+    if path.exists():
+        cached = torch.load(path)
+        if cached["target_step"] == target_step and len(cached["rows"]) == n:
+            return cached["rows"].to(args.device)
+    rows = teacher_continuations(target, data, n, args.batch, args.seed + 2)
+    torch.save({"target_step": target_step, "rows": rows.cpu()}, path)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("models"), help="where the pair is written")
@@ -295,6 +357,12 @@ def main() -> None:
     ap.add_argument("--target-steps", type=int, default=600)
     ap.add_argument("--draft-steps", type=int, default=400)
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument(
+        "--teacher-rows",
+        type=int,
+        default=512,
+        help="target-written sequences that make up half of each draft batch (0: none)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
@@ -307,13 +375,18 @@ def main() -> None:
     if args.phase in ("all", "target"):
         train(target, target_phase, train_ids, heldout_ids, args.work_dir, args.seed, args.device)
         export(target, tok, args.out / "demo-target")
+        target_step = args.target_steps
     else:  # the draft learns from the finished target
         ckpt = torch.load(args.work_dir / "target.pt", map_location=args.device, weights_only=False)
         target.load_state_dict(ckpt["model"])
+        target_step = ckpt["step"]
     if args.phase in ("all", "draft"):
         target.eval().requires_grad_(False)
         draft = new_model(model_config(DRAFT_SHAPE, eos_id), args.seed + 1, args.device)
         draft_phase = Phase("draft", args.draft_steps, args.batch, 3e-3)
+        extra = None
+        if args.teacher_rows:
+            extra = cached_continuations(target, target_step, train_ids, args.teacher_rows, args)
         train(
             draft,
             draft_phase,
@@ -323,6 +396,7 @@ def main() -> None:
             args.seed + 1,
             args.device,
             teacher=target,
+            extra=extra,
         )
         export(draft, tok, args.out / "demo-draft")
 
