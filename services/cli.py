@@ -67,6 +67,12 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if any)")
     p.add_argument("--slots", type=int, default=16, help="KV-cache slots (concurrent sequences)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="draft/verifier: torch CPU threads (default: the container's CPU quota)",
+    )
     p.add_argument("--max-seq-len", type=int, default=2048, help="tokens per sequence")
     p.add_argument("--vocab-size", type=int, default=None, help="draft without model: vocab")
     p.add_argument("--verifiers", default="", help="router: comma-separated host:port list")
@@ -194,6 +200,7 @@ def _run_serve(args: argparse.Namespace) -> int:
                 args.slots,
                 args.max_seq_len,
                 metrics_port=args.metrics_port,
+                threads=args.threads,
             )
         )
     elif args.role == "draft":
@@ -209,6 +216,7 @@ def _run_serve(args: argparse.Namespace) -> int:
                 args.max_seq_len,
                 args.vocab_size,
                 metrics_port=args.metrics_port,
+                threads=args.threads,
             )
         )
     else:

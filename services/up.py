@@ -77,6 +77,9 @@ def up(
             ddev = ["--device", draft_device or device] if (draft_device or device) else []
             procs.append(_serve("verifier", "--model", target, "--listen", v_addr, *dev))
             draft_args = ["--model", draft] if draft else ["--vocab-size", _vocab(target)]
+            if (draft_device or device or "cpu") == "cpu":
+                # a small draft's matmuls are too short to split: threads only add sync cost
+                draft_args += ["--threads", "1"]
             procs.append(_serve("draft", *draft_args, "--listen", d_addr, *ddev))
             print("loading models ...", flush=True)
             wait_serving(v_addr, procs[0], timeout_s)

@@ -6,11 +6,14 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
+import torch
+
 from specdec.draft.core import DraftCore
 from specdec.draft.server import DraftServicer
 from specdec.engine.checkpoint import load_model
 from specdec.engine.local import default_device, default_dtype
 from specdec.engine.runner import ModelRunner
+from specdec.engine.threads import set_cpu_threads
 from specdec.serving import metrics
 from specdec.serving.server import Running, run_service, start_service
 from specdec.v1 import draft_pb2, draft_pb2_grpc
@@ -29,13 +32,14 @@ class DraftConfig:
     max_seq_len: int = 2048  # tokens per slot (capped by the model's context)
     vocab_size: int | None = None  # the target's vocabulary (drafts stay below it)
     metrics_port: int = 0  # Prometheus /metrics on this port; 0: off
+    threads: int | None = None  # CPU threads for torch; None: the container's CPU quota
 
 
 def build_core(cfg: DraftConfig) -> tuple[DraftCore, int]:
     if cfg.model is None:
         return DraftCore(None, cfg.vocab_size, max_seq_len=cfg.max_seq_len), cfg.vocab_size or 0
     device = cfg.device or default_device()
-    log.info("loading draft %s on %s", cfg.model, device)
+    log.info("loading draft %s on %s (%d CPU threads)", cfg.model, device, torch.get_num_threads())
     model = load_model(cfg.model, default_dtype(device), device)
     max_len = min(cfg.max_seq_len, model.config.max_position_embeddings)
     runner = ModelRunner(model, num_slots=cfg.slots, max_seq_len=max_len)
@@ -59,4 +63,6 @@ async def start(cfg: DraftConfig) -> Running:
 
 
 def main(cfg: DraftConfig) -> None:
+    """The process entry point (``specdec serve draft``): owns the process-wide torch threads."""
+    set_cpu_threads(cfg.threads)
     run_service("draft", cfg.metrics_port, lambda: start(cfg))

@@ -6,10 +6,13 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
+import torch
+
 from specdec.engine.batch import Chunk
 from specdec.engine.checkpoint import load_model
 from specdec.engine.local import default_device, default_dtype
 from specdec.engine.runner import ModelRunner
+from specdec.engine.threads import set_cpu_threads
 from specdec.serving import metrics
 from specdec.serving.server import Running, run_service, start_service
 from specdec.v1 import verifier_pb2, verifier_pb2_grpc
@@ -27,12 +30,13 @@ class VerifierConfig:
     slots: int = 16  # KV-cache slots: concurrent sequences (and parked sessions)
     max_seq_len: int = 2048  # tokens per slot (capped by the model's context)
     metrics_port: int = 0  # Prometheus /metrics on this port; 0: off
+    threads: int | None = None  # CPU threads for torch; None: the container's CPU quota
     max_batch_tokens: int = 8192  # tokens per batched forward
 
 
 def build_core(cfg: VerifierConfig) -> VerifierCore:
     device = cfg.device or default_device()
-    log.info("loading target %s on %s", cfg.model, device)
+    log.info("loading target %s on %s (%d CPU threads)", cfg.model, device, torch.get_num_threads())
     model = load_model(cfg.model, default_dtype(device), device)
     max_len = min(cfg.max_seq_len, model.config.max_position_embeddings)
     runner = ModelRunner(model, num_slots=cfg.slots, max_seq_len=max_len)
@@ -62,4 +66,6 @@ async def start(cfg: VerifierConfig, core: VerifierCore | None = None) -> Runnin
 
 
 def main(cfg: VerifierConfig) -> None:
+    """The process entry point (``specdec serve verifier``): owns the process-wide torch threads."""
+    set_cpu_threads(cfg.threads)
     run_service("verifier", cfg.metrics_port, lambda: start(cfg))
