@@ -68,6 +68,12 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if any)")
     p.add_argument("--slots", type=int, default=16, help="KV-cache slots (concurrent sequences)")
     p.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        default=None,
+        help="draft/verifier weights (default: verifier fp32 on CPU, bf16 on GPU; draft bf16)",
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=None,
@@ -201,6 +207,7 @@ def _run_serve(args: argparse.Namespace) -> int:
                 args.max_seq_len,
                 metrics_port=args.metrics_port,
                 threads=args.threads,
+                dtype=args.dtype,
             )
         )
     elif args.role == "draft":
@@ -217,6 +224,7 @@ def _run_serve(args: argparse.Namespace) -> int:
                 args.vocab_size,
                 metrics_port=args.metrics_port,
                 threads=args.threads,
+                dtype=args.dtype,
             )
         )
     else:

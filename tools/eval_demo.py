@@ -25,6 +25,7 @@ from train_demo import SEQ_LEN, corpus_files, is_heldout
 
 from specdec.engine.batch import Chunk
 from specdec.engine.checkpoint import load_model
+from specdec.engine.local import DTYPES
 from specdec.engine.proposer_draft import DraftModelProposer
 from specdec.engine.runner import ModelRunner
 from specdec.engine.sampling import SamplingParams
@@ -88,27 +89,36 @@ def loops(token_ids: list[int], text: str) -> bool:
 
 
 def step_cost_ratio(
-    target: ModelRunner, draft: ModelRunner, ctx: int = 128, depth: int = 4, rounds: int = 40
+    target: ModelRunner,
+    draft: ModelRunner,
+    threads: tuple[int, int],
+    ctx: int = 128,
+    depth: int = 4,
+    rounds: int = 40,
 ) -> tuple[float, float]:
     """Median decode-step time of each model at context ``ctx``, timed as speculation runs them.
 
     Each round is one target step followed by ``depth`` draft steps, so the draft pays for what
     the target's step evicted from the CPU caches; a draft step's time is its round's mean.
+    ``threads`` = (target's, draft's) torch threads, as ``specdec up`` runs the two services.
     """
     t_slot, d_slot = target.cache.allocate(), draft.cache.allocate()
     target.step([Chunk(t_slot, [1] * ctx, 0, 1)])
     draft.step([Chunk(d_slot, [1] * ctx, 0, 1)])
     t_times, d_times = [], []
     for _ in range(rounds):
+        torch.set_num_threads(threads[0])
         start = time.perf_counter()
         target.step([Chunk(t_slot, [1], ctx, 1)])
         t_times.append(time.perf_counter() - start)
         target.cache.rollback_to(t_slot, ctx)
+        torch.set_num_threads(threads[1])
         start = time.perf_counter()
         for i in range(depth):
             draft.step([Chunk(d_slot, [1], ctx + i, 1)])
         d_times.append((time.perf_counter() - start) / depth)
         draft.cache.rollback_to(d_slot, ctx)
+    torch.set_num_threads(threads[0])
     target.cache.free(t_slot)
     draft.cache.free(d_slot)
     return statistics.median(t_times), statistics.median(d_times)
@@ -120,17 +130,28 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--prompt-lines", type=int, default=12)
     ap.add_argument("--json", type=Path, default=None)
-    ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    ap.add_argument("--threads", type=int, default=2, help="target's torch threads (default 2)")
+    ap.add_argument(
+        "--draft-threads", type=int, default=1, help="draft's torch threads (default 1, as up)"
+    )
+    ap.add_argument(
+        "--draft-dtype", choices=sorted(DTYPES), default="bfloat16", help="as up serves it"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     tdir, ddir = args.models / "demo-target", args.models / "demo-draft"
     tokenizer = Tokenizer.from_folder(tdir)
-    target_model, draft_model = load_model(tdir), load_model(ddir)
+    target_model = load_model(tdir)
+    draft_model = load_model(ddir, DTYPES[args.draft_dtype])
     target = ModelRunner(target_model, num_slots=2, max_seq_len=1024)
     draft = ModelRunner(draft_model, num_slots=2, max_seq_len=1024)
     texts = heldout_texts(Path(sysconfig.get_paths()["stdlib"]))
     prompts = prompts_from(texts, args.prompts, args.prompt_lines)
-    result: dict = {"prompts": len(prompts), "heldout_files": len(texts), "threads": args.threads}
+    result: dict = {
+        "prompts": len(prompts),
+        "heldout_files": len(texts),
+        "threads": [args.threads, args.draft_threads],
+    }
     result["heldout_loss"] = {
         "target": heldout_loss(target_model, tokenizer, texts),
         "draft": heldout_loss(draft_model, tokenizer, texts),
@@ -177,7 +198,7 @@ def main() -> None:
             ),
         }
     result["per_k"] = per_k
-    t_target, t_draft = step_cost_ratio(target, draft)
+    t_target, t_draft = step_cost_ratio(target, draft, (args.threads, args.draft_threads))
     result["step_ms"] = {
         "target": t_target * 1e3,
         "draft": t_draft * 1e3,
@@ -203,7 +224,9 @@ def report(r: dict) -> str:
         f"held-out loss: target {r['heldout_loss']['target']:.3f}, "
         f"draft {r['heldout_loss']['draft']:.3f} (nats/token)",
         f"prompts: {r['prompts']} held-out files; continuations that loop: {r['loop_share']:.0%}",
-        f"decode step (context 128, rounds of 1 target + 4 draft steps, {r['threads']} threads): "
+        f"decode step (context 128; rounds of 1 target + 4 draft steps; "
+        f"threads: target {r['threads'][0]}, draft {r['threads'][1]}; "
+        f"draft in {r['draft_dtype']}): "
         f"target {r['step_ms']['target']:.2f} ms, draft {r['step_ms']['draft']:.2f} ms, "
         f"ratio {r['step_ms']['ratio']:.3f}",
         "",

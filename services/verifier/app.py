@@ -10,7 +10,7 @@ import torch
 
 from specdec.engine.batch import Chunk
 from specdec.engine.checkpoint import load_model
-from specdec.engine.local import default_device, default_dtype
+from specdec.engine.local import DTYPES, default_device, default_dtype
 from specdec.engine.runner import ModelRunner
 from specdec.engine.threads import set_cpu_threads
 from specdec.serving import metrics
@@ -31,13 +31,14 @@ class VerifierConfig:
     max_seq_len: int = 2048  # tokens per slot (capped by the model's context)
     metrics_port: int = 0  # Prometheus /metrics on this port; 0: off
     threads: int | None = None  # CPU threads for torch; None: the container's CPU quota
+    dtype: str | None = None  # float32, bfloat16, float16; None: fp32 on CPU, bf16 on GPU
     max_batch_tokens: int = 8192  # tokens per batched forward
 
 
 def build_core(cfg: VerifierConfig) -> VerifierCore:
     device = cfg.device or default_device()
     log.info("loading target %s on %s (%d CPU threads)", cfg.model, device, torch.get_num_threads())
-    model = load_model(cfg.model, default_dtype(device), device)
+    model = load_model(cfg.model, DTYPES[cfg.dtype] if cfg.dtype else default_dtype(device), device)
     max_len = min(cfg.max_seq_len, model.config.max_position_embeddings)
     runner = ModelRunner(model, num_slots=cfg.slots, max_seq_len=max_len)
     warm_up(runner)
