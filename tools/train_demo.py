@@ -180,33 +180,45 @@ def heldout_loss(model: DecoderModel, data: torch.Tensor, device: str, n: int = 
 def teacher_continuations(
     teacher: DecoderModel, data: torch.Tensor, n: int, batch: int, seed: int
 ) -> torch.Tensor:
-    """Training-text prompts continued by the teacher, as the draft will meet them at serving time.
+    """Training-text prompts continued by the teacher, as the draft will meet them when serving.
 
-    Even rows are greedy, odd rows sampled at temperature 0.8; each row is ``SEQ_LEN // 2`` tokens
-    of training text then the teacher's next ``SEQ_LEN // 2 + 1``.  # → [n, SEQ_LEN + 1] int16
+    Half the prompts open a training file (32-128 tokens: what users send), half are 128 tokens
+    from anywhere; even rows continue greedily, odd rows sample at temperature 0.8. Each row is
+    cut at SEQ_LEN + 1 tokens.  # → [n, SEQ_LEN + 1] int16
     """
-    prompt_len, new = SEQ_LEN // 2, SEQ_LEN // 2 + 1
     gen = torch.Generator().manual_seed(seed)
     device = teacher.lm_head.weight.device
+    eos = teacher.config.eos_token_ids[0]
+    file_starts = torch.cat([torch.zeros(1, dtype=torch.long), (data == eos).nonzero()[:, 0] + 1])
+    file_starts = file_starts[file_starts < len(data) - SEQ_LEN - 1]  # [F]
     runner = ModelRunner(teacher, num_slots=batch, max_seq_len=SEQ_LEN + 1)
     rows = []
     for _ in tqdm(range(0, n, batch), desc="teacher continuations", unit="batch"):
-        prompts = windows(data, batch, gen, "cpu")[:, :prompt_len]  # [B, P]
+        seqs: list[list[int]] = []
+        for row in range(batch):
+            if row % 4 < 2:
+                pick = torch.randint(0, len(file_starts), (1,), generator=gen).item()
+                start = int(file_starts[int(pick)])
+                length = int(torch.randint(32, 129, (1,), generator=gen))
+            else:
+                start = int(torch.randint(0, len(data) - SEQ_LEN - 1, (1,), generator=gen))
+                length = SEQ_LEN // 2
+            seqs.append(data[start : start + length].tolist())
         slots = [runner.cache.allocate() for _ in range(batch)]
-        seqs = prompts.tolist()
         logits = runner.step([Chunk(s, seq, 0, 1) for s, seq in zip(slots, seqs, strict=True)])
-        for _ in range(new):
-            last = torch.cat(logits).float()  # [B, V]
-            probs = torch.softmax(last / 0.8, dim=-1).cpu()
-            sampled = torch.multinomial(probs, 1, generator=gen)[:, 0]  # [B]
-            greedy = last.argmax(-1).cpu()  # [B]
-            picks = torch.where(torch.arange(batch) % 2 == 0, greedy, sampled).tolist()
-            for seq, tok in zip(seqs, picks, strict=True):
-                seq.append(tok)
-            if len(seqs[0]) == SEQ_LEN + 1:
+        active = list(range(batch))
+        while True:
+            last = torch.cat(logits).float()  # [A, V]
+            sampled = torch.multinomial(torch.softmax(last / 0.8, -1).cpu(), 1, generator=gen)
+            greedy = torch.tensor([i % 2 == 0 for i in active])  # [A]
+            picks = torch.where(greedy, last.argmax(-1).cpu(), sampled[:, 0]).tolist()
+            for i, token in zip(active, picks, strict=True):
+                seqs[i].append(token)
+            active = [i for i in active if len(seqs[i]) < SEQ_LEN + 1]
+            if not active:
                 break
             logits = runner.step(
-                [Chunk(s, [seq[-1]], len(seq) - 1, 1) for s, seq in zip(slots, seqs, strict=True)]
+                [Chunk(slots[i], [seqs[i][-1]], len(seqs[i]) - 1, 1) for i in active]
             )
         for slot in slots:
             runner.cache.free(slot)
@@ -339,7 +351,7 @@ def cached_continuations(
         cached = torch.load(path)
         if cached["target_step"] == target_step and len(cached["rows"]) == n:
             return cached["rows"].to(args.device)
-    rows = teacher_continuations(target, data, n, args.batch, args.seed + 2)
+    rows = teacher_continuations(target, data, n, 64, args.seed + 2)  # one weight read, 64 rows
     torch.save({"target_step": target_step, "rows": rows.cpu()}, path)
     return rows
 
@@ -360,7 +372,7 @@ def main() -> None:
     ap.add_argument(
         "--teacher-rows",
         type=int,
-        default=512,
+        default=1024,
         help="target-written sequences that make up half of each draft batch (0: none)",
     )
     ap.add_argument("--seed", type=int, default=0)
