@@ -52,7 +52,7 @@ def build_runner(shape: str, device: str, dtype: torch.dtype, slots: int, ctx: i
     )  # type: ignore[arg-type]
     torch.manual_seed(0)
     with torch.device(device):
-        model = DecoderModel(cfg).to(dtype)
+        model = DecoderModel(cfg).to(dtype).eval().requires_grad_(False).fuse_projections()
     return ModelRunner(model, num_slots=slots, max_seq_len=ctx)
 
 
