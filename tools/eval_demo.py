@@ -151,6 +151,7 @@ def main() -> None:
         "prompts": len(prompts),
         "heldout_files": len(texts),
         "threads": [args.threads, args.draft_threads],
+        "draft_dtype": args.draft_dtype,
     }
     result["heldout_loss"] = {
         "target": heldout_loss(target_model, tokenizer, texts),
@@ -213,10 +214,10 @@ def main() -> None:
             {"prompt": prompt, "greedy": tokenizer.decode(g), "t0.8": tokenizer.decode(s)}
         )
     result["samples"] = samples
-    print(report(result))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))
+    print(report(result))
 
 
 def report(r: dict) -> str:

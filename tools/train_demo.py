@@ -366,8 +366,8 @@ def main() -> None:
         help="corpus cache and resumable checkpoints",
     )
     ap.add_argument("--phase", choices=["all", "target", "draft"], default="all")
-    ap.add_argument("--target-steps", type=int, default=600)
-    ap.add_argument("--draft-steps", type=int, default=400)
+    ap.add_argument("--target-steps", type=int, default=1600)
+    ap.add_argument("--draft-steps", type=int, default=1000)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument(
         "--teacher-rows",
