@@ -25,6 +25,9 @@ DEMO_TARGET = Path("models/demo-target")
 DEMO_DRAFT = Path("models/demo-draft")
 
 
+STOP_TIMEOUT_S = 10.0  # Ctrl-C: how long the services get to drain before SIGKILL
+
+
 def wait_serving(address: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
     """Poll the health service of ``address`` until SERVING; fail if the process dies."""
     stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(address))
@@ -116,10 +119,12 @@ def up(
             for p in procs:
                 if p.poll() is None:
                     os.killpg(p.pid, signal.SIGTERM)
-            for p in procs:
+            deadline = time.monotonic() + STOP_TIMEOUT_S  # one budget for all, not one each
+            for role, p in zip(("verifier", "draft", "router"), procs, strict=False):
                 with contextlib.suppress(subprocess.TimeoutExpired):
-                    p.wait(timeout=10)
+                    p.wait(timeout=max(0.1, deadline - time.monotonic()))
                 if p.poll() is None:
+                    print(f"specdec: the {role} did not stop on SIGTERM; killed", flush=True)
                     os.killpg(p.pid, signal.SIGKILL)
             print("specdec stopped", flush=True)
 

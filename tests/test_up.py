@@ -80,6 +80,6 @@ def test_up_serves_generate_and_stops_cleanly_on_ctrl_c(model_dir: Path):
         assert got["stats"]["rounds"] > 0
     finally:
         up.send_signal(signal.SIGINT)
-        rest = up.communicate(timeout=30)[0]
+        rest = up.communicate(timeout=60)[0]
     assert up.returncode == 0, rest
     assert "specdec stopped" in rest
