@@ -80,6 +80,13 @@ def test_up_serves_generate_and_stops_cleanly_on_ctrl_c(model_dir: Path):
         assert got["stats"]["rounds"] > 0
     finally:
         up.send_signal(signal.SIGINT)
-        rest = up.communicate(timeout=60)[0]
+        try:
+            rest = up.communicate(timeout=60)[0]
+        except subprocess.TimeoutExpired:
+            exited = up.poll()
+            up.kill()
+            ps = subprocess.run(["ps", "-eo", "pid,ppid,stat,args"], capture_output=True, text=True)
+            alive = [ln for ln in ps.stdout.splitlines() if "specdec" in ln or "redis" in ln]
+            pytest.fail(f"up (exit code {exited}) did not stop within 60 s: " + "\n".join(alive))
     assert up.returncode == 0, rest
     assert "specdec stopped" in rest
