@@ -43,6 +43,8 @@ def test_up_serves_generate_and_stops_cleanly_on_ctrl_c(model_dir: Path):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # As from a terminal: a shell's background job (CI runners) inherits SIGINT ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 120
