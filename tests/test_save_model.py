@@ -77,7 +77,9 @@ def test_fused_projections_change_no_logit_and_no_name(model, tmp_path: Path):
     folder = save_model(model, tmp_path / "m", dtype=torch.float32)
     loaded = load_model(folder)  # inference models come back fused
     attn = loaded.model.layers[0].self_attn
-    assert attn.fused and attn.q_proj.weight.data_ptr() == attn.qkv_weight.data_ptr()
+    assert (
+        attn.qkv_weight is not None and attn.q_proj.weight.data_ptr() == attn.qkv_weight.data_ptr()
+    )
     assert loaded.state_dict().keys() == model.state_dict().keys()
     with torch.no_grad():
         torch.testing.assert_close(

@@ -27,6 +27,14 @@ def _pyplot() -> Any:
     return plt
 
 
+def _save(fig: Any, out: Path, name: str) -> str:
+    """Lay out, write ``out / name`` and free the figure; returns ``name``."""
+    fig.tight_layout()
+    fig.savefig(out / name, dpi=110)
+    _pyplot().close(fig)
+    return name
+
+
 def tokens_per_s(result: dict[str, Any], out: Path) -> str | None:
     systems = result.get("latency", {}).get("systems", {})
     if not systems:
@@ -47,10 +55,7 @@ def tokens_per_s(result: dict[str, Any], out: Path) -> str | None:
     ax.invert_yaxis()
     ax.set_xlabel("tokens/s at batch 1 (median, bars: quartiles)")
     ax.set_title("Latency mode: tokens/s by system")
-    fig.tight_layout()
-    fig.savefig(out / "tokens_per_s.png", dpi=110)
-    plt.close(fig)
-    return "tokens_per_s.png"
+    return _save(fig, out, "tokens_per_s.png")
 
 
 def acceptance(result: dict[str, Any], out: Path) -> str | None:
@@ -73,10 +78,7 @@ def acceptance(result: dict[str, Any], out: Path) -> str | None:
     ax.set_ylim(0, 1.02)
     ax.set_title("Acceptance by position")
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(out / "acceptance.png", dpi=110)
-    plt.close(fig)
-    return "acceptance.png"
+    return _save(fig, out, "acceptance.png")
 
 
 def load_curves(result: dict[str, Any], out: Path) -> str | None:
@@ -102,10 +104,7 @@ def load_curves(result: dict[str, Any], out: Path) -> str | None:
             ax.set_ylabel(label + ("  (solid p50, dotted p99)" if p99 else ""), fontsize=8)
     axes[0].legend(fontsize=8)
     fig.suptitle("Load mode: closed-loop clients")
-    fig.tight_layout()
-    fig.savefig(out / "load.png", dpi=110)
-    plt.close(fig)
-    return "load.png"
+    return _save(fig, out, "load.png")
 
 
 def round_breakdown(result: dict[str, Any], out: Path) -> str | None:
@@ -130,10 +129,7 @@ def round_breakdown(result: dict[str, Any], out: Path) -> str | None:
     ax.set_xlabel("milliseconds per round (mean, rounds after the first)")
     ax.set_title("Where a round's time goes")
     ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(out / "round_breakdown.png", dpi=110)
-    plt.close(fig)
-    return "round_breakdown.png"
+    return _save(fig, out, "round_breakdown.png")
 
 
 def write_all(result: dict[str, Any], out: Path) -> list[str]:

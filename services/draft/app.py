@@ -11,7 +11,7 @@ import torch
 from specdec.draft.core import DraftCore
 from specdec.draft.server import DraftServicer
 from specdec.engine.checkpoint import load_model
-from specdec.engine.local import DTYPES, default_device, draft_dtype
+from specdec.engine.local import DRAFT_DTYPE, DTYPES, default_device
 from specdec.engine.runner import ModelRunner
 from specdec.engine.threads import set_cpu_threads
 from specdec.serving import metrics
@@ -41,7 +41,7 @@ def build_core(cfg: DraftConfig) -> tuple[DraftCore, int]:
         return DraftCore(None, cfg.vocab_size, max_seq_len=cfg.max_seq_len), cfg.vocab_size or 0
     device = cfg.device or default_device()
     log.info("loading draft %s on %s (%d CPU threads)", cfg.model, device, torch.get_num_threads())
-    model = load_model(cfg.model, DTYPES[cfg.dtype] if cfg.dtype else draft_dtype(device), device)
+    model = load_model(cfg.model, DTYPES[cfg.dtype] if cfg.dtype else DRAFT_DTYPE, device)
     max_len = min(cfg.max_seq_len, model.config.max_position_embeddings)
     runner = ModelRunner(model, num_slots=cfg.slots, max_seq_len=max_len)
     warm_up(runner)

@@ -35,14 +35,10 @@ def default_dtype(device: str) -> torch.dtype:
     return torch.float32 if device == "cpu" else torch.bfloat16
 
 
-def draft_dtype(device: str) -> torch.dtype:
-    """A draft's dtype: bf16 everywhere.
-
-    The draft's numerics move only the acceptance, never the output, and a small model's step is
-    bound by the bytes it reads: on a 2-core AVX2 CPU, bf16 took a 1.6M-parameter draft step from
-    1.7 to 1.3 ms between target steps (``tools/eval_demo.py``).
-    """
-    return torch.bfloat16
+# A draft's dtype on every device. Its numerics move only the acceptance, never the output, and a
+# small model's step is bound by the bytes it reads: on a 2-core AVX2 CPU, bf16 took a
+# 1.6M-parameter draft step from 1.7 to 1.3 ms between target steps (``tools/eval_demo.py``).
+DRAFT_DTYPE = torch.bfloat16
 
 
 def check_same_tokenizer(target: Tokenizer, draft: Tokenizer, draft_folder: str | Path) -> None:
@@ -74,7 +70,7 @@ def run_in_process(
     proposer: Proposer | None = None
     if draft:
         check_same_tokenizer(tokenizer, Tokenizer.from_folder(draft), draft)
-        draft_model = load_model(draft, draft_dtype(device), device)
+        draft_model = load_model(draft, DRAFT_DTYPE, device)
         draft_runner = ModelRunner(draft_model, num_slots=1)
         proposer = DraftModelProposer(draft_runner, vocab_limit=target_runner.vocab_size)
     elif ngram:

@@ -43,24 +43,17 @@ def stack_linears(*layers: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None
     """One weight (and bias) for linears that share an input, so one matmul computes them all.
 
     Each layer's parameters are re-pointed at its rows of the stacked tensors: the model keeps its
-    Hugging Face parameter names and no weight is held twice.  # → [sum(out_i), C], [sum(out_i)]
+    Hugging Face parameter names and no weight is held twice. The layers all have a bias or none
+    do (one config flag decides).  # → [sum(out_i), C], [sum(out_i)] or None
     """
     weight = torch.cat([layer.weight.detach() for layer in layers])
-    bias = None
-    if any(layer.bias is not None for layer in layers):
-        bias = torch.cat(
-            [
-                layer.weight.new_zeros(layer.out_features)
-                if layer.bias is None
-                else layer.bias.detach()
-                for layer in layers
-            ]
-        )
+    biases = [layer.bias.detach() for layer in layers if layer.bias is not None]
+    bias = torch.cat(biases) if biases else None
     row = 0
     for layer in layers:
         rows = slice(row, row + layer.out_features)
         layer.weight = nn.Parameter(weight[rows], requires_grad=False)
-        if layer.bias is not None and bias is not None:
+        if bias is not None:
             layer.bias = nn.Parameter(bias[rows], requires_grad=False)
         row += layer.out_features
     return weight, bias
@@ -69,7 +62,7 @@ def stack_linears(*layers: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None
 class Attention(nn.Module):
     """Grouped-query attention over the KV cache, with optional q/k bias and q/k norm."""
 
-    qkv_weight: torch.Tensor  # [(Hq+2Hkv)·D, C], after ``fuse()``
+    qkv_weight: torch.Tensor | None  # [(Hq+2Hkv)·D, C] once ``fuse()`` ran, else None
     qkv_bias: torch.Tensor | None
 
     def __init__(self, cfg: ModelConfig, layer: int) -> None:
@@ -88,21 +81,20 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(d, cfg.rms_norm_eps)
         self.qk_norm = cfg.qk_norm
         self.proj_sizes = (self.num_heads * d, self.num_kv_heads * d, self.num_kv_heads * d)
-        self.fused = False
+        self.register_buffer("qkv_weight", None, persistent=False)
+        self.register_buffer("qkv_bias", None, persistent=False)
 
     def fuse(self) -> None:
         """One [(Hq+2Hkv)·D, C] matmul for q, k and v (inference; weights become views)."""
         weight, bias = stack_linears(self.q_proj, self.k_proj, self.v_proj)
-        self.register_buffer("qkv_weight", weight, persistent=False)
-        self.register_buffer("qkv_bias", bias, persistent=False)
-        self.fused = True
+        self.qkv_weight, self.qkv_bias = weight, bias
 
     def _qkv(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Project, normalise (Qwen3) and rotate.  # x [..., T, C] → q [..., T, Hq, D], k, v"""
         lead = x.shape[:-1]
-        if self.fused:
+        if self.qkv_weight is not None:
             qkv = F.linear(x, self.qkv_weight, self.qkv_bias)  # [..., T, (Hq+2Hkv)·D]
             q, k, v = qkv.split(self.proj_sizes, dim=-1)
         else:
@@ -162,7 +154,7 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
 
-    gate_up_weight: torch.Tensor  # [2I, C], after ``fuse()``
+    gate_up_weight: torch.Tensor | None  # [2I, C] once ``fuse()`` ran, else None
     gate_up_bias: torch.Tensor | None
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -171,17 +163,16 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(h, i, bias=cfg.mlp_bias)
         self.up_proj = nn.Linear(h, i, bias=cfg.mlp_bias)
         self.down_proj = nn.Linear(i, h, bias=cfg.mlp_bias)
-        self.fused = False
+        self.register_buffer("gate_up_weight", None, persistent=False)
+        self.register_buffer("gate_up_bias", None, persistent=False)
 
     def fuse(self) -> None:
         """One [2I, C] matmul for gate and up (inference; weights become views)."""
         weight, bias = stack_linears(self.gate_proj, self.up_proj)
-        self.register_buffer("gate_up_weight", weight, persistent=False)
-        self.register_buffer("gate_up_bias", bias, persistent=False)
-        self.fused = True
+        self.gate_up_weight, self.gate_up_bias = weight, bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [..., C]
-        if self.fused:
+        if self.gate_up_weight is not None:
             gate_up = F.linear(x, self.gate_up_weight, self.gate_up_bias)  # [..., 2I]
             gate, up = gate_up.chunk(2, dim=-1)  # [..., I] each
         else:

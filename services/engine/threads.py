@@ -34,11 +34,10 @@ def _quota_cpus(cgroup: Path) -> float | None:
 
 def usable_cpus(cgroup: Path = CGROUP) -> int:
     """CPUs this process may run on: affinity mask capped by the cgroup quota (rounded up)."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    affinity = getattr(os, "sched_getaffinity", None)  # Linux; elsewhere every core counts
+    cpus = len(affinity(0)) if affinity else os.cpu_count() or 1
     quota = _quota_cpus(cgroup)
-    if quota is not None:
-        cpus = min(cpus or 1, max(1, math.ceil(quota)))
-    return max(1, cpus or 1)
+    return max(1, cpus if quota is None else min(cpus, math.ceil(quota)))
 
 
 def set_cpu_threads(threads: int | None) -> int:
