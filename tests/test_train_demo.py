@@ -1,12 +1,14 @@
-"""``tools/train_demo.py``: the teacher-written rows the draft is distilled on."""
+"""``tools/train_demo.py``: the teacher-written rows and the losses the demo pair trains on."""
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from specdec.engine.config import ModelConfig
 from specdec.engine.model import DecoderModel
@@ -15,7 +17,7 @@ from specdec.engine.sampling import SamplingParams
 from specdec.engine.speculative import generate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-from train_demo import SEQ_LEN, teacher_continuations
+from train_demo import SEQ_LEN, repeated_ngrams, sparse_kl, teacher_continuations, unlikelihood
 
 pytestmark = pytest.mark.unit
 
@@ -47,3 +49,49 @@ def test_rows_are_training_text_then_the_teachers_own_continuation() -> None:
         assert any(data[s : s + len(prompt)].tolist() == prompt for s in range(len(data)))
         again = generate(runner, prompt, SamplingParams(), len(ids) - len(prompt), None, 0)
         assert again.token_ids == ids[len(prompt) :]
+
+
+def test_sparse_kl_is_the_full_kl_when_the_top_k_hold_everything() -> None:
+    gen = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(2, 3, 8, generator=gen), torch.randn(2, 3, 8, generator=gen)
+    top = torch.log_softmax(teacher, -1).topk(8, dim=-1)
+    full = F.kl_div(
+        torch.log_softmax(student, -1).flatten(0, 1),
+        torch.log_softmax(teacher, -1).flatten(0, 1),
+        log_target=True,
+        reduction="batchmean",
+    )
+    torch.testing.assert_close(sparse_kl(student, top.indices, top.values), full)
+
+
+def test_sparse_kl_buckets_the_tail() -> None:
+    """Top-2 of 4 tokens: the KL of (p1, p2, rest) against (q1, q2, rest)."""
+    p = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    q = torch.tensor([0.25, 0.25, 0.25, 0.25])
+    coarse_p, coarse_q = torch.tensor([0.5, 0.3, 0.2]), torch.tensor([0.25, 0.25, 0.5])
+    want = (coarse_p * (coarse_p / coarse_q).log()).sum()
+    got = sparse_kl(q.log()[None, None], torch.tensor([[[0, 1]]]), p[:2].log()[None, None])
+    torch.testing.assert_close(got, want)
+    assert (
+        float(sparse_kl(p.log()[None, None], torch.tensor([[[0, 1]]]), p[:2].log()[None, None]))
+        < 1e-6
+    )
+
+
+def test_repeated_ngrams_marks_only_self_repetition_after_the_prompt() -> None:
+    prompt = [7, 8, 9, 7, 8, 9]  # repeats, but it is the prompt's, not the model's
+    row = prompt + [1, 2, 3, 4, 1, 2, 3, 4, 5]
+    mask = repeated_ngrams([row, [1, 2]], [len(prompt), 0], n=3)
+    assert mask.shape == (2, len(row))
+    marked = [t - len(prompt) for t in mask[0].nonzero()[:, 0].tolist()]
+    assert marked == [6, 7]  # (1, 2, 3) and (2, 3, 4) come round again; (3, 4, 5) is new
+    assert not mask[1].any()
+
+
+def test_unlikelihood_penalises_only_marked_tokens() -> None:
+    logits = torch.log(torch.tensor([[[0.5, 0.5], [0.9, 0.1]]]))  # [1, 2, 2]
+    targets = torch.tensor([[0, 0]])
+    both = unlikelihood(logits, targets, torch.tensor([[True, True]]))
+    assert float(both) == pytest.approx(-(math.log(0.5) + math.log(0.1)) / 2)
+    first = unlikelihood(logits, targets, torch.tensor([[True, False]]))
+    assert float(first) == pytest.approx(-math.log(0.5) / 2)

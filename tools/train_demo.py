@@ -4,8 +4,12 @@ distilled from it, both on Python source code, sharing one byte-level BPE tokeni
 Reproducible: the corpus is the running Python's standard library (every ``*.py`` under
 ``sysconfig.get_paths()["stdlib"]``, site-packages excluded), files in sorted order, split into
 train / held-out by a hash of each file's relative path; every random draw comes from ``--seed``.
-The draft learns from the target's logits on training text and, for half of each batch, on
-text the target wrote itself (greedy and sampled), the text it must predict when serving.
+The target is pretrained on the corpus, then briefly fine-tuned with sequence-level
+unlikelihood: it continues training prompts greedily and is penalised for every token that
+repeats its own 4-grams, which breaks most of the loops greedy decoding otherwise falls into.
+The draft learns the target's next-token distribution (its top 32 and one bucket for the rest,
+computed once) on text the target wrote itself, greedy and sampled, the text it must predict
+when serving, and on training windows.
 Resumable: each phase checkpoints to ``--work-dir`` and picks up where it stopped. Uses CUDA when
 present, the CPU otherwise.
 
@@ -23,6 +27,7 @@ import json
 import math
 import sysconfig
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +46,8 @@ EOS = "<|endoftext|>"
 HELDOUT_PERCENT = 3
 VOCAB_SIZE = 4096
 SEQ_LEN = 256
+TOP_K = 32  # teacher probabilities kept per position for distillation
+CONTINUATION = 64  # tokens of greedy continuation judged for repetition
 
 TARGET_SHAPE = dict(
     hidden_size=512,
@@ -176,70 +183,162 @@ def heldout_loss(model: DecoderModel, data: torch.Tensor, device: str, n: int = 
     return sum(losses) / len(losses)
 
 
+def training_prompts(data: torch.Tensor, n: int, eos: int, gen: torch.Generator) -> list[list[int]]:
+    """Prompts from the training text: rows 4j and 4j+1 open a file (32-128 tokens: what users
+    send), rows 4j+2 and 4j+3 are 128 tokens from anywhere."""
+    file_starts = torch.cat([torch.zeros(1, dtype=torch.long), (data == eos).nonzero()[:, 0] + 1])
+    file_starts = file_starts[file_starts < len(data) - SEQ_LEN - 1]  # [F]
+    prompts = []
+    for row in range(n):
+        if row % 4 < 2:
+            pick = torch.randint(0, len(file_starts), (1,), generator=gen).item()
+            start = int(file_starts[int(pick)])
+            length = int(torch.randint(32, 129, (1,), generator=gen))
+        else:
+            start = int(torch.randint(0, len(data) - SEQ_LEN - 1, (1,), generator=gen))
+            length = SEQ_LEN // 2
+        prompts.append(data[start : start + length].tolist())
+    return prompts
+
+
 @torch.no_grad()
+def continue_prompts(
+    model: DecoderModel,
+    prompts: list[list[int]],
+    lengths: list[int],
+    gen: torch.Generator,
+    all_greedy: bool = False,
+) -> list[list[int]]:
+    """Each prompt continued by ``model`` to ``lengths[i]`` tokens, all rows in one batch on the
+    engine's KV cache: even rows greedily, odd rows sampled at temperature 0.8 (or all greedy)."""
+    runner = ModelRunner(model, num_slots=len(prompts), max_seq_len=max(lengths))
+    seqs = [list(p) for p in prompts]
+    slots = [runner.cache.allocate() for _ in seqs]
+    logits = runner.step([Chunk(s, seq, 0, 1) for s, seq in zip(slots, seqs, strict=True)])
+    active = [i for i in range(len(seqs)) if len(seqs[i]) < lengths[i]]
+    while active:
+        last = torch.cat([logits[i] for i in active]).float()  # [A, V]
+        sampled = torch.multinomial(torch.softmax(last / 0.8, -1).cpu(), 1, generator=gen)
+        greedy = torch.tensor([all_greedy or i % 2 == 0 for i in active])  # [A]
+        picks = torch.where(greedy, last.argmax(-1).cpu(), sampled[:, 0]).tolist()
+        for i, token in zip(active, picks, strict=True):
+            seqs[i].append(token)
+        active = [i for i in active if len(seqs[i]) < lengths[i]]
+        step_logits = runner.step(
+            [Chunk(slots[i], [seqs[i][-1]], len(seqs[i]) - 1, 1) for i in active]
+        )
+        logits = dict(zip(active, step_logits, strict=True))
+    for slot in slots:
+        runner.cache.free(slot)
+    return seqs
+
+
 def teacher_continuations(
     teacher: DecoderModel, data: torch.Tensor, n: int, batch: int, seed: int
 ) -> torch.Tensor:
-    """Training-text prompts continued by the teacher, as the draft will meet them when serving.
-
-    Half the prompts open a training file (32-128 tokens: what users send), half are 128 tokens
-    from anywhere; even rows continue greedily, odd rows sample at temperature 0.8. Each row is
-    cut at SEQ_LEN + 1 tokens.  # → [n, SEQ_LEN + 1] int16
+    """Training-text prompts continued by the teacher, as the draft will meet them when serving
+    (see ``training_prompts`` and ``continue_prompts``), each row cut at SEQ_LEN + 1 tokens.
+    # → [n, SEQ_LEN + 1] int16
     """
     gen = torch.Generator().manual_seed(seed)
-    device = teacher.lm_head.weight.device
     eos = teacher.config.eos_token_ids[0]
-    file_starts = torch.cat([torch.zeros(1, dtype=torch.long), (data == eos).nonzero()[:, 0] + 1])
-    file_starts = file_starts[file_starts < len(data) - SEQ_LEN - 1]  # [F]
-    runner = ModelRunner(teacher, num_slots=batch, max_seq_len=SEQ_LEN + 1)
     rows = []
     for _ in tqdm(range(0, n, batch), desc="teacher continuations", unit="batch"):
-        seqs: list[list[int]] = []
-        for row in range(batch):
-            if row % 4 < 2:
-                pick = torch.randint(0, len(file_starts), (1,), generator=gen).item()
-                start = int(file_starts[int(pick)])
-                length = int(torch.randint(32, 129, (1,), generator=gen))
-            else:
-                start = int(torch.randint(0, len(data) - SEQ_LEN - 1, (1,), generator=gen))
-                length = SEQ_LEN // 2
-            seqs.append(data[start : start + length].tolist())
-        slots = [runner.cache.allocate() for _ in range(batch)]
-        logits = runner.step([Chunk(s, seq, 0, 1) for s, seq in zip(slots, seqs, strict=True)])
-        active = list(range(batch))
-        while True:
-            last = torch.cat(logits).float()  # [A, V]
-            sampled = torch.multinomial(torch.softmax(last / 0.8, -1).cpu(), 1, generator=gen)
-            greedy = torch.tensor([i % 2 == 0 for i in active])  # [A]
-            picks = torch.where(greedy, last.argmax(-1).cpu(), sampled[:, 0]).tolist()
-            for i, token in zip(active, picks, strict=True):
-                seqs[i].append(token)
-            active = [i for i in active if len(seqs[i]) < SEQ_LEN + 1]
-            if not active:
-                break
-            logits = runner.step(
-                [Chunk(slots[i], [seqs[i][-1]], len(seqs[i]) - 1, 1) for i in active]
-            )
-        for slot in slots:
-            runner.cache.free(slot)
+        prompts = training_prompts(data, batch, eos, gen)
+        seqs = continue_prompts(teacher, prompts, [SEQ_LEN + 1] * batch, gen)
         rows.append(torch.tensor(seqs, dtype=torch.int16))
-    return torch.cat(rows)[:n].to(device)
+    return torch.cat(rows)[:n].to(teacher.lm_head.weight.device)
+
+
+BatchLoss = Callable[[DecoderModel, torch.Generator], torch.Tensor]
+
+
+def lm_loss(model: DecoderModel, rows: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy of ``rows`` ([B, T + 1] token ids)."""
+    logits = model.forward_dense(rows[:, :-1]).float()  # [B, T, V]
+    return F.cross_entropy(logits.flatten(0, 1), rows[:, 1:].flatten())
+
+
+@torch.no_grad()
+def teacher_top(teacher: DecoderModel, rows: torch.Tensor, batch: int = 16) -> torch.Tensor:
+    """The teacher's ``TOP_K`` most likely next tokens and their log-probabilities at every
+    position of ``rows`` ([N, T + 1]), for distilling without re-running the teacher.
+    # → ids [N, T, TOP_K] int16, log-probs [N, T, TOP_K] fp16
+    """
+    device = teacher.lm_head.weight.device
+    ids, logps = [], []
+    for chunk in tqdm(rows.split(batch), desc="teacher logits", unit="batch"):
+        logits = teacher.forward_dense(chunk[:, :-1].long().to(device)).float()  # [B, T, V]
+        top = torch.log_softmax(logits, -1).topk(TOP_K, dim=-1)
+        ids.append(top.indices.to(torch.int16).cpu())
+        logps.append(top.values.half().cpu())
+    return torch.cat(ids), torch.cat(logps)
+
+
+def sparse_kl(logits: torch.Tensor, top_ids: torch.Tensor, top_logp: torch.Tensor) -> torch.Tensor:
+    """Mean KL(teacher || model) per position over the teacher's top-K tokens plus one bucket
+    for all other tokens: exact for that coarser distribution, and equal to the full KL when
+    the top-K hold all the mass. logits [B, T, V]; top_ids, top_logp [B, T, K]."""
+    logq = torch.log_softmax(logits.float(), -1).gather(-1, top_ids.long())  # [B, T, K]
+    logp = top_logp.float()
+    p_rest = (1 - logp.exp().sum(-1)).clamp(min=0)  # [B, T]
+    q_rest = (1 - logq.exp().sum(-1)).clamp(min=1e-6)
+    kl = (logp.exp() * (logp - logq)).sum(-1)
+    kl = kl + p_rest * (torch.log(p_rest.clamp(min=1e-6)) - torch.log(q_rest))
+    return kl.mean()
+
+
+def repeated_ngrams(rows: list[list[int]], starts: list[int], n: int = 4) -> torch.Tensor:
+    """True at each token that completes an ``n``-gram already seen in the same row since
+    ``starts[i]`` (the model repeating its own output). Rows are padded to the longest.
+    # → [B, T] bool"""
+    mask = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.bool)
+    for i, (row, start) in enumerate(zip(rows, starts, strict=True)):
+        seen: set[tuple[int, ...]] = set()
+        for t in range(start + n - 1, len(row)):
+            gram = tuple(row[t - n + 1 : t + 1])
+            mask[i, t] = gram in seen
+            seen.add(gram)
+    return mask
+
+
+def unlikelihood(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of -log(1 - p(target)) over the masked tokens (Welleck et al., 2019, "Neural text
+    generation with unlikelihood training"): lowers the probability of what ``mask`` marks.
+    logits [B, T, V]; targets, mask [B, T]."""
+    p = torch.softmax(logits.float(), -1).gather(-1, targets[..., None])[..., 0]  # [B, T]
+    penalty = -torch.log1p(-p.clamp(max=1 - 1e-5))
+    return (penalty * mask).sum() / mask.numel()
+
+
+def unlikelihood_batch(
+    model: DecoderModel, data: torch.Tensor, batch: int, gen: torch.Generator
+) -> torch.Tensor:
+    """Sequence-level unlikelihood: the model continues training prompts greedily for
+    ``CONTINUATION`` tokens and is penalised for each token that repeats its own 4-grams."""
+    eos = model.config.eos_token_ids[0]
+    prompts = training_prompts(data, batch, eos, gen)
+    lengths = [len(p) + CONTINUATION for p in prompts]
+    seqs = continue_prompts(model, prompts, lengths, gen, all_greedy=True)
+    model.train()
+    mask = repeated_ngrams(seqs, [len(p) for p in prompts])  # [B, T]
+    width = mask.shape[1]
+    device = model.lm_head.weight.device
+    rows = torch.tensor([s + [eos] * (width - len(s)) for s in seqs], device=device)  # [B, T]
+    logits = model.forward_dense(rows[:, :-1])  # [B, T - 1, V]
+    return unlikelihood(logits, rows[:, 1:], mask[:, 1:].to(device))
 
 
 def train(
     model: DecoderModel,
     phase: Phase,
-    data: torch.Tensor,
+    batch_loss: BatchLoss,
     heldout: torch.Tensor,
     work: Path,
     seed: int,
     device: str,
-    teacher: DecoderModel | None = None,
-    extra: torch.Tensor | None = None,
 ) -> None:
-    """AdamW with warm-up and cosine decay; distils from ``teacher`` when given (soft targets).
-
-    With ``extra`` ([N, SEQ_LEN + 1] rows), half of each batch comes from it instead of ``data``.
+    """AdamW with warm-up and cosine decay on ``batch_loss(model, generator)``.
 
     Checkpoints to ``work / f"{phase.name}.pt"`` every few minutes and resumes from it.
     """
@@ -256,29 +355,8 @@ def train(
     model.train()
     bar = tqdm(total=phase.steps, initial=step, desc=f"train {phase.name}", unit="step")
     last_save = time.monotonic()
-    tokens_seen, t0 = 0, time.perf_counter()
     while step < phase.steps:
-        rows = windows(data, phase.batch, gen, device)
-        if extra is not None:
-            pick = torch.randint(0, len(extra), (phase.batch // 2,), generator=gen)
-            rows = torch.cat([rows[: phase.batch - len(pick)], extra[pick].long().to(device)])
-        inputs, labels = rows[:, :-1], rows[:, 1:]
-        logits = model.forward_dense(inputs).float()  # [B, T, V]
-        if teacher is None:
-            loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten())
-        else:
-            with torch.no_grad():
-                target_logp = F.log_softmax(teacher.forward_dense(inputs).float(), dim=-1)
-            # Forward KL(target || draft), the quantity speculative acceptance rewards.
-            loss = (
-                F.kl_div(
-                    F.log_softmax(logits, dim=-1),
-                    target_logp,
-                    log_target=True,
-                    reduction="batchmean",
-                )
-                / inputs.shape[1]
-            )
+        loss = batch_loss(model, gen)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, phase)
         opt.zero_grad(set_to_none=True)
@@ -286,11 +364,8 @@ def train(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         step += 1
-        tokens_seen += inputs.numel()
         bar.update(1)
-        bar.set_postfix(
-            loss=f"{loss.item():.3f}", tok_s=f"{tokens_seen / (time.perf_counter() - t0):.0f}"
-        )
+        bar.set_postfix(loss=f"{loss.item():.3f}")
         if time.monotonic() - last_save > 300 or step == phase.steps:
             torch.save(
                 {
@@ -342,18 +417,27 @@ def load_data(work: Path, stdlib: Path) -> tuple[Tokenizer, torch.Tensor, torch.
     return tok, train_ids, heldout_ids
 
 
-def cached_continuations(
-    target: DecoderModel, target_step: int, data: torch.Tensor, n: int, args: argparse.Namespace
-) -> torch.Tensor:
-    """``teacher_continuations`` of the target, kept in the work dir.  # → [n, SEQ_LEN + 1]"""
-    path = args.work_dir / "continuations.pt"
+def distillation_pool(
+    target: DecoderModel, key: str, data: torch.Tensor, args: argparse.Namespace
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What the draft learns from, built once per target (``key``: its phase and step) and kept
+    in the work dir: ``--teacher-rows`` sequences the target wrote (``teacher_continuations``)
+    and ``--window-rows`` training windows, with the target's ``teacher_top`` at every position.
+    # → rows [N, SEQ_LEN + 1] int16, top ids [N, SEQ_LEN, TOP_K] int16, top log-probs (fp16)
+    """
+    path = args.work_dir / "distillation_pool.pt"
+    sizes = [args.teacher_rows, args.window_rows]
     if path.exists():
         cached = torch.load(path)
-        if cached["target_step"] == target_step and len(cached["rows"]) == n:
-            return cached["rows"].to(args.device)
-    rows = teacher_continuations(target, data, n, 64, args.seed + 2)  # one weight read, 64 rows
-    torch.save({"target_step": target_step, "rows": rows.cpu()}, path)
-    return rows
+        if cached["target"] == key and cached["sizes"] == sizes:
+            return cached["rows"], cached["ids"], cached["logps"]
+    written = teacher_continuations(target, data, args.teacher_rows, 64, args.seed + 2).cpu()
+    gen = torch.Generator().manual_seed(args.seed + 3)
+    rows = torch.cat([written, windows(data, args.window_rows, gen, "cpu").to(torch.int16)])
+    ids, logps = teacher_top(target, rows)
+    pool = {"target": key, "sizes": sizes, "rows": rows, "ids": ids, "logps": logps}
+    torch.save(pool, path)
+    return rows, ids, logps
 
 
 def main() -> None:
@@ -367,13 +451,19 @@ def main() -> None:
     )
     ap.add_argument("--phase", choices=["all", "target", "draft"], default="all")
     ap.add_argument("--target-steps", type=int, default=1600)
+    ap.add_argument(
+        "--unlikelihood-steps",
+        type=int,
+        default=200,
+        help="target fine-tuning steps against repeating its own greedy output (0: none)",
+    )
     ap.add_argument("--draft-steps", type=int, default=1000)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument(
-        "--teacher-rows",
-        type=int,
-        default=1024,
-        help="target-written sequences that make up half of each draft batch (0: none)",
+        "--teacher-rows", type=int, default=1024, help="sequences the target writes for the draft"
+    )
+    ap.add_argument(
+        "--window-rows", type=int, default=5120, help="training windows the draft is distilled on"
     )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -382,34 +472,44 @@ def main() -> None:
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     tok, train_ids, heldout_ids = load_data(args.work_dir, stdlib)
     eos_id = tok.token_to_id(EOS)
-    target = new_model(model_config(TARGET_SHAPE, eos_id), args.seed, args.device)
-    target_phase = Phase("target", args.target_steps, args.batch, 2e-3)
+    device, batch = args.device, args.batch
+
+    def sample(gen: torch.Generator, n: int = batch) -> torch.Tensor:
+        return windows(train_ids, n, gen, device)
+
+    target = new_model(model_config(TARGET_SHAPE, eos_id), args.seed, device)
+    phases = [Phase("target", args.target_steps, batch, 2e-3)]
+    if args.unlikelihood_steps:
+        phases.append(Phase("target-unlikelihood", args.unlikelihood_steps, batch, 2e-4))
+    losses: list[BatchLoss] = [
+        lambda m, g: lm_loss(m, sample(g)),
+        lambda m, g: (
+            lm_loss(m, sample(g, batch // 2)) + unlikelihood_batch(m, train_ids, 2 * batch, g)
+        ),
+    ]
     if args.phase in ("all", "target"):
-        train(target, target_phase, train_ids, heldout_ids, args.work_dir, args.seed, args.device)
+        for phase, loss in zip(phases, losses, strict=False):
+            train(target, phase, loss, heldout_ids, args.work_dir, args.seed, device)
         export(target, tok, args.out / "demo-target")
-        target_step = args.target_steps
-    else:  # the draft learns from the finished target
-        ckpt = torch.load(args.work_dir / "target.pt", map_location=args.device, weights_only=False)
-        target.load_state_dict(ckpt["model"])
-        target_step = ckpt["step"]
+    # The draft learns from the finished target, as its last phase left it.
+    ckpt_path = args.work_dir / f"{phases[-1].name}.pt"
+    if not ckpt_path.exists():
+        raise SystemExit(f"no finished target in {ckpt_path}: run --phase target first")
+    ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+    target.load_state_dict(ckpt["model"])
+    teacher_key = f"{phases[-1].name}@{ckpt['step']}"
     if args.phase in ("all", "draft"):
         target.eval().requires_grad_(False)
-        draft = new_model(model_config(DRAFT_SHAPE, eos_id), args.seed + 1, args.device)
-        draft_phase = Phase("draft", args.draft_steps, args.batch, 3e-3)
-        extra = None
-        if args.teacher_rows:
-            extra = cached_continuations(target, target_step, train_ids, args.teacher_rows, args)
-        train(
-            draft,
-            draft_phase,
-            train_ids,
-            heldout_ids,
-            args.work_dir,
-            args.seed + 1,
-            args.device,
-            teacher=target,
-            extra=extra,
-        )
+        draft = new_model(model_config(DRAFT_SHAPE, eos_id), args.seed + 1, device)
+        rows, top_ids, top_logps = distillation_pool(target, teacher_key, train_ids, args)
+
+        def draft_loss(model: DecoderModel, gen: torch.Generator) -> torch.Tensor:
+            pick = torch.randint(0, len(rows), (batch,), generator=gen)
+            logits = model.forward_dense(rows[pick, :-1].long().to(device))  # [B, T, V]
+            return sparse_kl(logits, top_ids[pick].to(device), top_logps[pick].to(device))
+
+        draft_phase = Phase("draft", args.draft_steps, batch, 3e-3)
+        train(draft, draft_phase, draft_loss, heldout_ids, args.work_dir, args.seed + 1, device)
         export(draft, tok, args.out / "demo-draft")
 
 
