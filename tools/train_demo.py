@@ -454,16 +454,16 @@ def main() -> None:
     ap.add_argument(
         "--unlikelihood-steps",
         type=int,
-        default=200,
+        default=150,
         help="target fine-tuning steps against repeating its own greedy output (0: none)",
     )
-    ap.add_argument("--draft-steps", type=int, default=1000)
+    ap.add_argument("--draft-steps", type=int, default=4000)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument(
-        "--teacher-rows", type=int, default=1024, help="sequences the target writes for the draft"
+        "--teacher-rows", type=int, default=2048, help="sequences the target writes for the draft"
     )
     ap.add_argument(
-        "--window-rows", type=int, default=5120, help="training windows the draft is distilled on"
+        "--window-rows", type=int, default=6144, help="training windows the draft is distilled on"
     )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
