@@ -43,12 +43,9 @@ def _machine(r: dict[str, Any]) -> list[str]:
     ]
     for role in ("target", "draft"):
         if role in models:
-            rows.append(
-                (
-                    role,
-                    f"`{models[role]['path']}` ({models[role]['params'] / 1e6:.1f}M params, fp32)",
-                )
-            )
+            info = models[role]
+            dtype = info.get("dtype", "float32")  # results written before dtypes were recorded
+            rows.append((role, f"`{info['path']}` ({info['params'] / 1e6:.1f}M params, {dtype})"))
     n = len(r["prompts"])
     rows.append(
         (

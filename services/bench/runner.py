@@ -144,8 +144,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     collector = None if cfg.addr else spans.install_collector()
     in_process = InProcess(cfg.target, cfg.draft, context)
     result["models"] = {
-        "target": {"path": cfg.target, "params": _params(in_process.target.model)},
-        "draft": {"path": cfg.draft, "params": _params(in_process.draft.model)},
+        "target": _model_info(cfg.target, in_process.target.model),
+        "draft": _model_info(cfg.draft, in_process.draft.model),
     }
     with router(cfg, context) as stub:
         if cfg.latency:
@@ -161,8 +161,14 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     return result
 
 
-def _params(model: Any) -> int:
-    return sum(p.numel() for p in model.parameters())
+def _model_info(path: str, model: Any) -> dict[str, Any]:
+    """Where a model came from, its size, and the dtype it ran in."""
+    weight = model.lm_head.weight
+    return {
+        "path": path,
+        "params": sum(p.numel() for p in model.parameters()),
+        "dtype": str(weight.dtype).removeprefix("torch."),
+    }
 
 
 def _latency(
