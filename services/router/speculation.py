@@ -5,6 +5,9 @@ them to the verifier, which keeps the longest accepted prefix and adds one token
 stream the new tokens out; tell the policy what it cost. The verifier is authoritative: the
 committed sequence only ever grows by what it returns.
 
+Under concurrency the router's ``LoadGuard`` may overrule an adaptive policy with k = 0 for a
+while, when it has measured that speculation no longer pays at this load.
+
 Failures: a draft that fails or times out is dropped and the request goes on at k = 0 (same
 output, only slower). A verifier that fails is replaced by another replica, re-opened with the
 whole committed sequence; randomness is keyed by position, so the output does not change.
@@ -27,6 +30,7 @@ from specdec.engine.errors import OutOfSlots
 from specdec.engine.tokenizer import Tokenizer
 from specdec.router.depth_policy import DepthPolicy, RoundObservation, make_policy
 from specdec.router.detokenize import Detokenizer
+from specdec.router.load_guard import LoadGuard
 from specdec.router.replicas import Replica, ReplicaPool
 from specdec.router.request import Limits, Request
 from specdec.router.sessions import SessionRecord, SessionStore, extends, hash_tokens
@@ -69,6 +73,7 @@ class RouterDeps:
     max_depth: int = 8
     draft_timeout_s: float = 2.0
     verify_timeout_s: float = 60.0
+    guard: LoadGuard = field(default_factory=LoadGuard)
 
 
 @dataclass
@@ -148,26 +153,34 @@ async def _generate(
     policy = _policy(req, deps)
     detok = Detokenizer(deps.tokenizer, req.stop)
     verifier = await _open_verifier(state, deps, sampling, seed, affinity, metadata, set())
+    # Opened at the first round that drafts: a request the load guard keeps at k = 0 never
+    # pays for a draft stream and its prompt prefill.
+    drafting = method != "none" and len(deps.drafts) > 0
     draft: DraftStream | None = None
-    if method != "none" and len(deps.drafts):
-        draft = await _open_draft(
-            state,
-            deps,
-            sampling,
-            seed,
-            method == "ngram",
-            affinity.draft if affinity else None,
-            metadata,
-        )
-        state.stats.draft_fallback = draft is None
     finish = generation_pb2.FINISH_REASON_LENGTH
     tried: set[str] = set()
+    adaptive = drafting and policy.name != "fixed"  # the load guard may overrule its k
+    deps.guard.enter(adaptive)
     try:
         max_len = deps.limits.max_context_tokens
         while len(state.generated) < req.max_tokens and len(state.committed) < max_len:
             room = min(req.max_tokens - len(state.generated), max_len - len(state.committed)) - 1
-            k = min(policy.next_depth(), room) if draft is not None else 0
+            k = min(policy.next_depth(), room) if drafting else 0
+            if adaptive and drafting and deps.guard.plain():
+                k = 0
             round_start = time.perf_counter_ns()
+            if k > 0 and draft is None:
+                draft = await _open_draft(
+                    state,
+                    deps,
+                    sampling,
+                    seed,
+                    method == "ngram",
+                    affinity.draft if affinity else None,
+                    metadata,
+                )
+                if draft is None:
+                    drafting, k, state.stats.draft_fallback = False, 0, True
             drafts, probs, draft_ns = [], [], 0
             if k > 0 and draft is not None:
                 try:
@@ -183,7 +196,7 @@ async def _generate(
                     )
                     deps.drafts.mark_down(draft.replica)
                     await draft.close()
-                    draft, state.stats.draft_fallback = None, True
+                    draft, drafting, state.stats.draft_fallback = None, False, True
             try:
                 reply = await verifier.step(len(state.committed), drafts, probs)
             except (grpc.aio.AioRpcError, StreamClosed, TimeoutError) as exc:
@@ -223,6 +236,8 @@ async def _generate(
             emitted, stop = _commit(state, new, deps)
             text = detok.add(emitted)
             now = time.perf_counter_ns()
+            if adaptive:
+                deps.guard.record(len(new), now - last_emit if state.stats.rounds > 1 else None)
             if state.stats.rounds == 1:
                 state.stats.time_to_first_token_ns = now - started
                 metrics.TTFT.observe((now - started) / 1e9)
@@ -239,6 +254,7 @@ async def _generate(
             if detok.stopped or stop:
                 break
     finally:
+        deps.guard.leave(adaptive)
         await verifier.close()
         if draft is not None:
             await draft.close()

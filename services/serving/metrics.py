@@ -2,7 +2,8 @@
 
 Each service exposes ``/metrics`` on its own port (``--metrics-port``). The router counts
 speculation (drafts, draft tokens, accepted tokens, accepted per position), latencies (time to
-first token, inter-token latency), the depth it chose, and request outcomes; draft and verifier
+first token, inter-token latency), the depth it chose, the load guard's epochs by arm, and
+request outcomes; draft and verifier
 report their queue depth and KV-cache slots in use.
 """
 
@@ -32,6 +33,11 @@ ITL = Histogram(
 )
 DEPTH = Histogram(
     "specdec_speculation_depth", "Speculation depth k chosen per round", buckets=tuple(range(17))
+)
+GUARD_EPOCHS = Counter(
+    "specdec_load_guard_epochs",
+    "Load-guard epochs by arm: speculate (the policy picks k) or plain (k = 0)",
+    ["arm"],
 )
 REQUESTS = Counter("specdec_requests", "Finished requests by gRPC status", ["status"])
 QUEUE_DEPTH = Gauge("specdec_queue_depth", "Work items waiting for a batched forward", ["role"])
