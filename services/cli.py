@@ -109,6 +109,13 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--policy", default="goodput", help="router: default depth policy")
     p.add_argument("--max-depth", type=int, default=8, help="router: deepest adaptive k")
     p.add_argument(
+        "--load-guard",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="router: under concurrency, switch speculation off where it measures slower "
+        "than plain decoding (default: on)",
+    )
+    p.add_argument(
         "--metrics-port",
         type=int,
         default=0,
@@ -248,6 +255,7 @@ def _run_serve(args: argparse.Namespace) -> int:
                 redis_url=args.redis_url or os.environ.get("REDIS_URL") or None,
                 default_policy=args.policy,
                 max_depth=args.max_depth,
+                load_guard=args.load_guard,
                 metrics_port=args.metrics_port,
                 max_context_tokens=args.max_seq_len,
                 discover_namespace=args.discover_namespace,

@@ -17,6 +17,7 @@ from specdec.engine.sampling import SamplingParams
 from specdec.engine.speculative import generate as engine_generate
 from specdec.engine.tokenizer import Tokenizer
 from specdec.local_pipeline import Pipeline
+from specdec.router.load_guard import LoadGuard
 from specdec.v1 import common_pb2, generation_pb2
 
 pytestmark = pytest.mark.service
@@ -121,6 +122,35 @@ def test_eight_concurrent_requests_are_each_exact(pipeline, reference):
     for prompt, tokens in zip(prompts, results, strict=True):
         assert tokens == reference(prompt, 24)
     assert pipeline.verifier_status().slots_in_use == 0
+
+
+class FlippingGuard(LoadGuard):
+    """A load guard that flips between plain decoding and speculation every round, so that
+    requests switch arms as often as possible."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rounds = 0
+
+    def plain(self) -> bool:
+        self.rounds += 1
+        return self.rounds % 3 != 0  # the first round of a request is usually plain
+
+
+def test_the_load_guard_switching_arms_mid_request_changes_no_token(pipeline, reference):
+    prompts = [f"{p} # guard {i}" for i, p in enumerate(PROMPTS)]
+    saved, pipeline.router_deps.guard = pipeline.router_deps.guard, FlippingGuard()
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            runs = list(pool.map(lambda p: run(pipeline, prompt_text=p, max_tokens=24), prompts))
+    finally:
+        pipeline.router_deps.guard = saved
+    for prompt, (tokens, _, last) in zip(prompts, runs, strict=True):
+        assert tokens == reference(prompt, 24)
+        depths = list(last.stats.depths)
+        assert 0 in depths and any(depths), depths  # both arms ran in this request
+    assert pipeline.verifier_status().slots_in_use == 0
+    assert pipeline.draft_status().slots_in_use == 0
 
 
 def test_text_streams_and_decodes_to_the_tokens(pipeline, model_dir):

@@ -146,8 +146,10 @@ def run_load(
     seconds: float,
     slices: int = 2,
     tick: Callable[[str], None] = lambda _label: None,
+    before: Callable[[str], None] = lambda _name: None,
 ) -> list[dict[str, Any]]:
-    """Every system at every concurrency; ``systems`` maps a name to its request fields."""
+    """Every system at every concurrency; ``systems`` maps a name to its request fields;
+    ``before(name)`` runs before each of that system's windows."""
     points = []
     for n in concurrency:
         windows = {name: Window() for name in systems}
@@ -166,6 +168,7 @@ def run_load(
                         **systems[name],
                     )
 
+                before(name)
                 windows[name].add(run_window(stub, make, n, seconds / slices))
                 tick(f"{name} x{n}")
         points += [point(name, n, w) for name, w in windows.items()]

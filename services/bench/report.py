@@ -346,7 +346,20 @@ def _load(r: dict[str, Any]) -> list[str]:
             rows,
         )
         + [f"Throughput of the default policy ÷ k = 0: {ratios}.", ""]
+        + _guard_effect(ld.get("guard_effect"))
     )
+
+
+def _guard_effect(effect: dict[str, Any] | None) -> list[str]:
+    if not effect:
+        return []
+    ratios = ", ".join(f"{n} clients {v:.2f}×" for n, v in effect["ratio_by_concurrency"].items())
+    return [
+        "Throughput of the default policy ÷ the same policy with the router's load guard off"
+        " (`guard=off`, as `--no-load-guard` runs it; the guard switches speculation off where"
+        f" it measures slower than plain decoding at that load): {ratios}.",
+        "",
+    ]
 
 
 def _plots(r: dict[str, Any]) -> list[str]:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from tqdm import tqdm
@@ -38,6 +38,9 @@ from specdec.engine.errors import SpecdecError
 from specdec.engine.proposer import MAX_SPEC_DEPTH
 from specdec.engine.tokenizer import Tokenizer
 from specdec.v1 import generation_pb2_grpc
+
+if TYPE_CHECKING:
+    from specdec.local_pipeline import Pipeline
 
 SCHEMA = "specdec.bench/1"
 
@@ -84,8 +87,11 @@ def tokenize(
 
 
 @contextmanager
-def router(cfg: BenchConfig, context: int) -> Iterator[generation_pb2_grpc.GenerationStub]:
-    """A stub for ``--addr``, or for a pipeline started here for the run."""
+def router(
+    cfg: BenchConfig, context: int
+) -> Iterator[tuple[generation_pb2_grpc.GenerationStub, Pipeline | None]]:
+    """A stub for ``--addr`` (and None), or for a pipeline started here for the run (and the
+    pipeline)."""
     pipe, address = None, cfg.addr
     if not address:
         from specdec.local_pipeline import Pipeline
@@ -95,7 +101,7 @@ def router(cfg: BenchConfig, context: int) -> Iterator[generation_pb2_grpc.Gener
         address = pipe.address("router")
     channel = grpc.insecure_channel(address)
     try:
-        yield generation_pb2_grpc.GenerationStub(channel)
+        yield generation_pb2_grpc.GenerationStub(channel), pipe
     except grpc.RpcError as exc:  # e.g. no router at --addr, or a prompt it will not take
         raise SpecdecError(f"router at {address}: {exc.code().name}: {exc.details()}") from exc
     finally:
@@ -147,11 +153,11 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         "target": _model_info(cfg.target, in_process.target.model),
         "draft": _model_info(cfg.draft, in_process.draft.model),
     }
-    with router(cfg, context) as stub:
+    with router(cfg, context) as (stub, pipe):
         if cfg.latency:
             _latency(cfg, result, stub, prompts, in_process, target_cfg.eos_token_ids, collector)
         if cfg.load:
-            _load(cfg, result, stub, [ids for _, ids in prompts])
+            _load(cfg, result, stub, [ids for _, ids in prompts], pipe)
     result["headline"] = headline(result, cfg.default_policy)
     result["machine"]["load_average_end"] = machine.load_average()
     result["elapsed_s"] = time.perf_counter() - t0
@@ -266,9 +272,21 @@ def _load(
     result: dict[str, Any],
     stub: generation_pb2_grpc.GenerationStub,
     prompts: list[list[int]],
+    pipe: Pipeline | None,
 ) -> None:
+    """k = 0 and the default policy at each concurrency; with a pipeline in this process, also
+    the default policy with the router's load guard off, to show what the guard does."""
     base, spec = BASELINE, f"pipeline {cfg.default_policy}"
     systems = {base: pipeline_request(0, None), spec: pipeline_request(None, cfg.default_policy)}
+    unguarded = f"{spec} guard=off"
+    guard = pipe.router_deps.guard if pipe is not None else None
+    if guard is not None:
+        systems[unguarded] = systems[spec]
+
+    def before(name: str) -> None:
+        if pipe is not None:
+            pipe.router_deps.guard = None if name == unguarded else guard
+
     slices = 1 if cfg.quick else 2
     quiesce()
     with _bar(len(cfg.concurrency) * slices * len(systems), "load") as bar:
@@ -281,11 +299,13 @@ def _load(
             cfg.load_seconds,
             slices,
             lambda _label: bar.update(),
+            before,
         )
     result["load"] = {
         "points": points,
         "windows_per_point": slices,
         "crossover": load.crossover(points, spec, base),
+        "guard_effect": load.crossover(points, spec, unguarded) if guard is not None else None,
     }
 
 

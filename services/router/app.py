@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from specdec.engine.config import load_config
 from specdec.engine.tokenizer import Tokenizer
+from specdec.router.load_guard import LoadGuard
 from specdec.router.replicas import ReplicaPool
 from specdec.router.request import Limits
 from specdec.router.server import GenerationServicer
@@ -36,6 +37,7 @@ class RouterConfig:
     redis_url: str | None = None  # None: no session affinity
     default_policy: str = "goodput"  # depth policy when a request names none
     max_depth: int = 8  # the deepest k the adaptive policies choose
+    load_guard: bool = True  # measure under concurrency whether speculation pays (load_guard.py)
     max_context_tokens: int = 2048  # prompt + output (must not exceed the verifiers')
     max_output_tokens: int = 4096  # largest max_tokens accepted
     session_ttl_s: int = 3600
@@ -75,6 +77,7 @@ def build_deps(cfg: RouterConfig) -> RouterDeps:
         sessions=sessions,
         default_policy=cfg.default_policy,
         max_depth=cfg.max_depth,
+        guard=LoadGuard() if cfg.load_guard else None,
         target_model=Path(cfg.model).resolve().name,
     )
 

@@ -73,7 +73,7 @@ class RouterDeps:
     max_depth: int = 8
     draft_timeout_s: float = 2.0
     verify_timeout_s: float = 60.0
-    guard: LoadGuard = field(default_factory=LoadGuard)
+    guard: LoadGuard | None = None  # None: adaptive policies are never overruled
 
 
 @dataclass
@@ -159,14 +159,16 @@ async def _generate(
     draft: DraftStream | None = None
     finish = generation_pb2.FINISH_REASON_LENGTH
     tried: set[str] = set()
+    guard = deps.guard
     adaptive = drafting and policy.name != "fixed"  # the load guard may overrule its k
-    deps.guard.enter(adaptive)
+    if guard is not None:
+        guard.enter(adaptive)
     try:
         max_len = deps.limits.max_context_tokens
         while len(state.generated) < req.max_tokens and len(state.committed) < max_len:
             room = min(req.max_tokens - len(state.generated), max_len - len(state.committed)) - 1
             k = min(policy.next_depth(), room) if drafting else 0
-            if adaptive and drafting and deps.guard.plain():
+            if guard is not None and adaptive and drafting and guard.plain():
                 k = 0
             round_start = time.perf_counter_ns()
             if k > 0 and draft is None:
@@ -236,8 +238,8 @@ async def _generate(
             emitted, stop = _commit(state, new, deps)
             text = detok.add(emitted)
             now = time.perf_counter_ns()
-            if adaptive:
-                deps.guard.record(len(new), now - last_emit if state.stats.rounds > 1 else None)
+            if guard is not None and adaptive:
+                guard.record(len(new), now - last_emit if state.stats.rounds > 1 else None)
             if state.stats.rounds == 1:
                 state.stats.time_to_first_token_ns = now - started
                 metrics.TTFT.observe((now - started) / 1e9)
@@ -254,7 +256,8 @@ async def _generate(
             if detok.stopped or stop:
                 break
     finally:
-        deps.guard.leave(adaptive)
+        if guard is not None:
+            guard.leave(adaptive)
         await verifier.close()
         if draft is not None:
             await draft.close()
