@@ -320,8 +320,7 @@ def _load(r: dict[str, Any]) -> list[str]:
                 str(p["errors"]),
             ]
         )
-    cross = ld["crossover"]
-    ratios = ", ".join(f"{n} clients {v:.2f}×" for n, v in cross["ratio_by_concurrency"].items())
+    ratios = _by_clients(ld["crossover"])
     return (
         [
             "## Load (closed-loop clients)",
@@ -350,10 +349,15 @@ def _load(r: dict[str, Any]) -> list[str]:
     )
 
 
+def _by_clients(crossover: dict[str, Any]) -> str:
+    """``load.crossover``'s ratios as "1 clients 1.20×, 4 clients 0.95×"."""
+    return ", ".join(f"{n} clients {v:.2f}×" for n, v in crossover["ratio_by_concurrency"].items())
+
+
 def _guard_effect(effect: dict[str, Any] | None) -> list[str]:
     if not effect:
         return []
-    ratios = ", ".join(f"{n} clients {v:.2f}×" for n, v in effect["ratio_by_concurrency"].items())
+    ratios = _by_clients(effect)
     return [
         "Throughput of the default policy ÷ the same policy with the router's load guard off"
         " (`guard=off`, as `--no-load-guard` runs it; the guard switches speculation off where"
