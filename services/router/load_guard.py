@@ -89,9 +89,8 @@ class _Bucket:
         return all(s.rate is not None for s in self.scores.values())
 
     def leader(self) -> str:
-        spec, plain = self.scores[SPECULATE].rate, self.scores[PLAIN].rate
-        if spec is None or plain is None:
-            return SPECULATE
+        """The arm to play in a measured bucket."""
+        spec, plain = self.scores[SPECULATE].rate or 0.0, self.scores[PLAIN].rate or 0.0
         return SPECULATE if spec > SPECULATE_MARGIN * plain else PLAIN
 
     def next_arm(self, first: str) -> str:
@@ -101,8 +100,8 @@ class _Bucket:
         if unmeasured:
             return unmeasured[0]
         lead = self.leader()
-        trail_rate, lead_rate = self.scores[_other(lead)].rate, self.scores[lead].rate
-        close = (trail_rate or 0.0) >= CLOSE_RATIO * (lead_rate or 0.0)
+        lead_rate, trail_rate = self.scores[lead].rate or 0.0, self.scores[_other(lead)].rate or 0.0
+        close = trail_rate >= CLOSE_RATIO * lead_rate
         if self.leader_streak >= (EXPLORE_CLOSE if close else EXPLORE_FAR):
             self.leader_streak = 0
             return _other(lead)
@@ -125,7 +124,7 @@ class LoadGuard:
 
     def __init__(self, clock: Callable[[], int] = time.perf_counter_ns) -> None:
         self._clock = clock
-        self.in_flight = 0  # every request
+        self._in_flight = 0  # every request
         self._adaptive = 0  # requests the guard steers
         self._buckets: dict[int, _Bucket] = {}
         self._epoch: _Epoch | None = None
@@ -135,19 +134,19 @@ class LoadGuard:
     def enter(self, adaptive: bool) -> None:
         """A request started; ``adaptive``: the guard steers its depth."""
         self._advance()
-        self.in_flight += 1
+        self._in_flight += 1
         self._adaptive += adaptive
 
     def leave(self, adaptive: bool) -> None:
         self._advance()
-        self.in_flight -= 1
+        self._in_flight -= 1
         self._adaptive -= adaptive
 
     def plain(self) -> bool:
         """Whether a round of an adaptive request starting now runs at k = 0."""
         now = self._advance()
         if self._epoch is None:
-            bucket = load_bucket(self.in_flight)
+            bucket = load_bucket(self._in_flight)
             if bucket == 0:
                 return False
             self._epoch = self._open_epoch(bucket, now)

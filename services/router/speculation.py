@@ -170,8 +170,7 @@ async def _generate(
             k = min(policy.next_depth(), room) if drafting else 0
             if guard is not None and adaptive and drafting and guard.plain():
                 k = 0
-            round_start = time.perf_counter_ns()
-            if k > 0 and draft is None:
+            if k > 0 and draft is None:  # outside the round's time, as when opened up front
                 draft = await _open_draft(
                     state,
                     deps,
@@ -183,6 +182,7 @@ async def _generate(
                 )
                 if draft is None:
                     drafting, k, state.stats.draft_fallback = False, 0, True
+            round_start = time.perf_counter_ns()
             drafts, probs, draft_ns = [], [], 0
             if k > 0 and draft is not None:
                 try:
