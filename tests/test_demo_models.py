@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from specdec.engine.checkpoint import load_model
-from specdec.engine.local import DRAFT_DTYPE, check_same_tokenizer
+from specdec.engine.draft_dtype import load_draft
+from specdec.engine.local import check_same_tokenizer
 from specdec.engine.proposer_draft import DraftModelProposer
 from specdec.engine.runner import ModelRunner
 from specdec.engine.sampling import SamplingParams
@@ -29,7 +30,7 @@ def pair() -> tuple[ModelRunner, ModelRunner, Tokenizer]:
     tokenizer = Tokenizer.from_folder(TARGET)
     check_same_tokenizer(tokenizer, Tokenizer.from_folder(DRAFT), DRAFT)
     target = ModelRunner(load_model(TARGET), num_slots=1, max_seq_len=512)
-    draft = ModelRunner(load_model(DRAFT, DRAFT_DTYPE), num_slots=1, max_seq_len=512)
+    draft = ModelRunner(load_draft(DRAFT, "cpu"), num_slots=1, max_seq_len=512)
     return target, draft, tokenizer
 
 

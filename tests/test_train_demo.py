@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from specdec.engine.checkpoint import save_model
 from specdec.engine.config import ModelConfig
 from specdec.engine.model import DecoderModel
 from specdec.engine.runner import ModelRunner
@@ -17,7 +19,15 @@ from specdec.engine.sampling import SamplingParams
 from specdec.engine.speculative import generate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-from train_demo import SEQ_LEN, repeated_ngrams, sparse_kl, teacher_continuations, unlikelihood
+from train_demo import (
+    SEQ_LEN,
+    finished_target,
+    load_data,
+    repeated_ngrams,
+    sparse_kl,
+    teacher_continuations,
+    unlikelihood,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -95,3 +105,25 @@ def test_unlikelihood_penalises_only_marked_tokens() -> None:
     assert float(both) == pytest.approx(-(math.log(0.5) + math.log(0.1)) / 2)
     first = unlikelihood(logits, targets, torch.tensor([[True, False]]))
     assert float(first) == pytest.approx(-math.log(0.5) / 2)
+
+
+def test_a_committed_target_is_the_teacher_in_the_asked_dtype_keyed_by_its_weights(tmp_path):
+    torch.manual_seed(0)
+    folder = save_model(DecoderModel(CFG), tmp_path / "demo-target")
+    args = argparse.Namespace(target_from=folder, teacher_dtype="bfloat16", device="cpu")
+    teacher, key = finished_target(DecoderModel(CFG), "target", args)
+    assert teacher.lm_head.weight.dtype == torch.bfloat16
+    assert key.startswith("demo-target:") and key.endswith(":bfloat16")
+    torch.manual_seed(1)
+    save_model(DecoderModel(CFG), folder)  # other weights, same folder: another pool
+    assert finished_target(DecoderModel(CFG), "target", args)[1] != key
+
+
+def test_a_work_dir_holding_another_tokenizer_is_refused(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "tokenizer.json").write_text('{"other": true}')
+    given = tmp_path / "tokenizer.json"
+    given.write_text('{"model": "committed"}')
+    with pytest.raises(SystemExit, match="another tokenizer"):
+        load_data(work, tmp_path / "no-stdlib-needed", given)

@@ -25,6 +25,7 @@ from train_demo import SEQ_LEN, corpus_files, is_heldout
 
 from specdec.engine.batch import Chunk
 from specdec.engine.checkpoint import load_model
+from specdec.engine.draft_dtype import load_draft
 from specdec.engine.local import DTYPES
 from specdec.engine.proposer_draft import DraftModelProposer
 from specdec.engine.runner import ModelRunner
@@ -135,14 +136,23 @@ def main() -> None:
         "--draft-threads", type=int, default=1, help="draft's torch threads (default 1, as up)"
     )
     ap.add_argument(
-        "--draft-dtype", choices=sorted(DTYPES), default="bfloat16", help="as up serves it"
+        "--draft-dtype",
+        choices=["auto", *sorted(DTYPES)],
+        default="auto",
+        help="auto: the faster on this CPU, as up serves it",
     )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     tdir, ddir = args.models / "demo-target", args.models / "demo-draft"
     tokenizer = Tokenizer.from_folder(tdir)
     target_model = load_model(tdir)
-    draft_model = load_model(ddir, DTYPES[args.draft_dtype])
+    torch.set_num_threads(args.draft_threads)  # auto times the draft as it will run
+    draft_model = (
+        load_draft(ddir, "cpu")
+        if args.draft_dtype == "auto"
+        else load_model(ddir, DTYPES[args.draft_dtype])
+    )
+    torch.set_num_threads(args.threads)
     target = ModelRunner(target_model, num_slots=2, max_seq_len=1024)
     draft = ModelRunner(draft_model, num_slots=2, max_seq_len=1024)
     texts = heldout_texts(Path(sysconfig.get_paths()["stdlib"]))
@@ -151,7 +161,7 @@ def main() -> None:
         "prompts": len(prompts),
         "heldout_files": len(texts),
         "threads": [args.threads, args.draft_threads],
-        "draft_dtype": args.draft_dtype,
+        "draft_dtype": str(draft_model.lm_head.weight.dtype).removeprefix("torch."),
     }
     result["heldout_loss"] = {
         "target": heldout_loss(target_model, tokenizer, texts),

@@ -15,6 +15,8 @@ present, the CPU otherwise.
 
     python tools/train_demo.py --out models             # everything, with progress bars
     python tools/train_demo.py --phase draft --out models   # only re-distil the draft
+    python tools/train_demo.py --phase draft --target-from models/demo-target \
+        --draft-from models/demo-draft --out models     # re-distil against a committed pair
 
 Non-goals: a general training framework; multi-GPU; data beyond the standard library.
 """
@@ -37,7 +39,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm import tqdm
 
 from specdec.engine.batch import Chunk
-from specdec.engine.checkpoint import save_model
+from specdec.engine.checkpoint import load_model, load_state_dict, save_model
 from specdec.engine.config import ModelConfig
 from specdec.engine.model import DecoderModel
 from specdec.engine.runner import ModelRunner
@@ -398,15 +400,26 @@ def export(model: DecoderModel, tok: Tokenizer, folder: Path) -> None:
     )
 
 
-def load_data(work: Path, stdlib: Path) -> tuple[Tokenizer, torch.Tensor, torch.Tensor]:
-    """Tokenizer and encoded train / held-out tokens, built once and cached in ``work``."""
+def load_data(
+    work: Path, stdlib: Path, given: Path | None = None
+) -> tuple[Tokenizer, torch.Tensor, torch.Tensor]:
+    """Tokenizer and encoded train / held-out tokens, built once and cached in ``work``.
+
+    ``given``: a trained ``tokenizer.json`` to use instead of training one (a pair's models must
+    share it); a work dir already holding a different tokenizer is refused.
+    """
     tok_path, data_path = work / "tokenizer.json", work / "data.pt"
+    if given is not None:
+        if not tok_path.exists():
+            tok_path.write_bytes(given.read_bytes())
+        elif tok_path.read_bytes() != given.read_bytes():
+            raise SystemExit(f"{work} holds another tokenizer than {given}: use a fresh --work-dir")
     if tok_path.exists() and data_path.exists():
         data = torch.load(data_path)
         return Tokenizer.from_file(str(tok_path)), data["train"], data["heldout"]
     train_texts, heldout = read_texts(stdlib)
     print(f"corpus: {len(train_texts)} train files, {len(heldout)} held-out files from {stdlib}")
-    tok = train_tokenizer(train_texts, VOCAB_SIZE)
+    tok = Tokenizer.from_file(str(tok_path)) if given else train_tokenizer(train_texts, VOCAB_SIZE)
     train_ids, heldout_ids = encode(tok, train_texts), encode(tok, [t for _, t in heldout])
     print(f"tokens: {len(train_ids):,} train, {len(heldout_ids):,} held-out")
     tok.save(str(tok_path))
@@ -440,6 +453,25 @@ def distillation_pool(
     return rows, ids, logps
 
 
+def finished_target(
+    target: DecoderModel, last_phase: str, args: argparse.Namespace
+) -> tuple[DecoderModel, str]:
+    """The target the draft learns from, and a key naming it for the pool cache: the folder
+    ``--target-from`` (keyed by its weights' digest), else the work dir's checkpoint of the
+    target's last phase (keyed by phase and step); in ``--teacher-dtype``."""
+    dtype = getattr(torch, args.teacher_dtype)
+    if args.target_from:
+        weights = (args.target_from / "model.safetensors").read_bytes()
+        key = f"{args.target_from.name}:{hashlib.sha1(weights).hexdigest()[:12]}"
+        return load_model(args.target_from, dtype, args.device), f"{key}:{args.teacher_dtype}"
+    ckpt_path = args.work_dir / f"{last_phase}.pt"
+    if not ckpt_path.exists():
+        raise SystemExit(f"no finished target in {ckpt_path}: run --phase target first")
+    ckpt = torch.load(ckpt_path, map_location=args.device, weights_only=False)
+    target.load_state_dict(ckpt["model"])
+    return target.to(dtype), f"{last_phase}@{ckpt['step']}:{args.teacher_dtype}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("models"), help="where the pair is written")
@@ -458,6 +490,23 @@ def main() -> None:
         help="target fine-tuning steps against repeating its own greedy output (0: none)",
     )
     ap.add_argument("--draft-steps", type=int, default=4000)
+    ap.add_argument(
+        "--target-from",
+        type=Path,
+        help="with --phase draft: distil from this trained target folder (and use its tokenizer) "
+        "instead of the work dir's checkpoint",
+    )
+    ap.add_argument(
+        "--draft-from", type=Path, help="start the draft from this folder's weights, not at random"
+    )
+    ap.add_argument("--draft-lr", type=float, default=3e-3, help="peak learning rate of the draft")
+    ap.add_argument(
+        "--teacher-dtype",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="the target's dtype while it writes and labels the distillation pool (bfloat16 is "
+        "~3x faster on CPUs with AMX and on GPUs)",
+    )
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument(
         "--teacher-rows", type=int, default=2048, help="sequences the target writes for the draft"
@@ -468,9 +517,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
+    if args.target_from and args.phase != "draft":
+        ap.error("--target-from only applies to --phase draft")
     args.work_dir.mkdir(parents=True, exist_ok=True)
     stdlib = Path(sysconfig.get_paths()["stdlib"])
-    tok, train_ids, heldout_ids = load_data(args.work_dir, stdlib)
+    given_tok = args.target_from / "tokenizer.json" if args.target_from else None
+    tok, train_ids, heldout_ids = load_data(args.work_dir, stdlib, given_tok)
     eos_id = tok.token_to_id(EOS)
     device, batch = args.device, args.batch
 
@@ -491,16 +543,15 @@ def main() -> None:
         for phase, loss in zip(phases, losses, strict=False):
             train(target, phase, loss, heldout_ids, args.work_dir, args.seed, device)
         export(target, tok, args.out / "demo-target")
-    # The draft learns from the finished target, as its last phase left it.
-    ckpt_path = args.work_dir / f"{phases[-1].name}.pt"
-    if not ckpt_path.exists():
-        raise SystemExit(f"no finished target in {ckpt_path}: run --phase target first")
-    ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-    target.load_state_dict(ckpt["model"])
-    teacher_key = f"{phases[-1].name}@{ckpt['step']}"
     if args.phase in ("all", "draft"):
+        target, teacher_key = finished_target(target, phases[-1].name, args)
         target.eval().requires_grad_(False)
         draft = new_model(model_config(DRAFT_SHAPE, eos_id), args.seed + 1, device)
+        if args.draft_from:
+            state = load_state_dict(args.draft_from, torch.float32, device)
+            missing, unexpected = draft.load_state_dict(state, strict=False)
+            if unexpected or set(missing) - {"lm_head.weight"}:  # tied: lm_head is not stored
+                raise SystemExit(f"{args.draft_from} does not hold a draft of shape {DRAFT_SHAPE}")
         rows, top_ids, top_logps = distillation_pool(target, teacher_key, train_ids, args)
 
         def draft_loss(model: DecoderModel, gen: torch.Generator) -> torch.Tensor:
@@ -508,7 +559,7 @@ def main() -> None:
             logits = model.forward_dense(rows[pick, :-1].long().to(device))  # [B, T, V]
             return sparse_kl(logits, top_ids[pick].to(device), top_logps[pick].to(device))
 
-        draft_phase = Phase("draft", args.draft_steps, batch, 3e-3)
+        draft_phase = Phase("draft", args.draft_steps, batch, args.draft_lr)
         train(draft, draft_phase, draft_loss, heldout_ids, args.work_dir, args.seed + 1, device)
         export(draft, tok, args.out / "demo-draft")
 

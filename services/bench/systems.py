@@ -131,11 +131,11 @@ class InProcess:
 
     def __init__(self, target_dir: str, draft_dir: str, max_seq_len: int) -> None:
         from specdec.engine.checkpoint import load_model
-        from specdec.engine.local import DRAFT_DTYPE
+        from specdec.engine.draft_dtype import load_draft
         from specdec.engine.runner import ModelRunner
 
-        # Each model at the dtype the services load it in (the draft in bf16), as it is served.
-        draft = load_model(draft_dir, DRAFT_DTYPE)
+        # Each model in the dtype the services load it in, as it is served.
+        draft = load_draft(draft_dir, "cpu")
         self.target = ModelRunner(load_model(target_dir), num_slots=1, max_seq_len=max_seq_len)
         self.draft = ModelRunner(draft, num_slots=1, max_seq_len=max_seq_len)
 

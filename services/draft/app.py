@@ -11,7 +11,8 @@ import torch
 from specdec.draft.core import DraftCore
 from specdec.draft.server import DraftServicer
 from specdec.engine.checkpoint import load_model
-from specdec.engine.local import DRAFT_DTYPE, DTYPES, default_device
+from specdec.engine.draft_dtype import load_draft
+from specdec.engine.local import DTYPES, default_device
 from specdec.engine.runner import ModelRunner
 from specdec.engine.threads import set_cpu_threads
 from specdec.serving import metrics
@@ -33,7 +34,7 @@ class DraftConfig:
     vocab_size: int | None = None  # the target's vocabulary (drafts stay below it)
     metrics_port: int = 0  # Prometheus /metrics on this port; 0: off
     threads: int | None = None  # CPU threads for torch; None: the container's CPU quota
-    dtype: str | None = None  # float32, bfloat16, float16; None: bfloat16
+    dtype: str | None = None  # float32, bfloat16, float16; None: see load_draft
 
 
 def build_core(cfg: DraftConfig) -> tuple[DraftCore, int]:
@@ -41,7 +42,11 @@ def build_core(cfg: DraftConfig) -> tuple[DraftCore, int]:
         return DraftCore(None, cfg.vocab_size, max_seq_len=cfg.max_seq_len), cfg.vocab_size or 0
     device = cfg.device or default_device()
     log.info("loading draft %s on %s (%d CPU threads)", cfg.model, device, torch.get_num_threads())
-    model = load_model(cfg.model, DTYPES[cfg.dtype] if cfg.dtype else DRAFT_DTYPE, device)
+    model = (
+        load_model(cfg.model, DTYPES[cfg.dtype], device)
+        if cfg.dtype
+        else load_draft(cfg.model, device)
+    )
     max_len = min(cfg.max_seq_len, model.config.max_position_embeddings)
     runner = ModelRunner(model, num_slots=cfg.slots, max_seq_len=max_len)
     warm_up(runner)

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from specdec.engine.checkpoint import load_model
+from specdec.engine.draft_dtype import load_draft
 from specdec.engine.errors import CheckpointError
 from specdec.engine.proposer import Proposer
 from specdec.engine.proposer_draft import DraftModelProposer
@@ -33,12 +34,6 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def default_dtype(device: str) -> torch.dtype:
     """A target's dtype: fp32 on CPU (exact and fast enough), bf16 on GPU."""
     return torch.float32 if device == "cpu" else torch.bfloat16
-
-
-# A draft's dtype on every device. Its numerics move only the acceptance, never the output, and a
-# small model's step is bound by the bytes it reads: on a 2-core AVX2 CPU, bf16 took a
-# 1.6M-parameter draft step from 1.7 to 1.3 ms between target steps (``tools/eval_demo.py``).
-DRAFT_DTYPE = torch.bfloat16
 
 
 def check_same_tokenizer(target: Tokenizer, draft: Tokenizer, draft_folder: str | Path) -> None:
@@ -70,8 +65,7 @@ def run_in_process(
     proposer: Proposer | None = None
     if draft:
         check_same_tokenizer(tokenizer, Tokenizer.from_folder(draft), draft)
-        draft_model = load_model(draft, DRAFT_DTYPE, device)
-        draft_runner = ModelRunner(draft_model, num_slots=1)
+        draft_runner = ModelRunner(load_draft(draft, device), num_slots=1)
         proposer = DraftModelProposer(draft_runner, vocab_limit=target_runner.vocab_size)
     elif ngram:
         proposer = NgramProposer()

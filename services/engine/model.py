@@ -96,6 +96,11 @@ class Attention(nn.Module):
         lead = x.shape[:-1]
         if self.qkv_weight is not None:
             qkv = F.linear(x, self.qkv_weight, self.qkv_bias)  # [..., T, (Hq+2Hkv)·D]
+            if not self.qk_norm:  # rotate q and k in one pass: half the small ops per layer
+                heads = qkv.view(*lead, -1, self.head_dim)  # [..., T, Hq+2Hkv, D]
+                qk = apply_rope(heads[..., : self.num_heads + self.num_kv_heads, :], cos, sin)
+                hq = self.num_heads
+                return qk[..., :hq, :], qk[..., hq:, :], heads[..., hq + self.num_kv_heads :, :]
             q, k, v = qkv.split(self.proj_sizes, dim=-1)
         else:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
