@@ -71,7 +71,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         "--dtype",
         choices=["float32", "bfloat16", "float16"],
         default=None,
-        help="draft/verifier weights (default: verifier fp32 on CPU, bf16 on GPU; draft bf16)",
+        help="draft/verifier weights (default: verifier fp32 on CPU, bf16 on GPU; draft bf16 on "
+        "GPU, on CPU the faster of fp32 and bf16, timed at start-up)",
     )
     p.add_argument(
         "--threads",
