@@ -258,7 +258,7 @@ class DecoderModel(nn.Module):
     def forward(self, batch: ForwardBatch, cache: KVCache) -> torch.Tensor:
         """Run the chunks, write their keys/values, return fp32 logits.  # → [N, V]"""
         x = self.model.embed_tokens(batch.input_ids)  # [T, C]
-        cos, sin = cos_sin(batch.positions, self.inv_freq, x.dtype)  # [T, D] each
+        cos, sin = cos_sin(batch.positions, self.inv_freq, x.dtype)  # [T, 1, D] each
         for layer in self.model.layers:
             x = layer(x, batch, cache, cos, sin)
         x = self.model.norm(x[batch.logit_indices])  # [N, C]
@@ -272,7 +272,7 @@ class DecoderModel(nn.Module):
         t = input_ids.shape[1]
         x = self.model.embed_tokens(input_ids)  # [B, T, C]
         positions = torch.arange(t, device=input_ids.device)
-        cos, sin = cos_sin(positions, self.inv_freq, x.dtype)  # [T, D] each
+        cos, sin = cos_sin(positions, self.inv_freq, x.dtype)  # [T, 1, D] each
         for layer in self.model.layers:
             x = cast(DecoderLayer, layer).forward_dense(x, cos, sin)
         return self.lm_head(self.model.norm(x))

@@ -46,14 +46,22 @@ def _llama3_scale(inv_freq: torch.Tensor, factor: float, scaling: dict[str, Any]
 def cos_sin(
     positions: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin tables for absolute ``positions``.  # positions [T] int64 → 2 x [T, D] dtype"""
+    """cos and signed sin tables for absolute ``positions``, shaped to broadcast over heads.
+
+    The sin table's first half is negated, which folds rotate_half's sign into it (see
+    ``apply_rope``).  # positions [T] int64 → 2 x [T, 1, D] dtype
+    """
     freqs = positions.float()[:, None] * inv_freq[None, :]  # [T, D/2] fp32
-    emb = torch.cat((freqs, freqs), dim=-1)  # [T, D]
-    return emb.cos().to(dtype), emb.sin().to(dtype)
+    sin = freqs.sin()
+    cos = torch.cat((freqs, freqs), dim=-1).cos()  # [T, D]
+    signed_sin = torch.cat((-sin, sin), dim=-1)  # [T, D]
+    return cos[:, None, :].to(dtype), signed_sin[:, None, :].to(dtype)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate each head of ``x`` by its token's angle.  # x [T, H, D], cos/sin [T, D]"""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)  # rotate_half
-    return x * cos[:, None, :] + rotated * sin[:, None, :]
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each head of ``x`` by its token's angle.  # x [..., T, H, D], tables [T, 1, D]
+
+    Equal bit for bit to transformers' ``x * cos + rotate_half(x) * sin``: rotate_half(x) is
+    [-x2, x1], and [x2, x1] * [-sin, sin] rounds the same, in fewer small ops per call.
+    """
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
