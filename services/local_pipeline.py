@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -100,6 +101,23 @@ class Pipeline:
     def draft_status(self) -> common_pb2.ReplicaStatus:
         stub = draft_pb2_grpc.DraftStub(grpc.insecure_channel(self.address("draft")))
         return stub.GetStatus(common_pb2.GetStatusRequest())
+
+    def slots_held(self) -> int:
+        """KV-cache slots held on every verifier and the draft."""
+        verifiers = [n for n in self.servers if n.startswith("verifier")]
+        held = sum(self.verifier_status(n).slots_in_use for n in verifiers)
+        return held + self.draft_status().slots_in_use
+
+    def wait_idle(self, timeout_s: float = 5.0) -> int:
+        """Slots still held once every replica is idle, or when ``timeout_s`` runs out.
+
+        A finished request's last response can reach the client a moment before its replicas
+        see its streams close and free their slots, so "nothing leaked" is checked this way.
+        """
+        deadline = time.monotonic() + timeout_s
+        while (held := self.slots_held()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return held
 
     def stop_server(self, role: str) -> None:
         self.loop.run(self.servers[role].stop(0))

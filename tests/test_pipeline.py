@@ -74,8 +74,7 @@ def test_greedy_fixed_depth_equals_target_only(pipeline, reference, k):
 
 def test_status_shows_no_leaked_slots(pipeline):
     run(pipeline, prompt_text=PROMPTS[1], max_tokens=5)
-    assert pipeline.verifier_status().slots_in_use == 0
-    assert pipeline.draft_status().slots_in_use == 0
+    assert pipeline.wait_idle() == 0
 
 
 def test_bad_input_is_invalid_argument(pipeline):
@@ -121,7 +120,7 @@ def test_eight_concurrent_requests_are_each_exact(pipeline, reference):
         results = list(pool.map(lambda p: run(pipeline, prompt_text=p, max_tokens=24)[0], prompts))
     for prompt, tokens in zip(prompts, results, strict=True):
         assert tokens == reference(prompt, 24)
-    assert pipeline.verifier_status().slots_in_use == 0
+    assert pipeline.wait_idle() == 0
 
 
 class FlippingGuard(LoadGuard):
@@ -149,8 +148,7 @@ def test_the_load_guard_switching_arms_mid_request_changes_no_token(pipeline, re
         assert tokens == reference(prompt, 24)
         depths = list(last.stats.depths)
         assert 0 in depths and any(depths), depths  # both arms ran in this request
-    assert pipeline.verifier_status().slots_in_use == 0
-    assert pipeline.draft_status().slots_in_use == 0
+    assert pipeline.wait_idle() == 0
 
 
 def test_text_streams_and_decodes_to_the_tokens(pipeline, model_dir):
@@ -176,16 +174,7 @@ def test_deadline_frees_slots_on_both_replicas(pipeline):
         for _ in pipeline.client().Generate(request, timeout=0.03):
             time.sleep(0.01)  # a slow reader: the deadline passes mid-stream
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        if (
-            pipeline.verifier_status().slots_in_use == 0
-            and pipeline.draft_status().slots_in_use == 0
-        ):
-            break
-        time.sleep(0.05)
-    assert pipeline.verifier_status().slots_in_use == 0
-    assert pipeline.draft_status().slots_in_use == 0
+    assert pipeline.wait_idle() == 0
 
 
 def test_cancel_frees_slots_on_both_replicas(pipeline):
@@ -194,13 +183,7 @@ def test_cancel_frees_slots_on_both_replicas(pipeline):
     )
     next(call)
     call.cancel()
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and (
-        pipeline.verifier_status().slots_in_use or pipeline.draft_status().slots_in_use
-    ):
-        time.sleep(0.05)
-    assert pipeline.verifier_status().slots_in_use == 0
-    assert pipeline.draft_status().slots_in_use == 0
+    assert pipeline.wait_idle() == 0
 
 
 LONG = "x" * ((1 << 20) + 1)

@@ -117,7 +117,7 @@ def test_more_requests_than_slots_is_resource_exhausted_not_a_crash(model_dir):
         assert collect(
             p.client().Generate(generation_pb2.GenerateRequest(prompt_text=PROMPT, max_tokens=5))
         )[0]
-        assert p.verifier_status().slots_in_use == 0
+        assert p.wait_idle() == 0
     finally:
         p.close()
 
