@@ -112,9 +112,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--load-guard",
         action=argparse.BooleanOptionalAction,
-        default=True,
+        default=False,
         help="router: under concurrency, switch speculation off where it measures slower "
-        "than plain decoding (default: on)",
+        "than plain decoding (default: off; see load_guard.py for when it pays)",
     )
     p.add_argument(
         "--metrics-port",

@@ -90,7 +90,7 @@ def test_quick_run_writes_result_report_and_plots(model_dir: Path, tmp_path: Pat
         "pipeline goodput",
     }
     points = {(p["system"], p["concurrency"]) for p in result["load"]["points"]}
-    load_systems = ("pipeline k=0", "pipeline goodput", "pipeline goodput guard=off")
+    load_systems = ("pipeline k=0", "pipeline goodput", "pipeline goodput guard=on")
     assert points == {(s, n) for s in load_systems for n in (1, 2)}
     assert set(result["load"]["guard_effect"]["ratio_by_concurrency"]) == {"1", "2"}
     assert all(p["requests"] > 0 and p["errors"] == 0 for p in result["load"]["points"])

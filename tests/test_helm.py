@@ -488,7 +488,7 @@ def test_router_args(default: Rendered) -> None:
     assert args["redis-url"] == f"redis://{PREFIX}-redis:6379/0"
     assert (args["policy"], args["max-depth"], args["max-seq-len"]) == ("goodput", "8", "2048")
     assert args["metrics-port"] == "9090" and args["listen"] == "0.0.0.0:50051"
-    assert "no-load-guard" not in args  # on by default
+    assert "load-guard" not in args  # off by default
     mounts = default.container("router")["volumeMounts"]
     assert {"name": "models", "mountPath": "/models", "readOnly": True} in mounts
     for component, model in (("draft", "/models/draft"), ("verifier", "/models/target")):
@@ -507,9 +507,9 @@ def test_discovery_off_renders_no_flags_and_no_role() -> None:
     assert _pod(rendered, "router")["automountServiceAccountToken"] is False
 
 
-def test_load_guard_off() -> None:
-    args = render({"generation": {"loadGuard": False}}).container("router")["args"]
-    assert "--no-load-guard" in args
+def test_load_guard_on() -> None:
+    args = render({"generation": {"loadGuard": True}}).container("router")["args"]
+    assert "--load-guard" in args
 
 
 def test_metrics_off_renders_no_port_and_no_flag() -> None:

@@ -37,6 +37,7 @@ from specdec.engine.config import load_config
 from specdec.engine.errors import SpecdecError
 from specdec.engine.proposer import MAX_SPEC_DEPTH
 from specdec.engine.tokenizer import Tokenizer
+from specdec.router.load_guard import LoadGuard
 from specdec.v1 import generation_pb2_grpc
 
 if TYPE_CHECKING:
@@ -275,17 +276,17 @@ def _load(
     pipe: Pipeline | None,
 ) -> None:
     """k = 0 and the default policy at each concurrency; with a pipeline in this process, also
-    the default policy with the router's load guard off, to show what the guard does."""
+    the default policy with the router's opt-in load guard on, to show what the guard does."""
     base, spec = BASELINE, f"pipeline {cfg.default_policy}"
     systems = {base: pipeline_request(0, None), spec: pipeline_request(None, cfg.default_policy)}
-    unguarded = f"{spec} guard=off"
-    guard = pipe.router_deps.guard if pipe is not None else None
+    guarded = f"{spec} guard=on"
+    guard = LoadGuard() if pipe is not None and pipe.router_deps.guard is None else None
     if guard is not None:
-        systems[unguarded] = systems[spec]
+        systems[guarded] = systems[spec]
 
     def before(name: str) -> None:
-        if pipe is not None:
-            pipe.router_deps.guard = None if name == unguarded else guard
+        if guard is not None and pipe is not None:
+            pipe.router_deps.guard = guard if name == guarded else None
 
     slices = 1 if cfg.quick else 2
     quiesce()
@@ -305,7 +306,7 @@ def _load(
         "points": points,
         "windows_per_point": slices,
         "crossover": load.crossover(points, spec, base),
-        "guard_effect": load.crossover(points, spec, unguarded) if guard is not None else None,
+        "guard_effect": load.crossover(points, guarded, spec) if guard is not None else None,
     }
 
 

@@ -37,7 +37,7 @@ class RouterConfig:
     redis_url: str | None = None  # None: no session affinity
     default_policy: str = "goodput"  # depth policy when a request names none
     max_depth: int = 8  # the deepest k the adaptive policies choose
-    load_guard: bool = True  # measure under concurrency whether speculation pays (load_guard.py)
+    load_guard: bool = False  # opt-in: measure under concurrency whether speculation pays
     max_context_tokens: int = 2048  # prompt + output (must not exceed the verifiers')
     max_output_tokens: int = 4096  # largest max_tokens accepted
     session_ttl_s: int = 3600

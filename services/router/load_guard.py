@@ -30,6 +30,13 @@ Output is unaffected: k = 0 and k > 0 commit the same tokens (the verifier is au
 Requests with a fixed depth are neither steered nor scored (they are the benchmark's knob), but
 count towards the load bucket.
 
+Status: opt-in (``serve router --load-guard``, Helm ``generation.loadGuard``). On the demo
+pair on a 2-core CPU it has not paid: throughput with it on ÷ off was 0.91-1.05× in one bench
+run and 0.85-0.98× at 4-64 clients in the next, after the draft got cheaper and better and
+speculation beat k = 0 at most loads (``BENCHMARKS.md``). A likely bias: a request's first
+drafting round opens its draft stream and prefills everything it has so far, so the switching
+costs of a speculation epoch that follows plain ones land in that epoch's score.
+
 Non-goals: coordination between router replicas (each measures its own requests; epochs of
 different routers overlap and add noise), a model of why speculation lost.
 """
