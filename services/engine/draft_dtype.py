@@ -5,8 +5,9 @@ token), so its dtype is purely a speed choice. On a GPU that is bf16. On a CPU i
 chip, so the draft is timed in both and the faster wins. The two chips this project has run on
 disagree: on a 2-core AVX2 machine, bf16 took the demo draft's step from 1.7 to 1.3 ms, because
 a small model's step there is bound by the bytes it reads. On a 2-core Sapphire Rapids (AMX),
-fp32 takes 1.0 ms and bf16 1.5 ms, because each small bf16 matmul pays ~25 µs to set up AMX
-tiles (``tools/eval_demo.py`` measures both ways).
+fp32 takes 1.0 ms and bf16 1.5 ms: there a small bf16 matmul has a fixed cost of ~25 µs that
+fp32 does not (192 × 320 weights: 33 µs against 7.6 µs), which outweighs the bytes it saves
+(``tools/eval_demo.py --draft-dtype`` measures either).
 
 Timing costs two loads and a few dozen decode steps at start-up (~0.2 s for the demo draft).
 The steps alternate between the candidates, so a busy CPU slows both alike.
@@ -43,6 +44,7 @@ def step_time(runner: ModelRunner, slot: int, context: int) -> float:
 
 def fastest(models: list[DecoderModel], context: int = 64, steps: int = 24) -> int:
     """Index of the model whose median decode step is shortest; steps alternate between them."""
+    context = min(context, models[0].config.max_position_embeddings - 1)
     runners = [ModelRunner(m, num_slots=1, max_seq_len=context + 1) for m in models]
     slots = [r.cache.allocate() for r in runners]
     for runner, slot in zip(runners, slots, strict=True):
