@@ -94,19 +94,22 @@ class Pipeline:
     def client(self) -> generation_pb2_grpc.GenerationStub:
         return generation_pb2_grpc.GenerationStub(grpc.insecure_channel(self.address("router")))
 
+    def status(self, role: str) -> common_pb2.ReplicaStatus:
+        """GetStatus of a verifier ("verifier", "verifier2", ...) or of "draft"."""
+        stub = draft_pb2_grpc.DraftStub if role == "draft" else verifier_pb2_grpc.VerifierStub
+        with grpc.insecure_channel(self.address(role)) as channel:
+            return stub(channel).GetStatus(common_pb2.GetStatusRequest())
+
     def verifier_status(self, name: str = "verifier") -> common_pb2.ReplicaStatus:
-        stub = verifier_pb2_grpc.VerifierStub(grpc.insecure_channel(self.address(name)))
-        return stub.GetStatus(common_pb2.GetStatusRequest())
+        return self.status(name)
 
     def draft_status(self) -> common_pb2.ReplicaStatus:
-        stub = draft_pb2_grpc.DraftStub(grpc.insecure_channel(self.address("draft")))
-        return stub.GetStatus(common_pb2.GetStatusRequest())
+        return self.status("draft")
 
     def slots_held(self) -> int:
         """KV-cache slots held on every verifier and the draft."""
-        verifiers = [n for n in self.servers if n.startswith("verifier")]
-        held = sum(self.verifier_status(n).slots_in_use for n in verifiers)
-        return held + self.draft_status().slots_in_use
+        roles = [n for n in self.servers if n.startswith("verifier") or n == "draft"]
+        return sum(self.status(role).slots_in_use for role in roles)
 
     def wait_idle(self, timeout_s: float = 5.0) -> int:
         """Slots still held once every replica is idle, or when ``timeout_s`` runs out.

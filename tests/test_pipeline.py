@@ -124,7 +124,7 @@ def test_eight_concurrent_requests_are_each_exact(pipeline, reference):
 
 
 class FlippingGuard(LoadGuard):
-    """A load guard that flips between plain decoding and speculation every round, so that
+    """A load guard that plays plain decoding for two rounds, then speculation for one, so that
     requests switch arms as often as possible."""
 
     def __init__(self) -> None:

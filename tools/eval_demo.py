@@ -109,10 +109,7 @@ def step_cost_ratio(
     t_times, d_times = [], []
     for _ in range(rounds):
         torch.set_num_threads(threads[0])
-        start = time.perf_counter()
-        target.step([Chunk(t_slot, [1], ctx, 1)])
-        t_times.append(time.perf_counter() - start)
-        target.cache.rollback_to(t_slot, ctx)
+        t_times.append(target.timed_step(t_slot, ctx))
         torch.set_num_threads(threads[1])
         start = time.perf_counter()
         for i in range(depth):

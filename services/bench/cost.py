@@ -9,20 +9,11 @@ Non-goals: batched costs (``benchmarks/engine_step.py`` measures those).
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Sequence
 from typing import Any
 
 from specdec.engine.batch import Chunk
 from specdec.engine.runner import ModelRunner
-
-
-def _timed_step(runner: ModelRunner, slot: int, base: int, num_tokens: int) -> float:
-    start = time.perf_counter()
-    runner.step([Chunk(slot, [1] * num_tokens, base, num_tokens)])
-    elapsed = time.perf_counter() - start
-    runner.cache.rollback_to(slot, base)
-    return elapsed
 
 
 def measure_costs(
@@ -37,9 +28,9 @@ def measure_costs(
     times: dict[str, list[float]] = {"draft": [], "target": [], "verify": []}
     try:
         for _ in range(repeats + 2):  # the first two passes warm up and are dropped
-            times["draft"].append(_timed_step(draft, slots["draft"], base, 1))
-            times["target"].append(_timed_step(target, slots["target"], base, 1))
-            times["verify"].append(_timed_step(target, slots["target"], base, k + 1))
+            times["draft"].append(draft.timed_step(slots["draft"], base, 1))
+            times["target"].append(target.timed_step(slots["target"], base, 1))
+            times["verify"].append(target.timed_step(slots["target"], base, k + 1))
     finally:
         target.cache.free(slots["target"])
         draft.cache.free(slots["draft"])

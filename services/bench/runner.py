@@ -280,13 +280,14 @@ def _load(
     base, spec = BASELINE, f"pipeline {cfg.default_policy}"
     systems = {base: pipeline_request(0, None), spec: pipeline_request(None, cfg.default_policy)}
     guarded = f"{spec} guard=on"
-    guard = LoadGuard() if pipe is not None and pipe.router_deps.guard is None else None
+    deps = pipe.router_deps if pipe is not None else None
+    guard = LoadGuard() if deps is not None else None
     if guard is not None:
         systems[guarded] = systems[spec]
 
     def before(name: str) -> None:
-        if guard is not None and pipe is not None:
-            pipe.router_deps.guard = guard if name == guarded else None
+        if deps is not None:
+            deps.guard = guard if name == guarded else None
 
     slices = 1 if cfg.quick else 2
     quiesce()

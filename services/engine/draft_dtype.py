@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -33,15 +32,6 @@ CPU_CANDIDATES = (torch.float32, torch.bfloat16)
 GPU_DTYPE = torch.bfloat16
 
 
-def step_time(runner: ModelRunner, slot: int, context: int) -> float:
-    """Seconds for one decode step at ``context`` tokens, the cache rolled back after it."""
-    start = time.perf_counter()
-    runner.step([Chunk(slot, [0], context, 1)])
-    elapsed = time.perf_counter() - start
-    runner.cache.rollback_to(slot, context)
-    return elapsed
-
-
 def fastest(models: list[DecoderModel], context: int = 64, steps: int = 24) -> int:
     """Index of the model whose median decode step is shortest; steps alternate between them."""
     context = min(context, models[0].config.max_position_embeddings - 1)
@@ -49,11 +39,11 @@ def fastest(models: list[DecoderModel], context: int = 64, steps: int = 24) -> i
     slots = [r.cache.allocate() for r in runners]
     for runner, slot in zip(runners, slots, strict=True):
         runner.step([Chunk(slot, [0] * context, 0, 1)])
-        step_time(runner, slot, context)  # first call pays one-off set-up
+        runner.timed_step(slot, context)  # the first call pays one-off set-up
     times: list[list[float]] = [[] for _ in runners]
     for _ in range(steps):
         for runner, slot, out in zip(runners, slots, times, strict=True):
-            out.append(step_time(runner, slot, context))
+            out.append(runner.timed_step(slot, context))
     medians = [statistics.median(t) for t in times]
     return medians.index(min(medians))
 

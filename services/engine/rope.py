@@ -52,8 +52,8 @@ def cos_sin(
     ``apply_rope``).  # positions [T] int64 → 2 x [T, 1, D] dtype
     """
     freqs = positions.float()[:, None] * inv_freq[None, :]  # [T, D/2] fp32
-    sin = freqs.sin()
-    cos = torch.cat((freqs, freqs), dim=-1).cos()  # [T, D]
+    cos, sin = freqs.cos(), freqs.sin()
+    cos = torch.cat((cos, cos), dim=-1)  # [T, D]
     signed_sin = torch.cat((-sin, sin), dim=-1)  # [T, D]
     return cos[:, None, :].to(dtype), signed_sin[:, None, :].to(dtype)
 

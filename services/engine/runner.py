@@ -8,6 +8,7 @@ Non-goals: scheduling, sampling (see ``sampling.py``), acceptance (see ``rejecti
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import torch
@@ -36,6 +37,15 @@ class ModelRunner:
     @property
     def max_seq_len(self) -> int:
         return self.cache.max_seq_len
+
+    def timed_step(self, slot: int, base: int, num_tokens: int = 1) -> float:
+        """Seconds for one step of ``num_tokens`` tokens on ``slot`` from position ``base``,
+        rolled back after it: for measuring what a step costs, not for generating."""
+        start = time.perf_counter()
+        self.step([Chunk(slot, [1] * num_tokens, base, num_tokens)])
+        elapsed = time.perf_counter() - start
+        self.cache.rollback_to(slot, base)
+        return elapsed
 
     def step(self, chunks: Sequence[Chunk]) -> list[torch.Tensor]:
         """One forward over all ``chunks``; each chunk's logits.  # → [num_logits, V] fp32 each"""

@@ -3,8 +3,7 @@
 Each service exposes ``/metrics`` on its own port (``--metrics-port``). The router counts
 speculation (drafts, draft tokens, accepted tokens, accepted per position), latencies (time to
 first token, inter-token latency), the depth it chose, the load guard's epochs by arm, and
-request outcomes; draft and verifier
-report their queue depth and KV-cache slots in use.
+request outcomes; draft and verifier report their queue depth and KV-cache slots in use.
 """
 
 from __future__ import annotations
