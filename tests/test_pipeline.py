@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -124,16 +125,20 @@ def test_eight_concurrent_requests_are_each_exact(pipeline, reference):
 
 
 class FlippingGuard(LoadGuard):
-    """A load guard that plays plain decoding for two rounds, then speculation for one, so that
-    requests switch arms as often as possible."""
+    """A load guard that switches every request between plain decoding and speculation on each
+    of its rounds, starting plain: requests switch arms as often as possible, and every request
+    of two rounds or more runs both. Rounds are counted per request (each runs in its own task
+    on the router's event loop), so concurrent requests cannot fall into one arm."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.rounds = 0
+        self.rounds: dict[asyncio.Task, int] = {}
 
     def plain(self) -> bool:
-        self.rounds += 1
-        return self.rounds % 3 != 0  # the first round of a request is usually plain
+        task = asyncio.current_task()
+        assert task is not None
+        self.rounds[task] = self.rounds.get(task, -1) + 1
+        return self.rounds[task] % 2 == 0
 
 
 def test_the_load_guard_switching_arms_mid_request_changes_no_token(pipeline, reference):
