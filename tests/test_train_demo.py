@@ -21,6 +21,7 @@ from specdec.engine.speculative import generate
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 from train_demo import (
     SEQ_LEN,
+    argmax_ce,
     finished_target,
     load_data,
     repeated_ngrams,
@@ -86,6 +87,13 @@ def test_sparse_kl_buckets_the_tail() -> None:
         float(sparse_kl(p.log()[None, None], torch.tensor([[[0, 1]]]), p[:2].log()[None, None]))
         < 1e-6
     )
+
+
+def test_argmax_ce_is_the_cross_entropy_of_the_teachers_top_token() -> None:
+    student = torch.log(torch.tensor([[[0.1, 0.6, 0.3], [0.2, 0.2, 0.6]]]))  # [1, 2, 3]
+    teacher = torch.tensor([[[0.2, 0.3, 0.5], [0.7, 0.2, 0.1]]]).log().topk(2, dim=-1)
+    want = -(torch.tensor(0.3).log() + torch.tensor(0.2).log()) / 2  # teacher's tops: 2, 0
+    torch.testing.assert_close(argmax_ce(student, teacher.indices), want)
 
 
 def test_repeated_ngrams_marks_only_self_repetition_after_the_prompt() -> None:

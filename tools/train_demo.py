@@ -290,6 +290,13 @@ def sparse_kl(logits: torch.Tensor, top_ids: torch.Tensor, top_logp: torch.Tenso
     return kl.mean()
 
 
+def argmax_ce(logits: torch.Tensor, top_ids: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of the teacher's most likely token (``top_ids[..., 0]``: ``topk``
+    sorts descending): the smooth stand-in for "the draft's argmax equals the teacher's", which
+    is what greedy speculation accepts on. logits [B, T, V]; top_ids [B, T, K]."""
+    return F.cross_entropy(logits.float().flatten(0, 1), top_ids[..., 0].long().flatten())
+
+
 def repeated_ngrams(rows: list[list[int]], starts: list[int], n: int = 4) -> torch.Tensor:
     """True at each token that completes an ``n``-gram already seen in the same row since
     ``starts[i]`` (the model repeating its own output). Rows are padded to the longest.
@@ -501,6 +508,13 @@ def main() -> None:
     )
     ap.add_argument("--draft-lr", type=float, default=3e-3, help="peak learning rate of the draft")
     ap.add_argument(
+        "--argmax-weight",
+        type=float,
+        default=0.0,
+        help="add this times the cross-entropy of the target's top token to the draft's KL "
+        "(favours greedy agreement over matching the whole distribution)",
+    )
+    ap.add_argument(
         "--teacher-dtype",
         choices=["float32", "bfloat16"],
         default="float32",
@@ -557,7 +571,11 @@ def main() -> None:
         def draft_loss(model: DecoderModel, gen: torch.Generator) -> torch.Tensor:
             pick = torch.randint(0, len(rows), (batch,), generator=gen)
             logits = model.forward_dense(rows[pick, :-1].long().to(device))  # [B, T, V]
-            return sparse_kl(logits, top_ids[pick].to(device), top_logps[pick].to(device))
+            ids = top_ids[pick].to(device)
+            loss = sparse_kl(logits, ids, top_logps[pick].to(device))
+            if args.argmax_weight:
+                loss = loss + args.argmax_weight * argmax_ce(logits, ids)
+            return loss
 
         draft_phase = Phase("draft", args.draft_steps, batch, args.draft_lr)
         train(draft, draft_phase, draft_loss, heldout_ids, args.work_dir, args.seed + 1, device)
