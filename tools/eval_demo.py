@@ -34,6 +34,7 @@ from specdec.engine.speculative import generate
 from specdec.engine.tokenizer import Tokenizer
 
 CONTINUATION = 64
+SAMPLED_T = 0.8  # the temperature of the sampled acceptance and samples
 
 
 def heldout_texts(root: Path) -> list[tuple[str, str]]:
@@ -122,6 +123,43 @@ def step_cost_ratio(
     return statistics.median(t_times), statistics.median(d_times)
 
 
+def acceptance(
+    target: ModelRunner,
+    draft: ModelRunner,
+    prompts: list[list[int]],
+    params: SamplingParams,
+    k: int,
+    looping: list[bool] | None = None,
+    refs: list[list[int]] | None = None,
+) -> dict:
+    """Speculative decoding at depth ``k`` on every prompt: accepted drafts per round (overall
+    and, given ``looping``, on the prompts whose greedy continuation does not loop) and
+    acceptance by position. With ``refs`` (target-only output), each output is checked equal."""
+    acc, prop = [0] * k, [0] * k
+    tokens = {"all": [0, 0], "non_looping": [0, 0]}  # [accepted drafts, rounds]
+    for i, prompt in enumerate(prompts):
+        res = generate(
+            target, prompt, params, CONTINUATION, DraftModelProposer(draft), k, stop_token_ids=[]
+        )
+        if refs is not None:
+            assert res.token_ids == refs[i], "speculative output differs from target-only"
+        s = res.stats
+        for j in range(k):
+            acc[j] += s.accepted_per_position[j]
+            prop[j] += s.proposed_per_position[j]
+        for key in ("all",) + (() if looping is None or looping[i] else ("non_looping",)):
+            tokens[key][0] += s.accepted_tokens
+            tokens[key][1] += s.rounds
+    non_looping = tokens["non_looping"]
+    return {
+        "per_position": [a / p if p else 0.0 for a, p in zip(acc, prop, strict=True)],
+        "accepted_per_round": tokens["all"][0] / tokens["all"][1],
+        "accepted_per_round_non_looping": (
+            non_looping[0] / non_looping[1] if non_looping[1] else None
+        ),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", type=Path, default=Path("models"))
@@ -166,46 +204,20 @@ def main() -> None:
     }
     greedy = SamplingParams()
     refs, looping = [], []
-    for _, prompt in prompts:
+    encoded = [tokenizer.encode(prompt) for _, prompt in prompts]
+    for prompt_ids in encoded:
         ids = generate(
-            target, tokenizer.encode(prompt), greedy, CONTINUATION, None, 0, stop_token_ids=[]
+            target, prompt_ids, greedy, CONTINUATION, None, 0, stop_token_ids=[]
         ).token_ids
         refs.append(ids)
         looping.append(loops(ids, tokenizer.decode(ids)))
     result["loop_share"] = sum(looping) / len(looping)
     per_k = {}
     for k in range(1, 9):
-        acc = [0] * k
-        prop = [0] * k
-        tokens = {"all": [0, 0], "non_looping": [0, 0]}  # [accepted drafts, rounds]
-        for (_, prompt), ref, loop in zip(prompts, refs, looping, strict=True):
-            res = generate(
-                target,
-                tokenizer.encode(prompt),
-                greedy,
-                CONTINUATION,
-                DraftModelProposer(draft),
-                k,
-                stop_token_ids=[],
-            )
-            assert res.token_ids == ref, "speculative output differs from target-only"
-            s = res.stats
-            for i in range(k):
-                acc[i] += s.accepted_per_position[i]
-                prop[i] += s.proposed_per_position[i]
-            for key in ("all",) + (() if loop else ("non_looping",)):
-                tokens[key][0] += s.accepted_tokens
-                tokens[key][1] += s.rounds
-        per_k[k] = {
-            "per_position": [a / p if p else 0.0 for a, p in zip(acc, prop, strict=True)],
-            "accepted_per_round": tokens["all"][0] / tokens["all"][1],
-            "accepted_per_round_non_looping": (
-                tokens["non_looping"][0] / tokens["non_looping"][1]
-                if tokens["non_looping"][1]
-                else None
-            ),
-        }
+        per_k[k] = acceptance(target, draft, encoded, greedy, k, looping, refs)
     result["per_k"] = per_k
+    sampled = SamplingParams(temperature=SAMPLED_T, seed=0)
+    result["sampled_k4"] = acceptance(target, draft, encoded, sampled, 4)
     t_target, t_draft = step_cost_ratio(target, draft, (args.threads, args.draft_threads))
     result["step_ms"] = {
         "target": t_target * 1e3,
@@ -216,9 +228,11 @@ def main() -> None:
     for _, prompt in prompts[:2]:
         ids = tokenizer.encode(prompt)
         g = generate(target, ids, greedy, 96, None, 0).token_ids
-        s = generate(target, ids, SamplingParams(temperature=0.8, seed=0), 96, None, 0).token_ids
+        s = generate(
+            target, ids, SamplingParams(temperature=SAMPLED_T, seed=0), 96, None, 0
+        ).token_ids
         samples.append(
-            {"prompt": prompt, "greedy": tokenizer.decode(g), "t0.8": tokenizer.decode(s)}
+            {"prompt": prompt, "greedy": tokenizer.decode(g), "sampled": tokenizer.decode(s)}
         )
     result["samples"] = samples
     if args.json:
@@ -241,7 +255,8 @@ def report(r: dict) -> str:
         "| k | accepted drafts / round | same, non-looping | acceptance by position |",
         "|---|---|---|---|",
     ]
-    for k, v in r["per_k"].items():
+    per_k = {**r["per_k"], f"4, sampled at T = {SAMPLED_T}": r["sampled_k4"]}
+    for k, v in per_k.items():
         non = v["accepted_per_round_non_looping"]
         pos = " ".join(f"{p:.2f}" for p in v["per_position"])
         lines.append(
@@ -259,9 +274,9 @@ def report(r: dict) -> str:
             "```python",
             s["greedy"].rstrip(),
             "```",
-            "Temperature 0.8:",
+            f"Temperature {SAMPLED_T}:",
             "```python",
-            s["t0.8"].rstrip(),
+            s["sampled"].rstrip(),
             "```",
         ]
     return "\n".join(lines)
