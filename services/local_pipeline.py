@@ -100,12 +100,6 @@ class Pipeline:
         with grpc.insecure_channel(self.address(role)) as channel:
             return stub(channel).GetStatus(common_pb2.GetStatusRequest())
 
-    def verifier_status(self, name: str = "verifier") -> common_pb2.ReplicaStatus:
-        return self.status(name)
-
-    def draft_status(self) -> common_pb2.ReplicaStatus:
-        return self.status("draft")
-
     def slots_held(self) -> int:
         """KV-cache slots held on every verifier and the draft."""
         roles = [n for n in self.servers if n.startswith("verifier") or n == "draft"]

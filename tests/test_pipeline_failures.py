@@ -84,7 +84,7 @@ def test_verifier_dying_mid_request_fails_over_with_the_same_output(model_dir, r
             )
         )
         first = next(stream)
-        busy = next(n for n in ("verifier", "verifier2") if p.verifier_status(n).slots_in_use)
+        busy = next(n for n in ("verifier", "verifier2") if p.status(n).slots_in_use)
         p.stop_server(busy)  # the verifier pod holding the request dies
         tokens, _last = collect(stream)
         assert list(first.token_ids) + tokens == reference(reference.encode(PROMPT), 120)
@@ -142,7 +142,7 @@ def test_second_turn_of_a_session_prefills_only_new_tokens(model_dir, reference)
                 )
             )
             follow = prompt + turn1 + reference.encode("\nprint(add(1, 2))")
-            before = {n: p.verifier_status(n) for n in ("verifier", "verifier2")}
+            before = {n: p.status(n) for n in ("verifier", "verifier2")}
             time.sleep(0.2)  # let the session record reach Redis
             turn2, last = collect(
                 p.client().Generate(
@@ -158,7 +158,7 @@ def test_second_turn_of_a_session_prefills_only_new_tokens(model_dir, reference)
             # when its last round fed drafts past the token budget).
             reused = last.stats.cached_prompt_tokens
             assert len(prompt) + len(turn1) - 1 <= reused <= len(prompt) + len(turn1)
-            after = {n: p.verifier_status(n) for n in before}
+            after = {n: p.status(n) for n in before}
             prefilled = sum(
                 after[n].prefill_tokens_total - before[n].prefill_tokens_total for n in before
             )
@@ -202,6 +202,6 @@ def test_verifier_rejects_bad_internal_messages(model_dir):
                 )
             )
         assert bad_open.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert p.verifier_status().slots_in_use == 0
+        assert p.status("verifier").slots_in_use == 0
     finally:
         p.close()

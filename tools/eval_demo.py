@@ -225,12 +225,9 @@ def main() -> None:
         "ratio": t_draft / t_target,
     }
     samples = []
-    for _, prompt in prompts[:2]:
-        ids = tokenizer.encode(prompt)
+    for (_, prompt), ids in zip(prompts[:2], encoded, strict=False):
         g = generate(target, ids, greedy, 96, None, 0).token_ids
-        s = generate(
-            target, ids, SamplingParams(temperature=SAMPLED_T, seed=0), 96, None, 0
-        ).token_ids
+        s = generate(target, ids, sampled, 96, None, 0).token_ids
         samples.append(
             {"prompt": prompt, "greedy": tokenizer.decode(g), "sampled": tokenizer.decode(s)}
         )

@@ -281,8 +281,8 @@ def _load(
     systems = {base: pipeline_request(0, None), spec: pipeline_request(None, cfg.default_policy)}
     guarded = f"{spec} guard=on"
     deps = pipe.router_deps if pipe is not None else None
-    guard = LoadGuard() if deps is not None else None
-    if guard is not None:
+    guard = LoadGuard()
+    if deps is not None:
         systems[guarded] = systems[spec]
 
     def before(name: str) -> None:
@@ -307,7 +307,7 @@ def _load(
         "points": points,
         "windows_per_point": slices,
         "crossover": load.crossover(points, spec, base),
-        "guard_effect": load.crossover(points, guarded, spec) if guard is not None else None,
+        "guard_effect": load.crossover(points, guarded, spec) if guarded in systems else None,
     }
 
 
