@@ -28,7 +28,10 @@ from train_demo import (
     sparse_kl,
     teacher_continuations,
     unlikelihood,
+    with_pools,
 )
+
+POOL = "distillation_pool.pt"
 
 pytestmark = pytest.mark.unit
 
@@ -135,3 +138,21 @@ def test_a_work_dir_holding_another_tokenizer_is_refused(tmp_path):
     given.write_text('{"model": "committed"}')
     with pytest.raises(SystemExit, match="another tokenizer"):
         load_data(work, tmp_path / "no-stdlib-needed", given)
+
+
+def test_earlier_pools_of_the_same_target_join_and_others_are_refused(tmp_path):
+    def pool(n: int, fill: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rows = torch.full((n, 5), fill, dtype=torch.int16)  # [n, T + 1]
+        return rows, torch.full((n, 4, 2), fill, dtype=torch.int16), torch.zeros(n, 4, 2)
+
+    earlier = tmp_path / "seed1"
+    earlier.mkdir()
+    rows, ids, logps = pool(2, 7)
+    torch.save({"target": "t:abc", "rows": rows, "ids": ids, "logps": logps}, earlier / POOL)
+    joined = with_pools(pool(3, 1), "t:abc", [earlier])
+    assert [len(t) for t in joined] == [5, 5, 5]
+    assert joined[0][:, 0].tolist() == [1, 1, 1, 7, 7]
+    assert joined[1][:, 0, 0].tolist() == [1, 1, 1, 7, 7]
+    assert with_pools(pool(3, 1), "t:abc", [])[0].shape == (3, 5)
+    with pytest.raises(SystemExit, match="labelled by t:abc, not by t:new"):
+        with_pools(pool(3, 1), "t:new", [earlier])

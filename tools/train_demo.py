@@ -460,6 +460,25 @@ def distillation_pool(
     return rows, ids, logps
 
 
+def with_pools(
+    pool: tuple[torch.Tensor, torch.Tensor, torch.Tensor], key: str, work_dirs: list[Path]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``pool`` joined by the distillation pools cached in ``work_dirs`` (earlier runs with other
+    seeds), which must have been labelled by the same target (``key``).
+    # → rows [N, SEQ_LEN + 1], top ids [N, SEQ_LEN, TOP_K], top log-probs, N summed over pools
+    """
+    parts = [pool]
+    for work in work_dirs:
+        cached = torch.load(work / "distillation_pool.pt")
+        if cached["target"] != key:
+            raise SystemExit(f"{work}'s pool was labelled by {cached['target']}, not by {key}")
+        parts.append((cached["rows"], cached["ids"], cached["logps"]))
+    if len(parts) == 1:
+        return pool
+    rows, ids, logps = (torch.cat(tensors) for tensors in zip(*parts, strict=True))
+    return rows, ids, logps
+
+
 def finished_target(
     target: DecoderModel, last_phase: str, args: argparse.Namespace
 ) -> tuple[DecoderModel, str]:
@@ -528,11 +547,21 @@ def main() -> None:
     ap.add_argument(
         "--window-rows", type=int, default=6144, help="training windows the draft is distilled on"
     )
+    ap.add_argument(
+        "--pool-from",
+        type=Path,
+        action="append",
+        default=[],
+        help="also distil on the pool cached in this earlier --work-dir (same target, other "
+        "--seed); repeatable",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     if args.target_from and args.phase != "draft":
         ap.error("--target-from only applies to --phase draft")
+    if args.pool_from and args.phase == "target":
+        ap.error("--pool-from only applies when the draft is trained")
     args.work_dir.mkdir(parents=True, exist_ok=True)
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     given_tok = args.target_from / "tokenizer.json" if args.target_from else None
@@ -566,7 +595,9 @@ def main() -> None:
             missing, unexpected = draft.load_state_dict(state, strict=False)
             if unexpected or set(missing) - {"lm_head.weight"}:  # tied: lm_head is not stored
                 raise SystemExit(f"{args.draft_from} does not hold a draft of shape {DRAFT_SHAPE}")
-        rows, top_ids, top_logps = distillation_pool(target, teacher_key, train_ids, args)
+        pool = distillation_pool(target, teacher_key, train_ids, args)
+        rows, top_ids, top_logps = with_pools(pool, teacher_key, args.pool_from)
+        print(f"distilling on {len(rows):,} rows")
 
         def draft_loss(model: DecoderModel, gen: torch.Generator) -> torch.Tensor:
             pick = torch.randint(0, len(rows), (batch,), generator=gen)
