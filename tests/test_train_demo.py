@@ -20,6 +20,7 @@ from specdec.engine.speculative import generate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 from train_demo import (
+    POOL_FILE,
     SEQ_LEN,
     argmax_ce,
     finished_target,
@@ -30,8 +31,6 @@ from train_demo import (
     unlikelihood,
     with_pools,
 )
-
-POOL = "distillation_pool.pt"
 
 pytestmark = pytest.mark.unit
 
@@ -148,7 +147,7 @@ def test_earlier_pools_of_the_same_target_join_and_others_are_refused(tmp_path):
     earlier = tmp_path / "seed1"
     earlier.mkdir()
     rows, ids, logps = pool(2, 7)
-    torch.save({"target": "t:abc", "rows": rows, "ids": ids, "logps": logps}, earlier / POOL)
+    torch.save({"target": "t:abc", "rows": rows, "ids": ids, "logps": logps}, earlier / POOL_FILE)
     joined = with_pools(pool(3, 1), "t:abc", [earlier])
     assert [len(t) for t in joined] == [5, 5, 5]
     assert joined[0][:, 0].tolist() == [1, 1, 1, 7, 7]

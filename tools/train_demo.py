@@ -49,6 +49,7 @@ HELDOUT_PERCENT = 3
 VOCAB_SIZE = 4096
 SEQ_LEN = 256
 TOP_K = 32  # teacher probabilities kept per position for distillation
+POOL_FILE = "distillation_pool.pt"  # a work dir's distillation pool (see distillation_pool)
 CONTINUATION = 64  # tokens of greedy continuation judged for repetition
 
 TARGET_SHAPE = dict(
@@ -445,12 +446,12 @@ def distillation_pool(
     and ``--window-rows`` training windows, with the target's ``teacher_top`` at every position.
     # → rows [N, SEQ_LEN + 1] int16, top ids [N, SEQ_LEN, TOP_K] int16, top log-probs (fp16)
     """
-    path = args.work_dir / "distillation_pool.pt"
+    path = args.work_dir / POOL_FILE
     sizes = [args.teacher_rows, args.window_rows]
     if path.exists():
         cached = torch.load(path)
         if cached["target"] == key and cached["sizes"] == sizes:
-            return cached["rows"], cached["ids"], cached["logps"]
+            return pool_tensors(cached)
     written = teacher_continuations(target, data, args.teacher_rows, 64, args.seed + 2).cpu()
     gen = torch.Generator().manual_seed(args.seed + 3)
     rows = torch.cat([written, windows(data, args.window_rows, gen, "cpu").to(torch.int16)])
@@ -458,6 +459,11 @@ def distillation_pool(
     pool = {"target": key, "sizes": sizes, "rows": rows, "ids": ids, "logps": logps}
     torch.save(pool, path)
     return rows, ids, logps
+
+
+def pool_tensors(pool: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The rows, top ids and top log-probs of a pool as ``distillation_pool`` saves it."""
+    return pool["rows"], pool["ids"], pool["logps"]
 
 
 def with_pools(
@@ -469,10 +475,10 @@ def with_pools(
     """
     parts = [pool]
     for work in work_dirs:
-        cached = torch.load(work / "distillation_pool.pt")
+        cached = torch.load(work / POOL_FILE)
         if cached["target"] != key:
             raise SystemExit(f"{work}'s pool was labelled by {cached['target']}, not by {key}")
-        parts.append((cached["rows"], cached["ids"], cached["logps"]))
+        parts.append(pool_tensors(cached))
     if len(parts) == 1:
         return pool
     rows, ids, logps = (torch.cat(tensors) for tensors in zip(*parts, strict=True))
