@@ -18,10 +18,9 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train_demo import SEQ_LEN, corpus_files, is_heldout
+from train_demo import corpus_files, heldout_loss, is_heldout
 
 from specdec.engine.batch import Chunk
 from specdec.engine.checkpoint import load_model
@@ -59,22 +58,6 @@ def prompts_from(texts: list[tuple[str, str]], n: int, lines: int) -> list[tuple
         if len(out) == n:
             break
     return out
-
-
-@torch.no_grad()
-def heldout_loss(
-    model, tokenizer: Tokenizer, texts: list[tuple[str, str]], windows: int = 64
-) -> float:
-    ids = [t for _, text in texts for t in tokenizer.encode(text)]
-    data = torch.tensor(ids)
-    gen = torch.Generator().manual_seed(1)
-    starts = torch.randint(0, len(data) - SEQ_LEN - 1, (windows,), generator=gen).tolist()
-    rows = torch.stack([data[s : s + SEQ_LEN + 1] for s in starts])
-    losses = []
-    for chunk in rows.split(16):
-        logits = model.forward_dense(chunk[:, :-1]).float()
-        losses.append(F.cross_entropy(logits.flatten(0, 1), chunk[:, 1:].flatten()).item())
-    return sum(losses) / len(losses)
 
 
 def loops(token_ids: list[int], text: str) -> bool:
@@ -198,9 +181,10 @@ def main() -> None:
         "threads": [args.threads, args.draft_threads],
         "draft_dtype": str(draft_model.lm_head.weight.dtype).removeprefix("torch."),
     }
+    heldout = torch.tensor([t for _, text in texts for t in tokenizer.encode(text)])  # [N]
     result["heldout_loss"] = {
-        "target": heldout_loss(target_model, tokenizer, texts),
-        "draft": heldout_loss(draft_model, tokenizer, texts),
+        "target": heldout_loss(target_model, heldout, "cpu"),
+        "draft": heldout_loss(draft_model, heldout, "cpu"),
     }
     greedy = SamplingParams()
     refs, looping = [], []

@@ -17,6 +17,8 @@ present, the CPU otherwise.
     python tools/train_demo.py --phase draft --out models   # only re-distil the draft
     python tools/train_demo.py --phase draft --target-from models/demo-target \
         --draft-from models/demo-draft --out models     # re-distil against a committed pair
+    python tools/train_demo.py --phase pool --target-from models/demo-target --seed 5 \
+        --work-dir W5    # only build a distillation pool, for a later run's --pool-from
 
 Non-goals: a general training framework; multi-GPU; data beyond the standard library.
 """
@@ -175,7 +177,9 @@ def lr_at(step: int, phase: Phase) -> float:
 
 @torch.no_grad()
 def heldout_loss(model: DecoderModel, data: torch.Tensor, device: str, n: int = 64) -> float:
-    """Mean next-token cross-entropy on ``n`` fixed held-out windows."""
+    """Mean next-token cross-entropy on ``n`` fixed held-out windows. ``tools/eval_demo.py``
+    (the model card's figure) joins the held-out files without end-of-text tokens, so the same
+    draw falls on other text there and the two figures differ (3.34 here, 3.15 there)."""
     model.eval()
     rows = windows(data, n, torch.Generator().manual_seed(1), device)
     losses = []
@@ -388,7 +392,7 @@ def train(
             )
             last_save = time.monotonic()
     bar.close()
-    print(f"{phase.name}: held-out loss {heldout_loss(model, heldout, device):.3f}")
+    print(f"{phase.name}: held-out window loss {heldout_loss(model, heldout, device):.3f}")
 
 
 def export(model: DecoderModel, tok: Tokenizer, folder: Path) -> None:
@@ -513,7 +517,13 @@ def main() -> None:
         default=Path.home() / ".cache" / "specdec-train",
         help="corpus cache and resumable checkpoints",
     )
-    ap.add_argument("--phase", choices=["all", "target", "draft"], default="all")
+    ap.add_argument(
+        "--phase",
+        choices=["all", "target", "draft", "pool"],
+        default="all",
+        help="pool: only build the draft's distillation pool in --work-dir (no training, no "
+        "export), for a later run's --pool-from",
+    )
     ap.add_argument("--target-steps", type=int, default=1600)
     ap.add_argument(
         "--unlikelihood-steps",
@@ -525,8 +535,8 @@ def main() -> None:
     ap.add_argument(
         "--target-from",
         type=Path,
-        help="with --phase draft: distil from this trained target folder (and use its tokenizer) "
-        "instead of the work dir's checkpoint",
+        help="with --phase draft or pool: distil from this trained target folder (and use its "
+        "tokenizer) instead of the work dir's checkpoint",
     )
     ap.add_argument(
         "--draft-from", type=Path, help="start the draft from this folder's weights, not at random"
@@ -564,9 +574,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
-    if args.target_from and args.phase != "draft":
-        ap.error("--target-from only applies to --phase draft")
-    if args.pool_from and args.phase == "target":
+    if args.target_from and args.phase not in ("draft", "pool"):
+        ap.error("--target-from only applies to --phase draft or pool")
+    if args.pool_from and args.phase in ("target", "pool"):
         ap.error("--pool-from only applies when the draft is trained")
     args.work_dir.mkdir(parents=True, exist_ok=True)
     stdlib = Path(sysconfig.get_paths()["stdlib"])
@@ -592,16 +602,19 @@ def main() -> None:
         for phase, loss in zip(phases, losses, strict=False):
             train(target, phase, loss, heldout_ids, args.work_dir, args.seed, device)
         export(target, tok, args.out / "demo-target")
-    if args.phase in ("all", "draft"):
+    if args.phase in ("all", "draft", "pool"):
         target, teacher_key = finished_target(target, phases[-1].name, args)
         target.eval().requires_grad_(False)
+        pool = distillation_pool(target, teacher_key, train_ids, args)
+        if args.phase == "pool":
+            print(f"pool of {len(pool[0]):,} rows in {args.work_dir / POOL_FILE}")
+            return
         draft = new_model(model_config(DRAFT_SHAPE, eos_id), args.seed + 1, device)
         if args.draft_from:
             state = load_state_dict(args.draft_from, torch.float32, device)
             missing, unexpected = draft.load_state_dict(state, strict=False)
             if unexpected or set(missing) - {"lm_head.weight"}:  # tied: lm_head is not stored
                 raise SystemExit(f"{args.draft_from} does not hold a draft of shape {DRAFT_SHAPE}")
-        pool = distillation_pool(target, teacher_key, train_ids, args)
         rows, top_ids, top_logps = with_pools(pool, teacher_key, args.pool_from)
         print(f"distilling on {len(rows):,} rows")
 
