@@ -37,6 +37,8 @@ SAMPLED_T = 0.8  # the temperature of the sampled acceptance and samples
 
 
 def heldout_texts(root: Path) -> list[tuple[str, str]]:
+    """(relative path, text) of the held-out files of the corpus under ``root``, as
+    ``train_demo`` splits it, skipping files that are not UTF-8."""
     out = []
     for path in corpus_files(root):
         rel = path.relative_to(root).as_posix()
