@@ -508,6 +508,17 @@ def finished_target(
     return target.to(dtype), f"{last_phase}@{ckpt['step']}:{args.teacher_dtype}"
 
 
+def starting_draft(args: argparse.Namespace, eos_id: int) -> DecoderModel:
+    """The draft before distillation: ``--draft-from``'s weights, else a fresh initialisation."""
+    draft = new_model(model_config(DRAFT_SHAPE, eos_id), args.seed + 1, args.device)
+    if args.draft_from:
+        state = load_state_dict(args.draft_from, torch.float32, args.device)
+        missing, unexpected = draft.load_state_dict(state, strict=False)
+        if unexpected or set(missing) - {"lm_head.weight"}:  # tied: lm_head is not stored
+            raise SystemExit(f"{args.draft_from} does not hold a draft of shape {DRAFT_SHAPE}")
+    return draft
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("models"), help="where the pair is written")
@@ -578,6 +589,9 @@ def main() -> None:
         ap.error("--target-from only applies to --phase draft or pool")
     if args.pool_from and args.phase in ("target", "pool"):
         ap.error("--pool-from only applies when the draft is trained")
+    for work in args.pool_from:
+        if not (work / POOL_FILE).exists():
+            ap.error(f"--pool-from {work}: no {POOL_FILE} there (build one with --phase pool)")
     args.work_dir.mkdir(parents=True, exist_ok=True)
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     given_tok = args.target_from / "tokenizer.json" if args.target_from else None
@@ -605,16 +619,12 @@ def main() -> None:
     if args.phase in ("all", "draft", "pool"):
         target, teacher_key = finished_target(target, phases[-1].name, args)
         target.eval().requires_grad_(False)
+        # the draft first: a wrong --draft-from fails before the pool's hour of work
+        draft = None if args.phase == "pool" else starting_draft(args, eos_id)
         pool = distillation_pool(target, teacher_key, train_ids, args)
-        if args.phase == "pool":
+        if draft is None:
             print(f"pool of {len(pool[0]):,} rows in {args.work_dir / POOL_FILE}")
             return
-        draft = new_model(model_config(DRAFT_SHAPE, eos_id), args.seed + 1, device)
-        if args.draft_from:
-            state = load_state_dict(args.draft_from, torch.float32, device)
-            missing, unexpected = draft.load_state_dict(state, strict=False)
-            if unexpected or set(missing) - {"lm_head.weight"}:  # tied: lm_head is not stored
-                raise SystemExit(f"{args.draft_from} does not hold a draft of shape {DRAFT_SHAPE}")
         rows, top_ids, top_logps = with_pools(pool, teacher_key, args.pool_from)
         print(f"distilling on {len(rows):,} rows")
 
