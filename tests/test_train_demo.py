@@ -23,13 +23,14 @@ from train_demo import (
     POOL_FILE,
     SEQ_LEN,
     argmax_ce,
+    earlier_pools,
     finished_target,
+    joined,
     load_data,
     repeated_ngrams,
     sparse_kl,
     teacher_continuations,
     unlikelihood,
-    with_pools,
 )
 
 pytestmark = pytest.mark.unit
@@ -148,10 +149,12 @@ def test_earlier_pools_of_the_same_target_join_and_others_are_refused(tmp_path):
     earlier.mkdir()
     rows, ids, logps = pool(2, 7)
     torch.save({"target": "t:abc", "rows": rows, "ids": ids, "logps": logps}, earlier / POOL_FILE)
-    joined = with_pools(pool(3, 1), "t:abc", [earlier])
-    assert [len(t) for t in joined] == [5, 5, 5]
-    assert joined[0][:, 0].tolist() == [1, 1, 1, 7, 7]
-    assert joined[1][:, 0, 0].tolist() == [1, 1, 1, 7, 7]
-    assert with_pools(pool(3, 1), "t:abc", [])[0].shape == (3, 5)
+    both = joined([pool(3, 1), *earlier_pools("t:abc", [earlier])])
+    assert [len(t) for t in both] == [5, 5, 5]
+    assert both[0][:, 0].tolist() == [1, 1, 1, 7, 7]
+    assert both[1][:, 0, 0].tolist() == [1, 1, 1, 7, 7]
+    assert joined([pool(3, 1), *earlier_pools("t:abc", [])])[0].shape == (3, 5)
     with pytest.raises(SystemExit, match="labelled by t:abc, not by t:new"):
-        with_pools(pool(3, 1), "t:new", [earlier])
+        earlier_pools("t:new", [earlier])
+    with pytest.raises(SystemExit, match=r"no distillation_pool\.pt there"):
+        earlier_pools("t:abc", [tmp_path / "empty"])

@@ -470,22 +470,32 @@ def pool_tensors(pool: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return pool["rows"], pool["ids"], pool["logps"]
 
 
-def with_pools(
-    pool: tuple[torch.Tensor, torch.Tensor, torch.Tensor], key: str, work_dirs: list[Path]
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``pool`` joined by the distillation pools cached in ``work_dirs`` (earlier runs with other
-    seeds), which must have been labelled by the same target (``key``).
-    # → rows [N, SEQ_LEN + 1], top ids [N, SEQ_LEN, TOP_K], top log-probs, N summed over pools
-    """
-    parts = [pool]
+def earlier_pools(
+    key: str, work_dirs: list[Path]
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The distillation pools cached in ``work_dirs`` (earlier runs with other seeds), which must
+    have been labelled by the same target (``key``). Read before the fresh pool is built, so a
+    wrong ``--pool-from`` fails before that hour of work."""
+    pools = []
     for work in work_dirs:
+        if not (work / POOL_FILE).exists():
+            raise SystemExit(f"--pool-from {work}: no {POOL_FILE} there (build one: --phase pool)")
         cached = torch.load(work / POOL_FILE)
         if cached["target"] != key:
             raise SystemExit(f"{work}'s pool was labelled by {cached['target']}, not by {key}")
-        parts.append(pool_tensors(cached))
-    if len(parts) == 1:
-        return pool
-    rows, ids, logps = (torch.cat(tensors) for tensors in zip(*parts, strict=True))
+        pools.append(pool_tensors(cached))
+    return pools
+
+
+def joined(
+    pools: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pools (rows, top ids, top log-probs) as one, in order; a single pool is not copied.
+    # → rows [N, SEQ_LEN + 1], top ids [N, SEQ_LEN, TOP_K], top log-probs, N summed over pools
+    """
+    if len(pools) == 1:
+        return pools[0]
+    rows, ids, logps = (torch.cat(tensors) for tensors in zip(*pools, strict=True))
     return rows, ids, logps
 
 
@@ -589,9 +599,6 @@ def main() -> None:
         ap.error("--target-from only applies to --phase draft or pool")
     if args.pool_from and args.phase in ("target", "pool"):
         ap.error("--pool-from only applies when the draft is trained")
-    for work in args.pool_from:
-        if not (work / POOL_FILE).exists():
-            ap.error(f"--pool-from {work}: no {POOL_FILE} there (build one with --phase pool)")
     args.work_dir.mkdir(parents=True, exist_ok=True)
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     given_tok = args.target_from / "tokenizer.json" if args.target_from else None
@@ -619,13 +626,15 @@ def main() -> None:
     if args.phase in ("all", "draft", "pool"):
         target, teacher_key = finished_target(target, phases[-1].name, args)
         target.eval().requires_grad_(False)
-        # the draft first: a wrong --draft-from fails before the pool's hour of work
+        # the draft and earlier pools first: a wrong --draft-from or --pool-from fails before
+        # the fresh pool's hour of work
         draft = None if args.phase == "pool" else starting_draft(args, eos_id)
+        earlier = earlier_pools(teacher_key, args.pool_from)
         pool = distillation_pool(target, teacher_key, train_ids, args)
         if draft is None:
             print(f"pool of {len(pool[0]):,} rows in {args.work_dir / POOL_FILE}")
             return
-        rows, top_ids, top_logps = with_pools(pool, teacher_key, args.pool_from)
+        rows, top_ids, top_logps = joined([pool, *earlier])
         print(f"distilling on {len(rows):,} rows")
 
         def draft_loss(model: DecoderModel, gen: torch.Generator) -> torch.Tensor:
