@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 from pathlib import Path
@@ -25,6 +26,7 @@ from train_demo import (
     argmax_ce,
     earlier_pools,
     finished_target,
+    grow_into,
     joined,
     load_data,
     repeated_ngrams,
@@ -158,3 +160,43 @@ def test_earlier_pools_of_the_same_target_join_and_others_are_refused(tmp_path):
         earlier_pools("t:new", [earlier])
     with pytest.raises(SystemExit, match=r"no distillation_pool\.pt there"):
         earlier_pools("t:abc", [tmp_path / "empty"])
+
+
+@pytest.mark.parametrize("grown", [{"num_hidden_layers": 2}, {"intermediate_size": 96}, {}])
+def test_a_grown_model_computes_what_the_smaller_one_did_and_can_learn(grown):
+    torch.manual_seed(0)
+    small = DecoderModel(CFG)
+    big = DecoderModel(dataclasses.replace(CFG, **grown))
+    grow_into(big, small.state_dict())
+    ids = torch.randint(1, CFG.vocab_size, (2, 12))
+    assert torch.equal(big.forward_dense(ids), small.forward_dense(ids))
+    F.cross_entropy(big.forward_dense(ids).flatten(0, 1), ids.flatten()).backward()
+    outputs = [
+        p for n, p in big.named_parameters() if n.endswith(("o_proj.weight", "down_proj.weight"))
+    ]
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in outputs)  # zero, not stuck
+
+
+@pytest.mark.parametrize(
+    ("other", "error"),
+    [
+        ({"hidden_size": 48}, "does not fit"),
+        ({"num_attention_heads": 2}, "does not fit"),
+        ({"intermediate_size": 128}, "does not fit"),
+        ({"num_hidden_layers": 2}, "does not have"),
+    ],
+)
+def test_growing_refuses_what_would_change_the_function(other, error):
+    larger_or_other = DecoderModel(dataclasses.replace(CFG, **other))
+    with pytest.raises(ValueError, match=error):
+        grow_into(DecoderModel(CFG), larger_or_other.state_dict())
+
+
+def test_growing_refuses_a_checkpoint_with_missing_or_foreign_weights():
+    state = DecoderModel(CFG).state_dict()
+    del state["model.norm.weight"]
+    with pytest.raises(ValueError, match=r"model\.norm\.weight is missing"):
+        grow_into(DecoderModel(CFG), state)
+    state = {**DecoderModel(CFG).state_dict(), "model.extra.weight": torch.zeros(1)}
+    with pytest.raises(ValueError, match="does not have"):
+        grow_into(DecoderModel(CFG), state)

@@ -522,11 +522,42 @@ def starting_draft(args: argparse.Namespace, eos_id: int) -> DecoderModel:
     """The draft before distillation: ``--draft-from``'s weights, else a fresh initialisation."""
     draft = new_model(model_config(DRAFT_SHAPE, eos_id), args.seed + 1, args.device)
     if args.draft_from:
-        state = load_state_dict(args.draft_from, torch.float32, args.device)
-        missing, unexpected = draft.load_state_dict(state, strict=False)
-        if unexpected or set(missing) - {"lm_head.weight"}:  # tied: lm_head is not stored
-            raise SystemExit(f"{args.draft_from} does not hold a draft of shape {DRAFT_SHAPE}")
+        try:
+            grow_into(draft, load_state_dict(args.draft_from, torch.float32, args.device))
+        except ValueError as e:
+            raise SystemExit(f"--draft-from {args.draft_from}: {e}") from None
     return draft
+
+
+def grow_into(model: DecoderModel, state: dict[str, torch.Tensor]) -> None:
+    """Load ``state``, the weights of the same model or of a smaller one with fewer layers or
+    MLP units, so that ``model`` computes exactly what they compute. Each stored weight fills
+    the leading block of its parameter; new layers' output projections and new MLP units'
+    down-projection columns start at zero, so the new parts add nothing until training moves
+    them (their input-side weights keep the random initialisation, so gradients reach them).
+    Every other size (hidden, heads, vocabulary) must match. Raises ValueError otherwise."""
+    params = dict(model.named_parameters())  # a tied lm_head is listed once, as embed_tokens
+    if unknown := sorted(set(state) - set(params) - {"lm_head.weight"}):
+        raise ValueError(f"weights the model does not have: {unknown[:3]}")
+    layers = {int(name.split(".")[2]) for name in state if name.startswith("model.layers.")}
+    with torch.no_grad():
+        for name, param in params.items():
+            if name not in state:
+                if not name.startswith("model.layers.") or int(name.split(".")[2]) < len(layers):
+                    raise ValueError(f"{name} is missing")
+                if name.endswith(("o_proj.weight", "down_proj.weight")):
+                    param.zero_()
+                continue
+            src = state[name]
+            may_grow = ".mlp." in name  # only the intermediate size may grow
+            if src.dim() != param.dim() or any(
+                s > d or (s < d and not may_grow)
+                for s, d in zip(src.shape, param.shape, strict=True)
+            ):
+                raise ValueError(f"{name}: {tuple(src.shape)} does not fit {tuple(param.shape)}")
+            param[tuple(slice(0, s) for s in src.shape)] = src
+            if name.endswith("down_proj.weight"):
+                param[:, src.shape[1] :] = 0
 
 
 def main() -> None:
