@@ -520,7 +520,12 @@ def finished_target(
 
 def starting_draft(args: argparse.Namespace, eos_id: int) -> DecoderModel:
     """The draft before distillation: ``--draft-from``'s weights, else a fresh initialisation."""
-    draft = new_model(model_config(DRAFT_SHAPE, eos_id), args.seed + 1, args.device)
+    shape = {
+        **DRAFT_SHAPE,
+        "num_hidden_layers": args.draft_layers,
+        "intermediate_size": args.draft_mlp,
+    }
+    draft = new_model(model_config(shape, eos_id), args.seed + 1, args.device)
     if args.draft_from:
         try:
             grow_into(draft, load_state_dict(args.draft_from, torch.float32, args.device))
@@ -538,7 +543,9 @@ def grow_into(model: DecoderModel, state: dict[str, torch.Tensor]) -> None:
     Every other size (hidden, heads, vocabulary) must match. Raises ValueError otherwise."""
     params = dict(model.named_parameters())  # a tied lm_head is listed once, as embed_tokens
     if unknown := sorted(set(state) - set(params) - {"lm_head.weight"}):
-        raise ValueError(f"weights the model does not have: {unknown[:3]}")
+        raise ValueError(
+            f"weights a model of this shape does not have (a larger one?): {unknown[:3]}"
+        )
     layers = {int(name.split(".")[2]) for name in state if name.startswith("model.layers.")}
     with torch.no_grad():
         for name, param in params.items():
@@ -584,6 +591,18 @@ def main() -> None:
         help="target fine-tuning steps against repeating its own greedy output (0: none)",
     )
     ap.add_argument("--draft-steps", type=int, default=4000)
+    ap.add_argument(
+        "--draft-layers",
+        type=int,
+        default=DRAFT_SHAPE["num_hidden_layers"],
+        help="the draft's layers; more than --draft-from's grows it (see grow_into)",
+    )
+    ap.add_argument(
+        "--draft-mlp",
+        type=int,
+        default=DRAFT_SHAPE["intermediate_size"],
+        help="the draft's MLP width; more than --draft-from's grows it",
+    )
     ap.add_argument(
         "--target-from",
         type=Path,
