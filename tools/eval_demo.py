@@ -5,6 +5,7 @@ Prompts are the first lines of held-out files (the same hash split as ``train_de
 Prints a Markdown report (for ``models/README.md``) and writes the numbers as JSON.
 
     python tools/eval_demo.py --models models --json bench-out/demo-eval.json
+    python tools/eval_demo.py --compare-drafts models/demo-draft OUT/demo-draft  # step costs
 """
 
 from __future__ import annotations
@@ -108,6 +109,23 @@ def step_cost_ratio(
     return statistics.median(t_times), statistics.median(d_times)
 
 
+def step_ratios(
+    target: ModelRunner, drafts: list[ModelRunner], threads: tuple[int, int], blocks: int = 6
+) -> tuple[float, list[float]]:
+    """The target's step time and each draft's step-cost ratio, as medians over ``blocks``
+    ``step_cost_ratio`` measurements that take the drafts in turn: a VM's speed drifts by half
+    within minutes, so one block can land in a slow spell that another does not.
+    # → (target seconds, [draft / target per draft])"""
+    t_all: list[float] = []
+    ratios: list[list[float]] = [[] for _ in drafts]
+    for _ in range(blocks):
+        for draft, out in zip(drafts, ratios, strict=True):
+            t_target, t_draft = step_cost_ratio(target, draft, threads)
+            t_all.append(t_target)
+            out.append(t_draft / t_target)
+    return statistics.median(t_all), [statistics.median(r) for r in ratios]
+
+
 def acceptance(
     target: ModelRunner,
     draft: ModelRunner,
@@ -161,20 +179,41 @@ def main() -> None:
         default="auto",
         help="auto: the faster on this CPU, as up serves it",
     )
+    ap.add_argument(
+        "--compare-drafts",
+        type=Path,
+        nargs="+",
+        metavar="DRAFT_DIR",
+        help="only time these draft folders' steps against the target, in turn, and print the "
+        "ratios (for choosing a draft's shape)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     tdir, ddir = args.models / "demo-target", args.models / "demo-draft"
     tokenizer = Tokenizer.from_folder(tdir)
     target_model = load_model(tdir)
-    torch.set_num_threads(args.draft_threads)  # auto times the draft as it will run
-    draft_model = (
-        load_draft(ddir, "cpu")
-        if args.draft_dtype == "auto"
-        else load_model(ddir, DTYPES[args.draft_dtype])
-    )
-    torch.set_num_threads(args.threads)
+
+    def runner(folder: Path) -> ModelRunner:
+        torch.set_num_threads(args.draft_threads)  # auto times the draft as it will run
+        model = (
+            load_draft(folder, "cpu")
+            if args.draft_dtype == "auto"
+            else load_model(folder, DTYPES[args.draft_dtype])
+        )
+        torch.set_num_threads(args.threads)
+        return ModelRunner(model, num_slots=2, max_seq_len=1024)
+
     target = ModelRunner(target_model, num_slots=2, max_seq_len=1024)
-    draft = ModelRunner(draft_model, num_slots=2, max_seq_len=1024)
+    threads = (args.threads, args.draft_threads)
+    if args.compare_drafts:
+        drafts = [runner(folder) for folder in args.compare_drafts]
+        t_target, ratios = step_ratios(target, drafts, threads)
+        print(f"target step {t_target * 1e3:.2f} ms (median)")
+        for folder, r, ratio in zip(args.compare_drafts, drafts, ratios, strict=True):
+            print(f"{folder}: {r.model.lm_head.weight.dtype}, step ratio {ratio:.3f} (median)")
+        return
+    draft = runner(ddir)
+    draft_model = draft.model
     texts = heldout_texts(Path(sysconfig.get_paths()["stdlib"]))
     prompts = prompts_from(texts, args.prompts, args.prompt_lines)
     result: dict = {
@@ -204,12 +243,9 @@ def main() -> None:
     result["per_k"] = per_k
     sampled = SamplingParams(temperature=SAMPLED_T, seed=0)
     result["sampled_k4"] = acceptance(target, draft, encoded, sampled, 4)
-    t_target, t_draft = step_cost_ratio(target, draft, (args.threads, args.draft_threads))
-    result["step_ms"] = {
-        "target": t_target * 1e3,
-        "draft": t_draft * 1e3,
-        "ratio": t_draft / t_target,
-    }
+    t_target, (ratio,) = step_ratios(target, [draft], threads)
+    # the draft's time is the median ratio times the median target step
+    result["step_ms"] = {"target": t_target * 1e3, "draft": ratio * t_target * 1e3, "ratio": ratio}
     samples = []
     for (_, prompt), ids in zip(prompts[:2], encoded, strict=False):
         g = generate(target, ids, greedy, 96, None, 0).token_ids
@@ -229,7 +265,7 @@ def report(r: dict) -> str:
         f"held-out loss: target {r['heldout_loss']['target']:.3f}, "
         f"draft {r['heldout_loss']['draft']:.3f} (nats/token)",
         f"prompts: {r['prompts']} held-out files; continuations that loop: {r['loop_share']:.0%}",
-        f"decode step (context 128; rounds of 1 target + 4 draft steps; "
+        f"decode step (context 128; rounds of 1 target + 4 draft steps, medians of 6 blocks; "
         f"threads: target {r['threads'][0]}, draft {r['threads'][1]}; "
         f"draft in {r['draft_dtype']}): "
         f"target {r['step_ms']['target']:.2f} ms, draft {r['step_ms']['draft']:.2f} ms, "
