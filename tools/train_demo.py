@@ -546,13 +546,17 @@ def grow_into(model: DecoderModel, state: dict[str, torch.Tensor]) -> None:
         raise ValueError(
             f"weights a model of this shape does not have (a larger one?): {unknown[:3]}"
         )
-    layers = {int(name.split(".")[2]) for name in state if name.startswith("model.layers.")}
+
+    def layer(name: str) -> int:  # "model.layers.3.mlp.up_proj.weight" → 3; -1 outside layers
+        return int(name.split(".")[2]) if name.startswith("model.layers.") else -1
+
+    stored_layers = max(map(layer, state), default=-1) + 1
     with torch.no_grad():
         for name, param in params.items():
             if name not in state:
-                if not name.startswith("model.layers.") or int(name.split(".")[2]) < len(layers):
+                if layer(name) < stored_layers:
                     raise ValueError(f"{name} is missing")
-                if name.endswith(("o_proj.weight", "down_proj.weight")):
+                if ".o_proj." in name or ".down_proj." in name:  # weight and any bias
                     param.zero_()
                 continue
             src = state[name]
