@@ -221,6 +221,37 @@ def test_sparse_top_renormalises_and_keeps_zeros() -> None:
         sparse_top(probs, 0)
 
 
+def test_sparse_top_stops_once_the_kept_tokens_hold_the_mass() -> None:
+    probs = torch.tensor([[0.1, 0.4, 0.2, 0.3], [0.0, 0.0, 1.0, 0.0], [0.25, 0.25, 0.25, 0.25]])
+    ids, sparse = sparse_top(probs, 4, mass=0.65)
+    assert ids.shape == sparse.shape == (3, 4)
+    # 0.4 + 0.3 = 0.7 crosses 0.65: the crossing token stays, the rest are cut to 0.
+    torch.testing.assert_close(sparse[0], torch.tensor([0.4, 0.3, 0.0, 0.0]) / 0.7)
+    assert sparse[1].tolist() == [1.0, 0.0, 0.0, 0.0]  # the top token is always kept
+    torch.testing.assert_close(sparse[2], torch.tensor([1 / 3, 1 / 3, 1 / 3, 0.0]))
+    ids, sparse = sparse_top(probs, 1, mass=0.9)  # the width caps before the mass is reached
+    assert ids[:2, 0].tolist() == [1, 2] and sparse[:, 0].tolist() == [1.0, 1.0, 1.0]
+    assert torch.equal(sparse_top(probs, 4, 1.0)[1], sparse_top(probs, 4)[1])
+    for bad in (0.0, -0.5, 1.5):
+        with pytest.raises(ValueError, match="mass"):
+            sparse_top(probs, 4, bad)
+
+
+@pytest.mark.parametrize("mass", [0.5, 0.9, 0.99])
+def test_sparse_top_total_variation_is_at_most_the_mass_it_drops(mass: float) -> None:
+    """The acceptance a cut draft row can lose (the total-variation distance from the full row,
+    which bounds the change in sum(min(p, q))) is at most 1 - mass."""
+    gen = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(64, 500, generator=gen) * 1.5, dim=-1)  # [N, V] flat rows
+    ids, sparse = sparse_top(probs, 500, mass)
+    dense = torch.zeros_like(probs).scatter_(1, ids, sparse)  # [N, V]
+    tv = 0.5 * (dense - probs).abs().sum(dim=-1)  # [N]
+    assert tv.max().item() <= 1 - mass + 1e-5
+    kept = torch.where(dense > 0, probs, 0.0).sum(dim=-1)  # [N]
+    assert (kept >= mass - 1e-6).all()
+    torch.testing.assert_close(tv, 1 - kept)
+
+
 def test_sample_sparse_token_maps_back_to_vocabulary_ids() -> None:
     ids = torch.tensor([40, 7, 13])
     probs = torch.tensor([0.0, 0.75, 0.25])

@@ -159,7 +159,13 @@ def test_speculative_sampling_keeps_the_target_distribution(target, drafts):
     for seed in range(n):
         p = SamplingParams(temperature=1.5, top_k=6, seed=seed)
         got = generate(
-            target, prompt, p, 2, DraftModelProposer(draft, top_m=4), 1, stop_token_ids=[]
+            target,
+            prompt,
+            p,
+            2,
+            DraftModelProposer(draft, top_m=4, top_mass=0.8),
+            1,
+            stop_token_ids=[],
         )
         accepted += got.stats.accepted_tokens
         for i in (0, 1):

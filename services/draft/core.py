@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from specdec.engine.errors import InvalidRequest
 from specdec.engine.proposer import MAX_SPEC_DEPTH, Proposal
-from specdec.engine.proposer_draft import DEFAULT_TOP_M
+from specdec.engine.proposer_draft import DEFAULT_TOP_M, DEFAULT_TOP_MASS
 from specdec.engine.proposer_ngram import NgramProposer
 from specdec.engine.runner import ModelRunner
 from specdec.engine.sampling import SamplingParams
@@ -39,6 +39,7 @@ class DraftCore:
         runner: ModelRunner | None,
         vocab_limit: int | None = None,
         top_m: int = DEFAULT_TOP_M,
+        top_mass: float = DEFAULT_TOP_MASS,
         max_seq_len: int = 4096,
     ) -> None:
         self.runner = runner
@@ -48,7 +49,7 @@ class DraftCore:
         self.loop: BatchLoop[DraftItem, Proposal] | None = None
         if runner is not None:
             self.loop = BatchLoop(
-                lambda items: draft_batch(runner, items, self.vocab_limit, top_m),
+                lambda items: draft_batch(runner, items, self.vocab_limit, top_m, top_mass),
                 name="draft-batch",
             )
 

@@ -4,8 +4,10 @@ The proposer owns one KV-cache slot of the draft runner. Each round it rolls bac
 prefix it shares with the committed sequence, feeds the rest (usually the newest token, or the
 last draft and the bonus token after a full acceptance) and decodes k tokens one at a time; see
 ``sequence.draft_batch``, which the draft service runs for many sequences at once. When sampling
-it draws from its own warped distribution truncated to the top ``top_m`` tokens and ships
-exactly that sparse distribution.
+it draws from its own warped distribution cut to its most likely tokens (``sparse_top``: up to
+``top_m`` of them, stopping once they hold ``top_mass``) and ships exactly that sparse
+distribution. The cut costs acceptance: a flat draft row cut to its top 32 tokens lost a tenth
+of the demo pair's acceptance at temperature 0.8, which is why the defaults are wide.
 Non-goals: tree drafting.
 """
 
@@ -18,20 +20,25 @@ from specdec.engine.runner import ModelRunner
 from specdec.engine.sampling import SamplingParams
 from specdec.engine.sequence import DraftItem, SequenceState, draft_batch
 
-DEFAULT_TOP_M = 32  # draft probabilities shipped per position when sampling
+DEFAULT_TOP_M = 256  # at most this many draft probabilities shipped per position when sampling
+DEFAULT_TOP_MASS = 0.99  # ... and no more than it takes to hold this mass
 
 
 class DraftModelProposer:
     """``Proposer`` backed by a draft ``ModelRunner``; one slot for the life of a sequence."""
 
     def __init__(
-        self, runner: ModelRunner, vocab_limit: int | None = None, top_m: int = DEFAULT_TOP_M
+        self,
+        runner: ModelRunner,
+        vocab_limit: int | None = None,
+        top_m: int = DEFAULT_TOP_M,
+        top_mass: float = DEFAULT_TOP_MASS,
     ) -> None:
         self.runner = runner
         self.state = SequenceState(runner.cache.allocate(), [], SamplingParams(), 0)
         # Ids the target can score; a draft with a padded, larger embedding never proposes others.
         self.vocab_limit = vocab_limit or runner.vocab_size
-        self.top_m = top_m
+        self.top_m, self.top_mass = top_m, top_mass
         self._closed = False
 
     @property
@@ -51,7 +58,7 @@ class DraftModelProposer:
         self.state.committed = list(committed)
         self.state.params, self.state.seed = params, seed
         item = DraftItem(self.state, k)
-        return draft_batch(self.runner, [item], self.vocab_limit, self.top_m)[0]
+        return draft_batch(self.runner, [item], self.vocab_limit, self.top_m, self.top_mass)[0]
 
     def close(self) -> None:
         if not self._closed:

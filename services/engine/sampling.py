@@ -153,20 +153,32 @@ def sample_token(probs_row: Tensor, generator: torch.Generator) -> int:
     return int(torch.multinomial(row, 1, generator=generator).item())
 
 
-def sparse_top(probs: Tensor, m: int) -> tuple[Tensor, Tensor]:
-    """The m most likely tokens of each row, renormalised: the sparse draft distribution.
+def sparse_top(probs: Tensor, m: int, mass: float = 1.0) -> tuple[Tensor, Tensor]:
+    """The most likely tokens of each row, renormalised: the sparse draft distribution.
 
-    probs [N, V] → (ids [N, m'] int64, probs [N, m'] fp32) with m' = min(m, V); rows sum to 1
-    and entries that were 0 stay 0. A draft that sends this must also sample from it
-    (``sample_sparse_token``): the verifier treats it as the exact draft distribution.
+    A row keeps its tokens in order of probability until they hold ``mass`` (the token that
+    crosses it included), at most ``m`` of them. Its total-variation distance from the full row
+    is the mass it drops, so a draft loses at most ``1 - mass`` acceptance per position to the
+    cut, plus what lies beyond the top ``m``.
+
+    probs [N, V] → (ids [N, m'] int64, probs [N, m'] fp32) with m' = min(m, V); rows sum to 1,
+    and cut entries, like entries that were 0, are 0 (the wire drops them). A draft that sends
+    this must also sample from it (``sample_sparse_token``): the verifier treats it as the
+    exact draft distribution.
     """
     if m < 1:
         raise ValueError(f"m must be >= 1, got {m}")
+    if not 0.0 < mass <= 1.0:
+        raise ValueError(f"mass must be in (0, 1], got {mass}")
     if probs.dim() != 2:
         raise ValueError(f"probs must be [N, V], got shape {tuple(probs.shape)}")
-    top = torch.topk(probs.float(), min(m, probs.shape[1]), dim=-1)  # sorted, descending
-    mass = top.values.sum(dim=-1, keepdim=True)  # [N, 1]
-    return top.indices, top.values / mass
+    probs = probs.float()
+    top = torch.topk(probs, min(m, probs.shape[1]), dim=-1)  # sorted, descending
+    kept = top.values  # [N, m']
+    if mass < 1.0:
+        above = kept.cumsum(dim=-1) - kept  # [N, m'] mass of the tokens ranked higher
+        kept = torch.where(above < mass * probs.sum(dim=-1, keepdim=True), kept, 0.0)
+    return top.indices, kept / kept.sum(dim=-1, keepdim=True)
 
 
 def sample_sparse_token(

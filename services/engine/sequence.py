@@ -106,7 +106,11 @@ class DraftItem:
 
 
 def draft_batch(
-    runner: ModelRunner, items: Sequence[DraftItem], vocab_limit: int, top_m: int
+    runner: ModelRunner,
+    items: Sequence[DraftItem],
+    vocab_limit: int,
+    top_m: int,
+    top_mass: float,
 ) -> list[Proposal]:
     """Draft ``depth`` tokens for every item: one batched forward per draft position, items
     leaving the batch as they reach their depth. The last draft token is not fed."""
@@ -131,7 +135,8 @@ def draft_batch(
             if seq.params.is_greedy:
                 token = int(torch.argmax(logits[0]))
             else:
-                ids, probs = sparse_top(target_probs(logits, seq.params), top_m)  # [1, M]
+                warped = target_probs(logits, seq.params)  # [1, V]
+                ids, probs = sparse_top(warped, top_m, top_mass)  # [1, M]
                 generator = position_generator(seq.seed, position, STREAM_DRAFT)
                 token = sample_sparse_token(ids[0], probs[0], generator)
                 sparse[i].append((ids[0], probs[0]))
