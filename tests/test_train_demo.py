@@ -24,6 +24,7 @@ from train_demo import (
     POOL_FILE,
     SEQ_LEN,
     argmax_ce,
+    draft_kl,
     earlier_pools,
     finished_target,
     grow_into,
@@ -33,6 +34,7 @@ from train_demo import (
     sparse_kl,
     teacher_continuations,
     unlikelihood,
+    written_rows,
 )
 
 pytestmark = pytest.mark.unit
@@ -160,6 +162,34 @@ def test_earlier_pools_of_the_same_target_join_and_others_are_refused(tmp_path):
         earlier_pools("t:new", [earlier])
     with pytest.raises(SystemExit, match=r"no distillation_pool\.pt there"):
         earlier_pools("t:abc", [tmp_path / "empty"])
+
+
+def test_written_rows_are_the_rows_the_target_wrote_in_each_pool(tmp_path):
+    for name, fill, sizes in (("seed1", 1, [2, 3]), ("seed2", 2, [1, 1])):
+        (tmp_path / name).mkdir()
+        rows = torch.full((sum(sizes), 5), fill, dtype=torch.int16)  # [written + windows, T + 1]
+        rows[sizes[0] :] = -1  # the training windows, after the written rows
+        torch.save({"target": "t:abc", "sizes": sizes, "rows": rows}, tmp_path / name / POOL_FILE)
+    written = written_rows("t:abc", [tmp_path / "seed1", tmp_path / "seed2"])
+    assert written[:, 0].tolist() == [1, 1, 2] and written.shape == (3, 5)
+    with pytest.raises(SystemExit, match="not by t:new"):
+        written_rows("t:new", [tmp_path / "seed1"])
+
+
+def test_draft_kl_is_the_kl_from_the_model_to_the_draft_and_trains_the_model_only():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 11, generator=gen, requires_grad=True)  # [B, T, V]
+    draft_logits = torch.randn(2, 3, 11, generator=gen)
+    assert draft_kl(draft_logits, draft_logits).abs().item() < 1e-6
+    kl = draft_kl(logits, draft_logits)
+    logp, logq = F.log_softmax(logits, -1), F.log_softmax(draft_logits, -1)
+    by_hand = F.kl_div(logq, logp, log_target=True, reduction="none").sum(-1).mean()
+    torch.testing.assert_close(kl, by_hand)
+    assert kl.item() > 0
+    kl.backward()
+    assert logits.grad is not None and logits.grad.abs().sum() > 0
+    # Shifting every logit of a row by a constant changes nothing: only the distribution counts.
+    torch.testing.assert_close(draft_kl(logits + 5.0, draft_logits - 2.0), kl)
 
 
 @pytest.mark.parametrize("grown", [{"num_hidden_layers": 2}, {"intermediate_size": 96}, {}])

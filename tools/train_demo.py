@@ -302,6 +302,16 @@ def argmax_ce(logits: torch.Tensor, top_ids: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float().flatten(0, 1), top_ids[..., 0].long().flatten())
 
 
+def draft_kl(logits: torch.Tensor, draft_logits: torch.Tensor) -> torch.Tensor:
+    """Mean KL(model || draft) per position: pulls the model's distribution towards the
+    draft's. Where the model is sure of its next token its language-model loss outweighs this;
+    where two tokens nearly tie, this settles the tie the way the draft would.
+    logits, draft_logits [B, T, V]."""
+    logp = torch.log_softmax(logits.float(), -1)
+    logq = torch.log_softmax(draft_logits.float(), -1)
+    return (logp.exp() * (logp - logq)).sum(-1).mean()
+
+
 def repeated_ngrams(rows: list[list[int]], starts: list[int], n: int = 4) -> torch.Tensor:
     """True at each token that completes an ``n``-gram already seen in the same row since
     ``starts[i]`` (the model repeating its own output). Rows are padded to the longest.
@@ -476,15 +486,24 @@ def earlier_pools(
     """The distillation pools cached in ``work_dirs`` (earlier runs with other seeds), which must
     have been labelled by the same target (``key``). Read before the fresh pool is built, so a
     wrong ``--pool-from`` fails before that hour of work."""
-    pools = []
-    for work in work_dirs:
-        if not (work / POOL_FILE).exists():
-            raise SystemExit(f"--pool-from {work}: no {POOL_FILE} there (build one: --phase pool)")
-        cached = torch.load(work / POOL_FILE)
-        if cached["target"] != key:
-            raise SystemExit(f"{work}'s pool was labelled by {cached['target']}, not by {key}")
-        pools.append(pool_tensors(cached))
-    return pools
+    return [pool_tensors(cached_pool(work, key)) for work in work_dirs]
+
+
+def written_rows(key: str, work_dirs: list[Path]) -> torch.Tensor:
+    """The sequences the target (``key``) wrote for the pools cached in ``work_dirs``.
+    # → [N, SEQ_LEN + 1] int16"""
+    pools = [cached_pool(work, key) for work in work_dirs]
+    return torch.cat([pool["rows"][: pool["sizes"][0]] for pool in pools])
+
+
+def cached_pool(work: Path, key: str) -> dict:
+    """The pool cached in ``work``, refused unless the target ``key`` labelled it."""
+    if not (work / POOL_FILE).exists():
+        raise SystemExit(f"--pool-from {work}: no {POOL_FILE} there (build one: --phase pool)")
+    cached = torch.load(work / POOL_FILE)
+    if cached["target"] != key:
+        raise SystemExit(f"{work}'s pool was labelled by {cached['target']}, not by {key}")
+    return cached
 
 
 def joined(
@@ -582,10 +601,11 @@ def main() -> None:
     )
     ap.add_argument(
         "--phase",
-        choices=["all", "target", "draft", "pool"],
+        choices=["all", "target", "draft", "pool", "agree"],
         default="all",
         help="pool: only build the draft's distillation pool in --work-dir (no training, no "
-        "export), for a later run's --pool-from",
+        "export), for a later run's --pool-from; agree: fine-tune the finished target towards "
+        "the --draft-from draft on the text it wrote for --pool-from's pools (see draft_kl)",
     )
     ap.add_argument("--target-steps", type=int, default=1600)
     ap.add_argument(
@@ -595,6 +615,13 @@ def main() -> None:
         help="target fine-tuning steps against repeating its own greedy output (0: none)",
     )
     ap.add_argument("--draft-steps", type=int, default=4000)
+    ap.add_argument("--agree-steps", type=int, default=150, help="target steps of --phase agree")
+    ap.add_argument(
+        "--agree-weight",
+        type=float,
+        default=1.0,
+        help="weight of KL(target || draft) in --phase agree, against the target's own losses",
+    )
     ap.add_argument(
         "--draft-layers",
         type=int,
@@ -649,10 +676,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
-    if args.target_from and args.phase not in ("draft", "pool"):
-        ap.error("--target-from only applies to --phase draft or pool")
+    if args.target_from and args.phase not in ("draft", "pool", "agree"):
+        ap.error("--target-from only applies to --phase draft, pool or agree")
     if args.pool_from and args.phase in ("target", "pool"):
-        ap.error("--pool-from only applies when the draft is trained")
+        ap.error("--pool-from only applies when the draft is trained, or with --phase agree")
+    if args.phase == "agree" and not (args.draft_from and args.pool_from):
+        ap.error("--phase agree needs --draft-from (the draft to agree with) and --pool-from")
     args.work_dir.mkdir(parents=True, exist_ok=True)
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     given_tok = args.target_from / "tokenizer.json" if args.target_from else None
@@ -703,6 +732,28 @@ def main() -> None:
         draft_phase = Phase("draft", args.draft_steps, batch, args.draft_lr)
         train(draft, draft_phase, draft_loss, heldout_ids, args.work_dir, args.seed + 1, device)
         export(draft, tok, args.out / "demo-draft")
+    if args.phase == "agree":
+        target, teacher_key = finished_target(target, phases[-1].name, args)
+        draft = load_model(args.draft_from, torch.float32, device).eval().requires_grad_(False)
+        written = written_rows(teacher_key, args.pool_from)
+        print(f"agreeing on {len(written):,} rows the target wrote")
+
+        def agree_loss(model: DecoderModel, gen: torch.Generator) -> torch.Tensor:
+            """The unlikelihood phase's losses (half the prompts) plus the pull to the draft."""
+            pick = torch.randint(0, len(written), (batch // 2,), generator=gen)
+            rows = written[pick, :-1].long().to(device)  # [B / 2, T]
+            with torch.no_grad():
+                draft_logits = draft.forward_dense(rows)  # [B / 2, T, V]
+            return (
+                lm_loss(model, sample(gen, batch // 2))
+                + unlikelihood_batch(model, train_ids, batch, gen)
+                + args.agree_weight * draft_kl(model.forward_dense(rows), draft_logits)
+            )
+
+        target = target.float().requires_grad_(True)
+        agree_phase = Phase("target-agree", args.agree_steps, batch, 2e-4)
+        train(target, agree_phase, agree_loss, heldout_ids, args.work_dir, args.seed, device)
+        export(target, tok, args.out / "demo-target")
 
 
 if __name__ == "__main__":
