@@ -405,6 +405,44 @@ def train(
     print(f"{phase.name}: held-out window loss {heldout_loss(model, heldout, device):.3f}")
 
 
+def agree(
+    target: DecoderModel,
+    draft: DecoderModel,
+    written: torch.Tensor,
+    train_ids: torch.Tensor,
+    heldout_ids: torch.Tensor,
+    args: argparse.Namespace,
+) -> None:
+    """Fine-tune the finished target towards ``draft`` (``draft_kl``) on ``written``, text it
+    wrote ([N, SEQ_LEN + 1]), while keeping the unlikelihood phase's losses on half as many
+    prompts: the language-model loss holds the target's quality, the unlikelihood holds loops
+    back (not all the way: see models/README.md)."""
+    device, batch = args.device, args.batch
+    draft = draft.float().eval().requires_grad_(False)
+
+    def agree_loss(model: DecoderModel, gen: torch.Generator) -> torch.Tensor:
+        pick = torch.randint(0, len(written), (batch // 2,), generator=gen)
+        rows = written[pick, :-1].long().to(device)  # [B / 2, T]
+        with torch.no_grad():
+            draft_logits = draft.forward_dense(rows)  # [B / 2, T, V]
+        return (
+            lm_loss(model, windows(train_ids, batch // 2, gen, device))
+            + unlikelihood_batch(model, train_ids, batch, gen)
+            + args.agree_weight * draft_kl(model.forward_dense(rows), draft_logits)
+        )
+
+    phase = Phase("target-agree", args.agree_steps, batch, 2e-4)
+    train(
+        target.float().requires_grad_(True),
+        phase,
+        agree_loss,
+        heldout_ids,
+        args.work_dir,
+        args.seed,
+        device,
+    )
+
+
 def export(model: DecoderModel, tok: Tokenizer, folder: Path) -> None:
     """A Hugging Face folder that loads in specdec and in transformers' Auto classes."""
     save_model(model, folder, torch.bfloat16)
@@ -615,7 +653,13 @@ def main() -> None:
         help="target fine-tuning steps against repeating its own greedy output (0: none)",
     )
     ap.add_argument("--draft-steps", type=int, default=4000)
-    ap.add_argument("--agree-steps", type=int, default=150, help="target steps of --phase agree")
+    ap.add_argument(
+        "--agree-steps",
+        type=int,
+        default=150,
+        help="steps of the target's fine-tuning towards the draft, the last of --phase all and "
+        "all of --phase agree (0: none)",
+    )
     ap.add_argument(
         "--agree-weight",
         type=float,
@@ -732,27 +776,15 @@ def main() -> None:
         draft_phase = Phase("draft", args.draft_steps, batch, args.draft_lr)
         train(draft, draft_phase, draft_loss, heldout_ids, args.work_dir, args.seed + 1, device)
         export(draft, tok, args.out / "demo-draft")
-    if args.phase == "agree":
-        target, teacher_key = finished_target(target, phases[-1].name, args)
-        draft = load_model(args.draft_from, torch.float32, device).eval().requires_grad_(False)
-        written = written_rows(teacher_key, args.pool_from)
+    if args.phase == "agree" or (args.phase == "all" and args.agree_steps and args.teacher_rows):
+        if args.phase == "agree":
+            target, teacher_key = finished_target(target, phases[-1].name, args)
+            draft = load_model(args.draft_from, torch.float32, device)
+            written = written_rows(teacher_key, args.pool_from)
+        else:
+            written = rows[: args.teacher_rows]  # the fresh pool's, which comes first
         print(f"agreeing on {len(written):,} rows the target wrote")
-
-        def agree_loss(model: DecoderModel, gen: torch.Generator) -> torch.Tensor:
-            """The unlikelihood phase's losses (half the prompts) plus the pull to the draft."""
-            pick = torch.randint(0, len(written), (batch // 2,), generator=gen)
-            rows = written[pick, :-1].long().to(device)  # [B / 2, T]
-            with torch.no_grad():
-                draft_logits = draft.forward_dense(rows)  # [B / 2, T, V]
-            return (
-                lm_loss(model, sample(gen, batch // 2))
-                + unlikelihood_batch(model, train_ids, batch, gen)
-                + args.agree_weight * draft_kl(model.forward_dense(rows), draft_logits)
-            )
-
-        target = target.float().requires_grad_(True)
-        agree_phase = Phase("target-agree", args.agree_steps, batch, 2e-4)
-        train(target, agree_phase, agree_loss, heldout_ids, args.work_dir, args.seed, device)
+        agree(target, draft, written, train_ids, heldout_ids, args)
         export(target, tok, args.out / "demo-target")
 
 
