@@ -19,6 +19,9 @@ present, the CPU otherwise.
         --draft-from models/demo-draft --out models     # re-distil against a committed pair
     python tools/train_demo.py --phase pool --target-from models/demo-target --seed 5 \
         --work-dir W5    # only build a distillation pool, for a later run's --pool-from
+    python tools/train_demo.py --phase agree --target-from models/demo-target \
+        --draft-from models/demo-draft --pool-from W5 --agree-steps 150 --out OUT
+        # fine-tune the target towards the draft (tried; not part of the committed pair)
 
 Non-goals: a general training framework; multi-GPU; data beyond the standard library.
 """
@@ -656,9 +659,10 @@ def main() -> None:
     ap.add_argument(
         "--agree-steps",
         type=int,
-        default=150,
-        help="steps of the target's fine-tuning towards the draft, the last of --phase all and "
-        "all of --phase agree (0: none)",
+        default=0,
+        help="steps of the target's fine-tuning towards the draft: the last phase of --phase all "
+        "(0, the default: none; the committed pair has none, see models/README.md) and all of "
+        "--phase agree",
     )
     ap.add_argument(
         "--agree-weight",
@@ -724,8 +728,11 @@ def main() -> None:
         ap.error("--target-from only applies to --phase draft, pool or agree")
     if args.pool_from and args.phase in ("target", "pool"):
         ap.error("--pool-from only applies when the draft is trained, or with --phase agree")
-    if args.phase == "agree" and not (args.draft_from and args.pool_from):
-        ap.error("--phase agree needs --draft-from (the draft to agree with) and --pool-from")
+    if args.phase == "agree" and not (args.draft_from and args.pool_from and args.agree_steps):
+        ap.error(
+            "--phase agree needs --draft-from (the draft to agree with), --pool-from and "
+            "--agree-steps"
+        )
     args.work_dir.mkdir(parents=True, exist_ok=True)
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     given_tok = args.target_from / "tokenizer.json" if args.target_from else None
