@@ -86,8 +86,7 @@ def proposal_from_proto(
         n = len(row_ids)
         if n != len(dist.probs):
             raise InvalidRequest("draft_probs", "token_ids and probs differ in length")
-        if n:
-            check_token_ids([max(row_ids)], vocab_size, "draft_probs")
+        check_token_ids([max(row_ids)], vocab_size, "draft_probs")  # n >= 1: checked above
         if n < width:  # pad with p = 0 and ids absent from the row: no real id may repeat
             taken = set(row_ids)
             free = (i for i in range(min(vocab_size, 2 * width + 1)) if i not in taken)
