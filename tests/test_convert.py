@@ -11,6 +11,7 @@ import torch
 from specdec.engine.checkpoint import load_model
 from specdec.engine.errors import InvalidRequest
 from specdec.engine.proposer_draft import DEFAULT_TOP_M, DEFAULT_TOP_MASS, DraftModelProposer
+from specdec.engine.rejection import draft_dense_probs
 from specdec.engine.runner import ModelRunner
 from specdec.engine.sampling import SamplingParams, sparse_top, target_probs
 from specdec.serving.convert import MAX_SPARSE_WIDTH, proposal_from_proto, sparse_to_proto
@@ -20,11 +21,6 @@ pytestmark = pytest.mark.unit
 
 VOCAB = 300
 SAMPLED = SamplingParams(temperature=1.0)
-
-
-def dense(ids: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
-    """Sparse rows ids, probs [K, M] → dense rows [K, VOCAB]."""
-    return torch.zeros(len(ids), VOCAB).scatter_(1, ids, probs)
 
 
 def test_rows_cut_to_different_widths_survive_the_wire() -> None:
@@ -43,7 +39,8 @@ def test_rows_cut_to_different_widths_survive_the_wire() -> None:
     assert proposal.draft_sparse_ids.shape == proposal.draft_sparse_probs.shape == shape
     assert proposal.draft_sparse_ids.dtype == torch.int64
     torch.testing.assert_close(
-        dense(proposal.draft_sparse_ids, proposal.draft_sparse_probs), dense(ids, sparse)
+        draft_dense_probs(proposal.draft_sparse_ids, proposal.draft_sparse_probs, VOCAB),
+        draft_dense_probs(ids, sparse, VOCAB),
     )
     for row in proposal.draft_sparse_ids.tolist():  # padding never repeats an id
         assert len(set(row)) == len(row)

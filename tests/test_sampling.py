@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from specdec.engine.errors import InvalidRequest
+from specdec.engine.rejection import draft_dense_probs
 from specdec.engine.sampling import (
     STREAM_DRAFT,
     STREAM_TARGET,
@@ -244,7 +245,7 @@ def test_sparse_top_total_variation_is_at_most_the_mass_it_drops(mass: float) ->
     gen = torch.Generator().manual_seed(0)
     probs = torch.softmax(torch.randn(64, 500, generator=gen) * 1.5, dim=-1)  # [N, V] flat rows
     ids, sparse = sparse_top(probs, 500, mass)
-    dense = torch.zeros_like(probs).scatter_(1, ids, sparse)  # [N, V]
+    dense = draft_dense_probs(ids, sparse, probs.shape[1])  # [N, V]
     tv = 0.5 * (dense - probs).abs().sum(dim=-1)  # [N]
     assert tv.max().item() <= 1 - mass + 1e-5
     kept = torch.where(dense > 0, probs, 0.0).sum(dim=-1)  # [N]

@@ -356,6 +356,18 @@ def unlikelihood_batch(
     return unlikelihood(logits, rows[:, 1:], mask[:, 1:].to(device))
 
 
+def loop_losses(
+    model: DecoderModel, data: torch.Tensor, windows_n: int, prompts_n: int, gen: torch.Generator
+) -> torch.Tensor:
+    """The unlikelihood phase's losses: the language-model loss on ``windows_n`` training
+    windows, which holds the model's quality, plus ``unlikelihood_batch`` on ``prompts_n``
+    prompts, which breaks its greedy loops."""
+    device = model.lm_head.weight.device
+    return lm_loss(model, windows(data, windows_n, gen, device)) + unlikelihood_batch(
+        model, data, prompts_n, gen
+    )
+
+
 def train(
     model: DecoderModel,
     phase: Phase,
@@ -428,11 +440,8 @@ def agree(
         rows = written[pick, :-1].long().to(device)  # [B / 2, T]
         with torch.no_grad():
             draft_logits = draft.forward_dense(rows)  # [B / 2, T, V]
-        return (
-            lm_loss(model, windows(train_ids, batch // 2, gen, device))
-            + unlikelihood_batch(model, train_ids, batch, gen)
-            + args.agree_weight * draft_kl(model.forward_dense(rows), draft_logits)
-        )
+        pull = draft_kl(model.forward_dense(rows), draft_logits)
+        return loop_losses(model, train_ids, batch // 2, batch, gen) + args.agree_weight * pull
 
     phase = Phase("target-agree", args.agree_steps, batch, 2e-4)
     train(
@@ -538,10 +547,11 @@ def written_rows(key: str, work_dirs: list[Path]) -> torch.Tensor:
 
 
 def cached_pool(work: Path, key: str) -> dict:
-    """The pool cached in ``work``, refused unless the target ``key`` labelled it."""
+    """The pool cached in ``work``, refused unless the target ``key`` labelled it. Memory-mapped:
+    a caller that needs only the rows (``written_rows``) does not read the ~400 MB of labels."""
     if not (work / POOL_FILE).exists():
         raise SystemExit(f"--pool-from {work}: no {POOL_FILE} there (build one: --phase pool)")
-    cached = torch.load(work / POOL_FILE)
+    cached = torch.load(work / POOL_FILE, mmap=True)
     if cached["target"] != key:
         raise SystemExit(f"{work}'s pool was labelled by {cached['target']}, not by {key}")
     return cached
@@ -749,9 +759,7 @@ def main() -> None:
         phases.append(Phase("target-unlikelihood", args.unlikelihood_steps, batch, 2e-4))
     losses: list[BatchLoss] = [
         lambda m, g: lm_loss(m, sample(g)),
-        lambda m, g: (
-            lm_loss(m, sample(g, batch // 2)) + unlikelihood_batch(m, train_ids, 2 * batch, g)
-        ),
+        lambda m, g: loop_losses(m, train_ids, batch // 2, 2 * batch, g),
     ]
     if args.phase in ("all", "target"):
         for phase, loss in zip(phases, losses, strict=False):

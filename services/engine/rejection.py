@@ -168,8 +168,9 @@ def _draft_prob_of_draft_tokens(
 ) -> list[float]:
     """Check the sparse draft rows and return draft_probs(d_i) for each draft token d_i.
 
-    The rows are small ([K, M], M in the tens), so they are checked as Python lists: cheaper
-    than a handful of tiny tensor ops. Raises InvalidRequest("draft_probs").
+    The rows are small ([K, M], M at most a few hundred), so they are checked as Python lists:
+    at K = 4, M = 256 that took 0.19 ms on a 2-core VM, the same checks as whole-tensor ops
+    0.35 ms (each tiny op has a fixed cost). Raises InvalidRequest("draft_probs").
     """
     k = len(draft_ids)
     if k == 0 and sparse_ids.numel() == 0 and sparse_probs.numel() == 0:
