@@ -1,5 +1,6 @@
 """Measure the demo pair: held-out loss, greedy acceptance per position for k = 1..8, the share
-of continuations that loop, the draft/target step cost, and sample continuations.
+of continuations that loop, sampled acceptance (counted, and expected from the rows), the
+draft/target step cost, and sample continuations.
 
 Prompts are the first lines of held-out files (the same hash split as ``train_demo.py``).
 Prints a Markdown report (for ``models/README.md``) and writes the numbers as JSON.
@@ -27,9 +28,11 @@ from specdec.engine.batch import Chunk
 from specdec.engine.checkpoint import load_model
 from specdec.engine.draft_dtype import load_draft
 from specdec.engine.local import DTYPES
-from specdec.engine.proposer_draft import DraftModelProposer
+from specdec.engine.model import DecoderModel
+from specdec.engine.proposer_draft import DEFAULT_TOP_M, DEFAULT_TOP_MASS, DraftModelProposer
+from specdec.engine.rejection import draft_dense_probs
 from specdec.engine.runner import ModelRunner
-from specdec.engine.sampling import SamplingParams
+from specdec.engine.sampling import SamplingParams, sparse_top, target_probs
 from specdec.engine.speculative import generate
 from specdec.engine.tokenizer import Tokenizer
 
@@ -163,6 +166,34 @@ def acceptance(
     }
 
 
+@torch.no_grad()
+def sampled_overlap(
+    target: DecoderModel,
+    draft: DecoderModel,
+    continuations: list[list[int]],
+    starts: list[int],
+    params: SamplingParams,
+) -> float:
+    """Mean of sum(min(p, q)) over the positions of the target's own sampled continuations.
+
+    At a context, speculative sampling accepts the draft's token with probability
+    sum(min(p, q)) (p: the target's warped row, q: the draft's row as it ships, cut by
+    ``sparse_top``). Its output is distributed as the target's, so these contexts are the ones
+    a first draft position meets: the mean is that position's expected acceptance, without the
+    noise of the draws that accept or reject (one seed of ``acceptance`` has plenty of it).
+    ``continuations[i]`` is a prompt and its continuation; ``starts[i]`` the prompt's length.
+    """
+    total, count = 0.0, 0
+    for ids, start in zip(continuations, starts, strict=True):
+        rows = torch.tensor([ids[:-1]])  # [1, T]
+        p = target_probs(target.forward_dense(rows)[0, start - 1 :].float(), params)  # [C, V]
+        warped = target_probs(draft.forward_dense(rows)[0, start - 1 :].float(), params)
+        q = draft_dense_probs(*sparse_top(warped, DEFAULT_TOP_M, DEFAULT_TOP_MASS), p.shape[1])
+        total += torch.minimum(p, q).sum().item()
+        count += p.shape[0]
+    return total / count
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", type=Path, default=Path("models"))
@@ -243,6 +274,17 @@ def main() -> None:
     result["per_k"] = per_k
     sampled = SamplingParams(temperature=SAMPLED_T, seed=0)
     result["sampled_k4"] = acceptance(target, draft, encoded, sampled, 4)
+    continued = [
+        generate(target, ids, sampled, CONTINUATION, None, 0, stop_token_ids=[]).token_ids
+        for ids in encoded
+    ]
+    result["sampled_overlap"] = sampled_overlap(
+        target_model,
+        draft_model,
+        [e + c for e, c in zip(encoded, continued, strict=True)],
+        [len(e) for e in encoded],
+        sampled,
+    )
     t_target, (ratio,) = step_ratios(target, [draft], threads)
     result["step_ms"] = {"target": t_target * 1e3, "ratio": ratio}
     samples = []
@@ -282,6 +324,12 @@ def report(r: dict) -> str:
             f"| {k} | {v['accepted_per_round']:.2f} | "
             f"{'-' if non is None else f'{non:.2f}'} | {pos} |"
         )
+    lines += [
+        "",
+        f"expected acceptance of a first draft token at T = {SAMPLED_T}, along the target's own "
+        f"sampled continuations (mean of sum(min(p, q)); less noisy than the row above's first "
+        f"position): {r['sampled_overlap']:.3f}",
+    ]
     for s in r["samples"]:
         lines += [
             "",

@@ -429,9 +429,9 @@ def agree(
     args: argparse.Namespace,
 ) -> None:
     """Fine-tune the finished target towards ``draft`` (``draft_kl``) on ``written``, text it
-    wrote ([N, SEQ_LEN + 1]), while keeping the unlikelihood phase's losses on half as many
-    prompts: the language-model loss holds the target's quality, the unlikelihood holds loops
-    back (not all the way: see models/README.md)."""
+    wrote ([N, SEQ_LEN + 1]), while keeping the unlikelihood phase's losses on
+    ``--agree-prompts`` greedy prompts: the language-model loss holds the target's quality, the
+    unlikelihood holds loops back (see models/README.md for how far)."""
     device, batch = args.device, args.batch
     draft = draft.float().eval().requires_grad_(False)
 
@@ -441,7 +441,8 @@ def agree(
         with torch.no_grad():
             draft_logits = draft.forward_dense(rows)  # [B / 2, T, V]
         pull = draft_kl(model.forward_dense(rows), draft_logits)
-        return loop_losses(model, train_ids, batch // 2, batch, gen) + args.agree_weight * pull
+        prompts = args.agree_prompts or 2 * batch
+        return loop_losses(model, train_ids, batch // 2, prompts, gen) + args.agree_weight * pull
 
     phase = Phase("target-agree", args.agree_steps, batch, 2e-4)
     train(
@@ -679,6 +680,12 @@ def main() -> None:
         type=float,
         default=1.0,
         help="weight of KL(target || draft) in --phase agree, against the target's own losses",
+    )
+    ap.add_argument(
+        "--agree-prompts",
+        type=int,
+        help="greedy prompts per step of --phase agree's unlikelihood loss (default: the "
+        "unlikelihood phase's 2 x --batch)",
     )
     ap.add_argument(
         "--draft-layers",
