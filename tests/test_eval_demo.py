@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-from eval_demo import loops, prompts_from, sampled_overlap
+from eval_demo import CONTINUATION, inner_prompts, loops, prompts_from, sampled_overlap
 
 from specdec.engine.checkpoint import load_model
 from specdec.engine.proposer_draft import DraftModelProposer
@@ -53,6 +53,20 @@ def test_prompts_are_the_first_lines_of_files_long_enough_in_order() -> None:
     got = prompts_from(texts, n=2, lines=12)
     assert [rel for rel, _ in got] == ["a.py", "b.py"]
     assert got[0][1] == "".join(long_file.splitlines(keepends=True)[:12])
+
+
+def test_inner_prompts_stay_inside_one_file_with_room_to_continue():
+    files = [list(range(1000, 1300)), list(range(10)), list(range(2000, 2200))]
+    prompts = inner_prompts(files, 20, 100)
+    assert len(prompts) == 20 and all(len(p) == 100 for p in prompts)
+    for p in prompts:
+        file = next(f for f in files if p[0] in f)  # the short file never has room
+        start = file.index(p[0])
+        assert file[start : start + 100] == p and start + 100 + CONTINUATION <= len(file)
+    # spread over both files, in order, and no more than there are places
+    assert prompts[0][0] == 1000 and any(p[0] >= 2000 for p in prompts)
+    assert prompts == sorted(prompts)
+    assert len(inner_prompts(files, 10_000, 100)) == (300 - 164 + 1) + (200 - 164 + 1)
 
 
 PROMPT = [5, 17, 33, 2, 99, 100, 7]

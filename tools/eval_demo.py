@@ -2,7 +2,8 @@
 of continuations that loop, sampled acceptance (counted, and expected from the rows), the
 draft/target step cost, and sample continuations.
 
-Prompts are the first lines of held-out files (the same hash split as ``train_demo.py``).
+Prompts are the first lines of held-out files (the same hash split as ``train_demo.py``), and,
+for a second measure at k = 4, stretches from inside them.
 Prints a Markdown report (for ``models/README.md``) and writes the numbers as JSON.
 
     python tools/eval_demo.py --models models --json bench-out/demo-eval.json
@@ -38,6 +39,7 @@ from specdec.engine.tokenizer import Tokenizer
 
 CONTINUATION = 64
 SAMPLED_T = 0.8  # the temperature of the sampled acceptance and samples
+INNER_LENGTH = 128  # tokens of a prompt taken from inside a file
 
 
 def heldout_texts(root: Path) -> list[tuple[str, str]]:
@@ -64,6 +66,18 @@ def prompts_from(texts: list[tuple[str, str]], n: int, lines: int) -> list[tuple
         if len(out) == n:
             break
     return out
+
+
+def inner_prompts(files: list[list[int]], n: int, length: int) -> list[list[int]]:
+    """``n`` prompts from inside files (token ids per file): the ``length`` tokens before points
+    spread evenly over every place in a file that has ``length`` tokens before it and
+    ``CONTINUATION`` after it. Openings are formulaic (imports, licence headers); these are the
+    text a served model mostly continues."""
+    places = [
+        (i, at) for i, ids in enumerate(files) for at in range(length, len(ids) - CONTINUATION + 1)
+    ]
+    picks = [places[j * len(places) // n] for j in range(min(n, len(places)))]
+    return [files[i][at - length : at] for i, at in picks]
 
 
 def loops(token_ids: list[int], text: str) -> bool:
@@ -199,6 +213,13 @@ def main() -> None:
     ap.add_argument("--models", type=Path, default=Path("models"))
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--prompt-lines", type=int, default=12)
+    ap.add_argument(
+        "--inner-prompts",
+        type=int,
+        default=160,
+        help=f"prompts of {INNER_LENGTH} tokens from inside held-out files, for a second, larger "
+        "measure of greedy acceptance at k = 4 and of loops",
+    )
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--threads", type=int, default=2, help="target's torch threads (default 2)")
     ap.add_argument(
@@ -259,19 +280,31 @@ def main() -> None:
         "draft": heldout_loss(draft_model, heldout, "cpu"),
     }
     greedy = SamplingParams()
-    refs, looping = [], []
+
+    def continued(prompts_ids: list[list[int]]) -> tuple[list[list[int]], list[bool]]:
+        """The target's greedy continuations, and which of them loop."""
+        refs = [
+            generate(target, ids, greedy, CONTINUATION, None, 0, stop_token_ids=[]).token_ids
+            for ids in prompts_ids
+        ]
+        return refs, [loops(ids, tokenizer.decode(ids)) for ids in refs]
+
     encoded = [tokenizer.encode(prompt) for _, prompt in prompts]
-    for prompt_ids in encoded:
-        ids = generate(
-            target, prompt_ids, greedy, CONTINUATION, None, 0, stop_token_ids=[]
-        ).token_ids
-        refs.append(ids)
-        looping.append(loops(ids, tokenizer.decode(ids)))
+    refs, looping = continued(encoded)
     result["loop_share"] = sum(looping) / len(looping)
     per_k = {}
     for k in range(1, 9):
         per_k[k] = acceptance(target, draft, encoded, greedy, k, looping, refs)
     result["per_k"] = per_k
+    inner = inner_prompts(
+        [tokenizer.encode(text) for _, text in texts], args.inner_prompts, INNER_LENGTH
+    )
+    inner_refs, inner_looping = continued(inner)
+    result["inner"] = {
+        "prompts": len(inner),
+        "loop_share": sum(inner_looping) / len(inner_looping),
+        "k4": acceptance(target, draft, inner, greedy, 4, inner_looping, inner_refs),
+    }
     sampled = SamplingParams(temperature=SAMPLED_T, seed=0)
     result["sampled_k4"] = acceptance(target, draft, encoded, sampled, 4)
     continued = [
@@ -301,6 +334,10 @@ def main() -> None:
     print(report(result))
 
 
+def _two(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
 def report(r: dict) -> str:
     step = r["step_ms"]  # the draft's time is the median ratio times the median target step
     lines = [
@@ -318,13 +355,19 @@ def report(r: dict) -> str:
     ]
     per_k = {**r["per_k"], f"4, sampled at T = {SAMPLED_T}": r["sampled_k4"]}
     for k, v in per_k.items():
-        non = v["accepted_per_round_non_looping"]
         pos = " ".join(f"{p:.2f}" for p in v["per_position"])
         lines.append(
             f"| {k} | {v['accepted_per_round']:.2f} | "
-            f"{'-' if non is None else f'{non:.2f}'} | {pos} |"
+            f"{_two(v['accepted_per_round_non_looping'])} | {pos} |"
         )
+    inner, inner_k4 = r["inner"], r["inner"]["k4"]
     lines += [
+        "",
+        f"inside files ({inner['prompts']} prompts of {INNER_LENGTH} tokens from held-out files): "
+        f"continuations that loop: {inner['loop_share']:.0%}; k = 4: "
+        f"{inner_k4['accepted_per_round']:.2f} accepted drafts / round, "
+        f"{_two(inner_k4['accepted_per_round_non_looping'])} non-looping, by position "
+        + " ".join(f"{p:.2f}" for p in inner_k4["per_position"]),
         "",
         f"expected acceptance of a first draft token at T = {SAMPLED_T}, along the target's own "
         f"sampled continuations (mean of sum(min(p, q)); less noisy than the row above's first "
