@@ -307,14 +307,14 @@ def main() -> None:
     }
     sampled = SamplingParams(temperature=SAMPLED_T, seed=0)
     result["sampled_k4"] = acceptance(target, draft, encoded, sampled, 4)
-    continued = [
+    sampled_refs = [
         generate(target, ids, sampled, CONTINUATION, None, 0, stop_token_ids=[]).token_ids
         for ids in encoded
     ]
     result["sampled_overlap"] = sampled_overlap(
         target_model,
         draft_model,
-        [e + c for e, c in zip(encoded, continued, strict=True)],
+        [e + c for e, c in zip(encoded, sampled_refs, strict=True)],
         [len(e) for e in encoded],
         sampled,
     )
