@@ -274,7 +274,8 @@ def main() -> None:
         "threads": [args.threads, args.draft_threads],
         "draft_dtype": str(draft_model.lm_head.weight.dtype).removeprefix("torch."),
     }
-    heldout = torch.tensor([t for _, text in texts for t in tokenizer.encode(text)])  # [N]
+    files = [tokenizer.encode(text) for _, text in texts]  # each held-out file's ids
+    heldout = torch.tensor([t for ids in files for t in ids])  # [N]
     result["heldout_loss"] = {
         "target": heldout_loss(target_model, heldout, "cpu"),
         "draft": heldout_loss(draft_model, heldout, "cpu"),
@@ -296,9 +297,7 @@ def main() -> None:
     for k in range(1, 9):
         per_k[k] = acceptance(target, draft, encoded, greedy, k, looping, refs)
     result["per_k"] = per_k
-    inner = inner_prompts(
-        [tokenizer.encode(text) for _, text in texts], args.inner_prompts, INNER_LENGTH
-    )
+    inner = inner_prompts(files, args.inner_prompts, INNER_LENGTH)
     inner_refs, inner_looping = continued(inner)
     result["inner"] = {
         "prompts": len(inner),

@@ -434,6 +434,7 @@ def agree(
     unlikelihood holds loops back (see models/README.md for how far)."""
     device, batch = args.device, args.batch
     draft = draft.float().eval().requires_grad_(False)
+    prompts = args.agree_prompts or 2 * batch
 
     def agree_loss(model: DecoderModel, gen: torch.Generator) -> torch.Tensor:
         pick = torch.randint(0, len(written), (batch // 2,), generator=gen)
@@ -441,7 +442,6 @@ def agree(
         with torch.no_grad():
             draft_logits = draft.forward_dense(rows)  # [B / 2, T, V]
         pull = draft_kl(model.forward_dense(rows), draft_logits)
-        prompts = args.agree_prompts or 2 * batch
         return loop_losses(model, train_ids, batch // 2, prompts, gen) + args.agree_weight * pull
 
     phase = Phase("target-agree", args.agree_steps, batch, 2e-4)
