@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from specdec.bench import acceptance, config
+from specdec.bench import acceptance, config, load
 from specdec.bench.systems import SpecCounts, request_id, system_of
 from specdec.bench.workloads import WORKLOADS, load_workload
 from specdec.local_pipeline import Pipeline
@@ -59,6 +59,34 @@ def test_quick_defaults_yield_to_explicit_flags():
 
 
 @pytest.mark.unit
+def _point(system: str, clients: int, windows: list[float]) -> dict:
+    return {
+        "system": system,
+        "concurrency": clients,
+        "throughput_tokens_per_s": sum(windows) / len(windows),
+        "window_throughputs": windows,
+    }
+
+
+def test_a_load_loss_counts_only_when_every_window_shows_it():
+    points = [
+        _point("k0", 1, [100.0, 100.0]),
+        _point("spec", 1, [150.0, 170.0]),
+        _point("k0", 32, [100.0, 110.0]),
+        _point("spec", 32, [104.0, 105.0]),  # 0.995 overall; the first window says 1.04
+        _point("k0", 64, [100.0, 100.0]),
+        _point("spec", 64, [90.0, 99.0]),  # lower in both windows: a loss
+    ]
+    cross = load.crossover(points, "spec", "k0")
+    assert cross["ratio_by_concurrency"] == pytest.approx({1: 1.6, 32: 209 / 210, 64: 0.945})
+    assert cross["window_ratios_by_concurrency"][32] == pytest.approx([1.04, 105 / 110])
+    assert cross["level_concurrencies"] == [32]
+    assert cross["first_concurrency_below_1"] == 64
+    assert cross["never_below_k0"] is False and cross["min_ratio"] == pytest.approx(0.945)
+    level_only = load.crossover(points[:4], "spec", "k0")
+    assert level_only["first_concurrency_below_1"] is None and level_only["never_below_k0"]
+
+
 def test_stored_workloads_and_request_ids():
     for name in WORKLOADS:
         prompts = load_workload(name)

@@ -119,8 +119,11 @@ def _pct(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def point(system: str, concurrency: int, w: Window) -> dict[str, Any]:
-    """One load point as the report shows it."""
+def point(system: str, concurrency: int, windows: list[Window]) -> dict[str, Any]:
+    """One load point as the report shows it, from its system's windows in order."""
+    w = Window()
+    for one in windows:
+        w.add(one)
     return {
         "system": system,
         "concurrency": concurrency,
@@ -129,6 +132,7 @@ def point(system: str, concurrency: int, w: Window) -> dict[str, Any]:
         "errors": w.errors,
         "tokens_in_window": w.tokens_in_window,
         "throughput_tokens_per_s": w.tokens_in_window / w.seconds if w.seconds else 0.0,
+        "window_throughputs": [x.tokens_in_window / x.seconds for x in windows if x.seconds],
         "ttft_p50_s": _pct(w.ttft_s, 0.5),
         "ttft_p99_s": _pct(w.ttft_s, 0.99),
         "itl_p50_s": _pct(w.itl_s, 0.5),
@@ -152,7 +156,7 @@ def run_load(
     ``before(name)`` runs before each of that system's windows."""
     points = []
     for n in concurrency:
-        windows = {name: Window() for name in systems}
+        windows: dict[str, list[Window]] = {name: [] for name in systems}
         for s in range(slices):
             names = list(systems) if s % 2 == 0 else list(reversed(systems))
             for name in names:
@@ -169,22 +173,36 @@ def run_load(
                     )
 
                 before(name)
-                windows[name].add(run_window(stub, make, n, seconds / slices))
+                windows[name].append(run_window(stub, make, n, seconds / slices))
                 tick(f"{name} x{n}")
         points += [point(name, n, w) for name, w in windows.items()]
     return points
 
 
 def crossover(points: list[dict[str, Any]], spec: str, base: str) -> dict[str, Any]:
-    """Throughput of ``spec`` over ``base`` per concurrency; where it first drops below 1."""
-    by = {(p["system"], p["concurrency"]): p["throughput_tokens_per_s"] for p in points}
-    ratios = {
-        n: by[(spec, n)] / by[(base, n)] for (name, n) in by if name == spec and by.get((base, n))
-    }
-    below = sorted(n for n, r in ratios.items() if r < 1.0)
+    """Throughput of ``spec`` over ``base`` per concurrency, and where ``spec`` first loses.
+
+    A loss counts when the two systems' windows agree on it: the ratio is below 1 over the
+    whole point and in every window taken alone (the windows alternate A B, B A, so a drift of
+    the machine lands on both systems in turn). A point below 1 overall that some window
+    contradicts is *level*: its gap is within what the windows' spread can show.
+    """
+    by = {(p["system"], p["concurrency"]): p for p in points}
+    ratios, window_ratios = {}, {}
+    for (name, n), p in sorted(by.items(), key=lambda item: item[0][1]):
+        b = by.get((base, n))
+        if name != spec or not b or not b["throughput_tokens_per_s"]:
+            continue
+        ratios[n] = p["throughput_tokens_per_s"] / b["throughput_tokens_per_s"]
+        pairs = zip(p.get("window_throughputs", []), b.get("window_throughputs", []), strict=True)
+        window_ratios[n] = [s / t for s, t in pairs if t]
+    below = [n for n, r in ratios.items() if r < 1.0 and all(w < 1.0 for w in window_ratios[n])]
+    level = [n for n, r in ratios.items() if r < 1.0 and n not in below]
     return {
-        "ratio_by_concurrency": dict(sorted(ratios.items())),
+        "ratio_by_concurrency": ratios,
+        "window_ratios_by_concurrency": window_ratios,
         "first_concurrency_below_1": below[0] if below else None,
+        "level_concurrencies": level,
         "min_ratio": min(ratios.values()) if ratios else None,
         "never_below_k0": not below if ratios else None,
     }

@@ -74,6 +74,10 @@ def _headline(r: dict[str, Any]) -> list[str]:
         return [label, _f(value, fmt), _f(target, "≥ " + fmt), met]
 
     first = h["load_first_concurrency_below_k0"]
+    level = h.get("load_level_concurrencies") or []
+    min_ratio = row("lowest load-mode throughput ratio to k = 0", "load_min_ratio_vs_k0", "{:.2f}×")
+    if min_ratio[3] == "no" and first is None:
+        min_ratio[3] = "level: a window contradicts the loss"
     rows = [
         row(
             f"speedup of `{h['system']}` over pipeline k = 0 (batch 1)", "speedup_vs_k0", "{:.2f}×"
@@ -84,10 +88,11 @@ def _headline(r: dict[str, Any]) -> list[str]:
             "efficiency",
             "{:.2f}",
         ),
-        row("lowest load-mode throughput ratio to k = 0", "load_min_ratio_vs_k0", "{:.2f}×"),
+        min_ratio,
         [
-            "load-mode crossover (first concurrency where speculation loses)",
-            "none measured" if first is None else f"{first} clients",
+            "load-mode crossover (first concurrency where speculation loses, in every window)",
+            ("none measured" if first is None else f"{first} clients")
+            + (f" (level at {', '.join(map(str, level))} clients)" if level else ""),
             "none",
             "–"
             if h["load_min_ratio_vs_k0"]["value"] is None
@@ -350,8 +355,17 @@ def _load(r: dict[str, Any]) -> list[str]:
 
 
 def _by_clients(crossover: dict[str, Any]) -> str:
-    """``load.crossover``'s ratios as "1 clients 1.20×, 4 clients 0.95×"."""
-    return ", ".join(f"{n} clients {v:.2f}×" for n, v in crossover["ratio_by_concurrency"].items())
+    """``load.crossover``'s ratios as "1 clients 1.20× (1.18, 1.22), 4 clients 0.95× (...)",
+    each window's ratio in brackets when there are several."""
+    windows = crossover.get("window_ratios_by_concurrency", {})
+
+    def one(n: Any, v: float) -> str:
+        w = windows.get(n) or windows.get(str(n)) or []
+        return f"{n} clients {v:.2f}×" + (
+            f" ({', '.join(f'{x:.2f}' for x in w)})" if len(w) > 1 else ""
+        )
+
+    return ", ".join(one(n, v) for n, v in crossover["ratio_by_concurrency"].items())
 
 
 def _guard_effect(effect: dict[str, Any] | None) -> list[str]:

@@ -327,6 +327,7 @@ def headline(result: dict[str, Any], policy: str) -> dict[str, Any]:
         "efficiency": {"value": acc.get("efficiency"), "target": 0.95},
         "load_min_ratio_vs_k0": {"value": cross.get("min_ratio"), "target": 1.0},
         "load_first_concurrency_below_k0": cross.get("first_concurrency_below_1"),
+        "load_level_concurrencies": cross.get("level_concurrencies", []),
         "greedy_identical": result.get("greedy_check", {}).get("specdec_identical"),
     }
 
@@ -343,9 +344,11 @@ def print_summary(result: dict[str, Any], out: str) -> None:
     print(f"{h['system']} over transformers assisted: {show('speedup_vs_hf_assisted')}")
     print(f"efficiency: {show('efficiency', '')}")
     first = h["load_first_concurrency_below_k0"]
+    level = h.get("load_level_concurrencies") or []
     print(
         f"load: lowest ratio to k=0 {show('load_min_ratio_vs_k0')}; "
         + ("never below k=0" if first is None else f"below k=0 from {first} clients")
+        + (f" (level, within the windows' spread, at {level} clients)" if level else "")
     )
     check = result.get("greedy_check", {})
     bad = {n: d for n, d in check.get("differing_prompts", {}).items() if d}
