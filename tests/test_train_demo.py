@@ -32,6 +32,7 @@ from train_demo import (
     load_data,
     repeated_ngrams,
     sparse_kl,
+    sparse_tv,
     teacher_continuations,
     unlikelihood,
     written_rows,
@@ -94,6 +95,23 @@ def test_sparse_kl_buckets_the_tail() -> None:
         float(sparse_kl(p.log()[None, None], torch.tensor([[[0, 1]]]), p[:2].log()[None, None]))
         < 1e-6
     )
+
+
+def test_sparse_tv_is_one_minus_the_overlap_when_the_top_k_hold_everything() -> None:
+    gen = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(2, 3, 8, generator=gen), torch.randn(2, 3, 8, generator=gen)
+    top = torch.log_softmax(teacher, -1).topk(8, dim=-1)
+    overlap = torch.minimum(student.softmax(-1), teacher.softmax(-1)).sum(-1)  # [2, 3]
+    torch.testing.assert_close(sparse_tv(student, top.indices, top.values), 1 - overlap.mean())
+
+
+def test_sparse_tv_buckets_the_tail() -> None:
+    """Top-2 of 4 tokens: half the L1 distance of (p1, p2, rest) and (q1, q2, rest)."""
+    p = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    q = torch.tensor([0.25, 0.25, 0.25, 0.25])
+    want = torch.tensor(0.5 * (0.25 + 0.05 + 0.3))
+    got = sparse_tv(q.log()[None, None], torch.tensor([[[0, 1]]]), p[:2].log()[None, None])
+    torch.testing.assert_close(got, want)
 
 
 def test_argmax_ce_is_the_cross_entropy_of_the_teachers_top_token() -> None:

@@ -298,6 +298,21 @@ def sparse_kl(logits: torch.Tensor, top_ids: torch.Tensor, top_logp: torch.Tenso
     return kl.mean()
 
 
+def sparse_tv(logits: torch.Tensor, top_ids: torch.Tensor, top_logp: torch.Tensor) -> torch.Tensor:
+    """Mean total variation distance per position between teacher and model, over the
+    teacher's top-K tokens plus one bucket for all other tokens. One minus it is
+    sum(min(p, q)) for that coarser distribution: the probability that speculative sampling
+    accepts a token drawn from the model (an upper bound of the full distribution's). Unlike
+    the KL, its pull on a token does not fade with the token's probability, so it weighs the
+    order of near-ties, which greedy acceptance depends on, more.
+    logits [B, T, V]; top_ids, top_logp [B, T, K]."""
+    q = torch.softmax(logits.float(), -1).gather(-1, top_ids.long())  # [B, T, K]
+    p = top_logp.float().exp()
+    p_rest = (1 - p.sum(-1)).clamp(min=0)  # [B, T]
+    q_rest = (1 - q.sum(-1)).clamp(min=0)
+    return 0.5 * ((p - q).abs().sum(-1) + (p_rest - q_rest).abs()).mean()
+
+
 def argmax_ce(logits: torch.Tensor, top_ids: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of the teacher's most likely token (``top_ids[..., 0]``: ``topk``
     sorts descending): the smooth stand-in for "the draft's argmax equals the teacher's", which
@@ -717,6 +732,13 @@ def main() -> None:
         "(favours greedy agreement over matching the whole distribution)",
     )
     ap.add_argument(
+        "--tv-weight",
+        type=float,
+        default=0.0,
+        help="distil on (1 - w) x the KL + w x the total variation distance (sparse_tv), "
+        "from 0 (the KL alone, the default) to 1 (the distance alone)",
+    )
+    ap.add_argument(
         "--teacher-dtype",
         choices=["float32", "bfloat16"],
         default="float32",
@@ -743,6 +765,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.target_from and args.phase not in ("draft", "pool", "agree"):
         ap.error("--target-from only applies to --phase draft, pool or agree")
+    if not 0 <= args.tv_weight <= 1:
+        ap.error("--tv-weight must be between 0 and 1")
     if args.pool_from and args.phase in ("target", "pool"):
         ap.error("--pool-from only applies when the draft is trained, or with --phase agree")
     if args.phase == "agree" and not (args.draft_from and args.pool_from and args.agree_steps):
@@ -790,7 +814,10 @@ def main() -> None:
             pick = torch.randint(0, len(rows), (batch,), generator=gen)
             logits = model.forward_dense(rows[pick, :-1].long().to(device))  # [B, T, V]
             ids = top_ids[pick].to(device)
-            loss = sparse_kl(logits, ids, top_logps[pick].to(device))
+            logp = top_logps[pick].to(device)
+            loss = sparse_kl(logits, ids, logp) if args.tv_weight < 1 else logits.new_zeros(())
+            if args.tv_weight:
+                loss = (1 - args.tv_weight) * loss + args.tv_weight * sparse_tv(logits, ids, logp)
             if args.argmax_weight:
                 loss = loss + args.argmax_weight * argmax_ce(logits, ids)
             return loss
