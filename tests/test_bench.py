@@ -58,7 +58,6 @@ def test_quick_defaults_yield_to_explicit_flags():
     assert full.hf and full.fixed_k == tuple(range(1, 9)) and full.concurrency == (1, 4, 16, 32)
 
 
-@pytest.mark.unit
 def _point(system: str, clients: int, windows: list[float]) -> dict:
     return {
         "system": system,
@@ -68,6 +67,7 @@ def _point(system: str, clients: int, windows: list[float]) -> dict:
     }
 
 
+@pytest.mark.unit
 def test_a_load_loss_counts_only_when_every_window_shows_it():
     points = [
         _point("k0", 1, [100.0, 100.0]),
@@ -87,6 +87,7 @@ def test_a_load_loss_counts_only_when_every_window_shows_it():
     assert level_only["first_concurrency_below_1"] is None and level_only["never_below_k0"]
 
 
+@pytest.mark.unit
 def test_stored_workloads_and_request_ids():
     for name in WORKLOADS:
         prompts = load_workload(name)
