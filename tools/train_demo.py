@@ -285,16 +285,26 @@ def teacher_top(teacher: DecoderModel, rows: torch.Tensor, batch: int = 16) -> t
     return torch.cat(ids), torch.cat(logps)
 
 
+def _coarse(
+    logits: torch.Tensor, top_ids: torch.Tensor, top_logp: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Teacher and model on the teacher's top-K tokens plus one bucket for all other tokens:
+    the model's and the teacher's log-probabilities of the top K ([B, T, K] each), then the
+    model's and the teacher's mass on the rest ([B, T] each). logits [B, T, V]."""
+    logq = torch.log_softmax(logits.float(), -1).gather(-1, top_ids.long())  # [B, T, K]
+    logp = top_logp.float()
+    q_rest = (1 - logq.exp().sum(-1)).clamp(min=0)  # [B, T]
+    p_rest = (1 - logp.exp().sum(-1)).clamp(min=0)
+    return logq, logp, q_rest, p_rest
+
+
 def sparse_kl(logits: torch.Tensor, top_ids: torch.Tensor, top_logp: torch.Tensor) -> torch.Tensor:
     """Mean KL(teacher || model) per position over the teacher's top-K tokens plus one bucket
     for all other tokens: exact for that coarser distribution, and equal to the full KL when
     the top-K hold all the mass. logits [B, T, V]; top_ids, top_logp [B, T, K]."""
-    logq = torch.log_softmax(logits.float(), -1).gather(-1, top_ids.long())  # [B, T, K]
-    logp = top_logp.float()
-    p_rest = (1 - logp.exp().sum(-1)).clamp(min=0)  # [B, T]
-    q_rest = (1 - logq.exp().sum(-1)).clamp(min=1e-6)
+    logq, logp, q_rest, p_rest = _coarse(logits, top_ids, top_logp)
     kl = (logp.exp() * (logp - logq)).sum(-1)
-    kl = kl + p_rest * (torch.log(p_rest.clamp(min=1e-6)) - torch.log(q_rest))
+    kl = kl + p_rest * (torch.log(p_rest.clamp(min=1e-6)) - torch.log(q_rest.clamp(min=1e-6)))
     return kl.mean()
 
 
@@ -306,11 +316,8 @@ def sparse_tv(logits: torch.Tensor, top_ids: torch.Tensor, top_logp: torch.Tenso
     the KL, its pull on a token does not fade with the token's probability, so it weighs the
     order of near-ties, which greedy acceptance depends on, more.
     logits [B, T, V]; top_ids, top_logp [B, T, K]."""
-    q = torch.softmax(logits.float(), -1).gather(-1, top_ids.long())  # [B, T, K]
-    p = top_logp.float().exp()
-    p_rest = (1 - p.sum(-1)).clamp(min=0)  # [B, T]
-    q_rest = (1 - q.sum(-1)).clamp(min=0)
-    return 0.5 * ((p - q).abs().sum(-1) + (p_rest - q_rest).abs()).mean()
+    logq, logp, q_rest, p_rest = _coarse(logits, top_ids, top_logp)
+    return 0.5 * ((logp.exp() - logq.exp()).abs().sum(-1) + (p_rest - q_rest).abs()).mean()
 
 
 def argmax_ce(logits: torch.Tensor, top_ids: torch.Tensor) -> torch.Tensor:
@@ -815,9 +822,11 @@ def main() -> None:
             logits = model.forward_dense(rows[pick, :-1].long().to(device))  # [B, T, V]
             ids = top_ids[pick].to(device)
             logp = top_logps[pick].to(device)
-            loss = sparse_kl(logits, ids, logp) if args.tv_weight < 1 else logits.new_zeros(())
-            if args.tv_weight:
-                loss = (1 - args.tv_weight) * loss + args.tv_weight * sparse_tv(logits, ids, logp)
+            loss = logits.new_zeros(())
+            if args.tv_weight < 1:
+                loss = loss + (1 - args.tv_weight) * sparse_kl(logits, ids, logp)
+            if args.tv_weight > 0:
+                loss = loss + args.tv_weight * sparse_tv(logits, ids, logp)
             if args.argmax_weight:
                 loss = loss + args.argmax_weight * argmax_ce(logits, ids)
             return loss

@@ -187,11 +187,11 @@ def crossover(points: list[dict[str, Any]], spec: str, base: str) -> dict[str, A
     the machine lands on both systems in turn). A point below 1 overall that some window
     contradicts is *level*: its gap is within what the windows' spread can show.
     """
-    by = {(p["system"], p["concurrency"]): p for p in points}
+    base_at = {p["concurrency"]: p for p in points if p["system"] == base}
     ratios, window_ratios = {}, {}
-    for (name, n), p in sorted(by.items(), key=lambda item: item[0][1]):
-        b = by.get((base, n))
-        if name != spec or not b or not b["throughput_tokens_per_s"]:
+    for p in sorted((p for p in points if p["system"] == spec), key=lambda p: p["concurrency"]):
+        n, b = p["concurrency"], base_at.get(p["concurrency"])
+        if not b or not b["throughput_tokens_per_s"]:
             continue
         ratios[n] = p["throughput_tokens_per_s"] / b["throughput_tokens_per_s"]
         pairs = zip(p.get("window_throughputs", []), b.get("window_throughputs", []), strict=True)

@@ -360,7 +360,7 @@ def _by_clients(crossover: dict[str, Any]) -> str:
     windows = crossover.get("window_ratios_by_concurrency", {})
 
     def one(n: Any, v: float) -> str:
-        w = windows.get(n) or windows.get(str(n)) or []
+        w = windows.get(n, [])
         return f"{n} clients {v:.2f}×" + (
             f" ({', '.join(f'{x:.2f}' for x in w)})" if len(w) > 1 else ""
         )
