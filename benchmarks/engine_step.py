@@ -17,8 +17,8 @@ from collections.abc import Callable
 
 import torch
 
+from specdec.core.model_config import ModelConfig
 from specdec.engine.batch import Chunk
-from specdec.engine.config import ModelConfig
 from specdec.engine.model import DecoderModel
 from specdec.engine.runner import ModelRunner
 

@@ -12,7 +12,7 @@ import logging
 import sys
 from typing import Any
 
-from specdec.engine.errors import SpecdecError
+from specdec.core.errors import SpecdecError
 
 DEFAULT_ADDR = "127.0.0.1:50051"
 

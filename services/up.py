@@ -18,8 +18,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from specdec.core.errors import Unavailable
 from specdec.router.redis_server import free_loopback_port, redis_url
-from specdec.serving.errors import Unavailable
 
 DEMO_TARGET = Path("models/demo-target")
 DEMO_DRAFT = Path("models/demo-draft")
@@ -130,6 +130,6 @@ def up(
 
 
 def _vocab(target: str) -> str:
-    from specdec.engine.config import load_config
+    from specdec.core.model_config import load_config
 
     return str(load_config(target).vocab_size)

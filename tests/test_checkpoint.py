@@ -17,12 +17,12 @@ import torch
 from fixtures import CORPUS, TINY, save_random_model
 from safetensors.torch import load_file, save_file
 
+from specdec.core.errors import CheckpointError
+from specdec.core.model_config import SUPPORTED_MODEL_TYPES
+from specdec.core.tokenizer import Tokenizer
 from specdec.engine.batch import Chunk
 from specdec.engine.checkpoint import INDEX_FILE, SINGLE_FILE, load_config, load_model
-from specdec.engine.config import SUPPORTED_MODEL_TYPES
-from specdec.engine.errors import CheckpointError
 from specdec.engine.runner import ModelRunner
-from specdec.engine.tokenizer import Tokenizer
 
 pytestmark = pytest.mark.unit
 

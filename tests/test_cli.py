@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from specdec.core.tokenizer import Tokenizer
 from specdec.engine.checkpoint import load_model
 from specdec.engine.runner import ModelRunner
 from specdec.engine.sampling import SamplingParams
 from specdec.engine.speculative import generate
-from specdec.engine.tokenizer import Tokenizer
 
 pytestmark = pytest.mark.unit
 

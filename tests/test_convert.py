@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from specdec.core.errors import InvalidRequest
+from specdec.core.limits import MAX_SPARSE_WIDTH
 from specdec.engine.checkpoint import load_model
-from specdec.engine.errors import InvalidRequest
 from specdec.engine.proposer_draft import DEFAULT_TOP_M, DEFAULT_TOP_MASS, DraftModelProposer
 from specdec.engine.rejection import draft_dense_probs
 from specdec.engine.runner import ModelRunner
 from specdec.engine.sampling import SamplingParams, sparse_top, target_probs
-from specdec.serving.convert import MAX_SPARSE_WIDTH, proposal_from_proto, sparse_to_proto
+from specdec.serving.convert import proposal_from_proto, sparse_to_proto
 from specdec.v1 import common_pb2
 
 pytestmark = pytest.mark.unit

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from specdec.core.tokenizer import Tokenizer
 from specdec.engine.checkpoint import load_model
 from specdec.engine.draft_dtype import load_draft
 from specdec.engine.local import check_same_tokenizer
@@ -13,7 +14,6 @@ from specdec.engine.proposer_draft import DraftModelProposer
 from specdec.engine.runner import ModelRunner
 from specdec.engine.sampling import SamplingParams
 from specdec.engine.speculative import generate
-from specdec.engine.tokenizer import Tokenizer
 
 pytestmark = pytest.mark.unit
 

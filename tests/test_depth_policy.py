@@ -9,6 +9,7 @@ from itertools import pairwise
 
 import pytest
 
+from specdec.core.limits import MAX_SPEC_DEPTH
 from specdec.router.depth_goodput import (
     EXPLORE_EVERY,
     PROBE_DEPTH,
@@ -20,7 +21,6 @@ from specdec.router.depth_goodput import (
 from specdec.router.depth_heuristic import HeuristicDepth
 from specdec.router.depth_policy import (
     DEFAULT_POLICY,
-    MAX_DEPTH,
     POLICIES,
     DepthPolicy,
     FixedDepth,
@@ -119,7 +119,7 @@ def test_expected_tokens_closed_form():
     assert expected_tokens(0.5, 2) == pytest.approx(1 + 0.5 + 0.25)
     assert expected_tokens(0.8, 0) == 1.0
     for alpha in (0.1, 0.6, 0.95):
-        for k in range(MAX_DEPTH + 1):
+        for k in range(MAX_SPEC_DEPTH + 1):
             assert expected_tokens(alpha, k) == pytest.approx(sum(alpha**i for i in range(k + 1)))
     assert expected_tokens(1 - 1e-13, 7) == pytest.approx(8.0)  # continuous at alpha = 1
     assert expected_tokens(1 - 1e-6, 7) == pytest.approx(8.0, rel=1e-4)
@@ -153,13 +153,13 @@ def test_best_depth_large_when_accurate_and_cheap():
 
 
 def test_best_depth_falls_as_draft_cost_rises():
-    depths = [best_depth(0.8, cost(draft=d), MAX_DEPTH) for d in (0.1, 0.5, 1, 2, 4, 8, 32)]
+    depths = [best_depth(0.8, cost(draft=d), MAX_SPEC_DEPTH) for d in (0.1, 0.5, 1, 2, 4, 8, 32)]
     assert depths == sorted(depths, reverse=True)
     assert depths[0] > depths[-1] == 0
 
 
 def test_best_depth_falls_as_verify_tokens_get_expensive():
-    depths = [best_depth(0.8, cost(v1=v1), MAX_DEPTH) for v1 in (0.1, 1, 4, 10, 40)]
+    depths = [best_depth(0.8, cost(v1=v1), MAX_SPEC_DEPTH) for v1 in (0.1, 1, 4, 10, 40)]
     assert depths == sorted(depths, reverse=True)
     assert depths[0] > depths[-1]
 
@@ -367,7 +367,7 @@ def test_make_policy_rejects_bad_input_naming_it():
         make_policy("greedy")
     assert "'greedy'" in str(info.value)
     with pytest.raises(ValueError, match="max_depth"):
-        make_policy("goodput", max_depth=MAX_DEPTH + 1)
+        make_policy("goodput", max_depth=MAX_SPEC_DEPTH + 1)
     with pytest.raises(ValueError, match="max_depth"):
         make_policy("heuristic", max_depth=0)
     with pytest.raises(ValueError, match="fixed_depth"):
@@ -392,7 +392,7 @@ def test_round_observation_rejects_impossible_counts():
 
 
 @pytest.mark.parametrize("name", sorted(POLICIES))
-@pytest.mark.parametrize("max_depth", [1, 3, 8, MAX_DEPTH])
+@pytest.mark.parametrize("max_depth", [1, 3, 8, MAX_SPEC_DEPTH])
 def test_every_policy_returns_ints_within_bounds(name: str, max_depth: int):
     rng = random.Random(max_depth)
     policy = make_policy(name, fixed_depth=min(4, max_depth), max_depth=max_depth)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from specdec.engine.tokenizer import Tokenizer
+from specdec.core.tokenizer import Tokenizer
 from specdec.router.detokenize import Detokenizer
 
 pytestmark = pytest.mark.unit

@@ -341,7 +341,7 @@ def test_no_cluster_and_no_kubeconfig_is_a_clear_error(
 ) -> None:
     from kubernetes.config import kube_config
 
-    from specdec.engine.errors import SpecdecError
+    from specdec.core.errors import SpecdecError
     from specdec.router.discovery import load_api_client
 
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)

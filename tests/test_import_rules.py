@@ -97,7 +97,7 @@ TORCHLESS = textwrap.dedent("""
     import specdec.router.discovery
     import specdec.client
     import specdec.up
-    from specdec.engine.tokenizer import Tokenizer
+    from specdec.core.tokenizer import Tokenizer
 
     leaked = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
     assert not leaked, leaked
@@ -111,10 +111,3 @@ def test_router_and_tokenizer_import_without_torch() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok Tokenizer"
-
-
-def test_router_depth_bound_equals_the_engine_bound() -> None:
-    from specdec.engine.proposer import MAX_SPEC_DEPTH
-    from specdec.router.depth_policy import MAX_DEPTH
-
-    assert MAX_DEPTH == MAX_SPEC_DEPTH

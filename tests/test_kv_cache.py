@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from specdec.engine.errors import InvalidRequest, OutOfSlots, SpecdecError
+from specdec.core.errors import InvalidRequest, OutOfSlots, SpecdecError
 from specdec.engine.kv_cache import KVCache
 
 pytestmark = pytest.mark.unit

@@ -12,11 +12,11 @@ import grpc
 import pytest
 from exact import assert_matches, exact_two_token_marginals
 
+from specdec.core.tokenizer import Tokenizer
 from specdec.engine.checkpoint import load_model
 from specdec.engine.runner import ModelRunner
 from specdec.engine.sampling import SamplingParams
 from specdec.engine.speculative import generate as engine_generate
-from specdec.engine.tokenizer import Tokenizer
 from specdec.local_pipeline import Pipeline
 from specdec.router.load_guard import LoadGuard
 from specdec.v1 import common_pb2, generation_pb2

@@ -11,11 +11,11 @@ from pathlib import Path
 import grpc
 import pytest
 
+from specdec.core.tokenizer import Tokenizer
 from specdec.engine.checkpoint import load_model
 from specdec.engine.runner import ModelRunner
 from specdec.engine.sampling import SamplingParams
 from specdec.engine.speculative import generate as engine_generate
-from specdec.engine.tokenizer import Tokenizer
 from specdec.local_pipeline import Pipeline
 from specdec.router.redis_server import redis_url
 from specdec.v1 import common_pb2, generation_pb2, verifier_pb2, verifier_pb2_grpc

@@ -15,7 +15,7 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from specdec.engine.errors import InvalidRequest
+from specdec.core.errors import InvalidRequest
 from specdec.engine.rejection import (
     VerifyResult,
     draft_dense_probs,

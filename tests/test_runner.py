@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from specdec.core.errors import InvalidRequest, SpecdecError
+from specdec.core.model_config import ModelConfig
 from specdec.engine.batch import Chunk
-from specdec.engine.config import ModelConfig
-from specdec.engine.errors import InvalidRequest, SpecdecError
 from specdec.engine.model import DecoderModel
 from specdec.engine.runner import ModelRunner
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from specdec.engine.errors import InvalidRequest
+from specdec.core.errors import InvalidRequest
 from specdec.engine.rejection import draft_dense_probs
 from specdec.engine.sampling import (
     STREAM_DRAFT,

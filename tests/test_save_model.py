@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from specdec.core.model_config import ModelConfig
 from specdec.engine.batch import Chunk
 from specdec.engine.checkpoint import load_model, save_model
-from specdec.engine.config import ModelConfig
 from specdec.engine.model import DecoderModel
 from specdec.engine.runner import ModelRunner
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from exact import assert_matches, exact_two_token_marginals
 
+from specdec.core.errors import InvalidRequest
 from specdec.engine.checkpoint import load_model
-from specdec.engine.errors import InvalidRequest
 from specdec.engine.proposer_draft import DraftModelProposer
 from specdec.engine.proposer_ngram import NgramProposer
 from specdec.engine.runner import ModelRunner

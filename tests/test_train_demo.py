@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from specdec.core.model_config import ModelConfig
 from specdec.engine.checkpoint import save_model
-from specdec.engine.config import ModelConfig
 from specdec.engine.model import DecoderModel
 from specdec.engine.runner import ModelRunner
 from specdec.engine.sampling import SamplingParams

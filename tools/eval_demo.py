@@ -25,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from train_demo import corpus_files, heldout_loss, is_heldout
 
+from specdec.core.tokenizer import Tokenizer
 from specdec.engine.batch import Chunk
 from specdec.engine.checkpoint import load_model
 from specdec.engine.draft_dtype import load_draft
@@ -35,7 +36,6 @@ from specdec.engine.rejection import draft_dense_probs
 from specdec.engine.runner import ModelRunner
 from specdec.engine.sampling import SamplingParams, sparse_top, target_probs
 from specdec.engine.speculative import generate
-from specdec.engine.tokenizer import Tokenizer
 
 CONTINUATION = 64
 SAMPLED_T = 0.8  # the temperature of the sampled acceptance and samples

@@ -43,9 +43,9 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm import tqdm
 
+from specdec.core.model_config import ModelConfig
 from specdec.engine.batch import Chunk
 from specdec.engine.checkpoint import load_model, load_state_dict, save_model
-from specdec.engine.config import ModelConfig
 from specdec.engine.model import DecoderModel
 from specdec.engine.runner import ModelRunner
 

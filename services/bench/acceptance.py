@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from specdec.bench.systems import SpecCounts
-from specdec.engine.proposer import MAX_SPEC_DEPTH
+from specdec.core.limits import MAX_SPEC_DEPTH
 
 
 def proposed_per_position(depths: Iterable[int]) -> list[int]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from specdec.engine.errors import SpecdecError
+from specdec.core.errors import SpecdecError
 
 COLORS = {"pipeline": "#1f77b4", "in-process": "#2ca02c", "transformers": "#ff7f0e"}
 

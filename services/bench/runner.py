@@ -33,10 +33,10 @@ from specdec.bench.systems import (
     pipeline_system,
 )
 from specdec.bench.workloads import PROMPTS_DIR, Prompt, load_workload
-from specdec.engine.config import load_config
-from specdec.engine.errors import SpecdecError
-from specdec.engine.proposer import MAX_SPEC_DEPTH
-from specdec.engine.tokenizer import Tokenizer
+from specdec.core.errors import SpecdecError
+from specdec.core.limits import MAX_SPEC_DEPTH
+from specdec.core.model_config import load_config
+from specdec.core.tokenizer import Tokenizer
 from specdec.router.load_guard import LoadGuard
 from specdec.v1 import generation_pb2_grpc
 

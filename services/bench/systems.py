@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from specdec.engine.proposer import MAX_SPEC_DEPTH
+from specdec.core.limits import MAX_SPEC_DEPTH
 from specdec.v1 import generation_pb2, generation_pb2_grpc
 
 PIPELINE, IN_PROCESS, TRANSFORMERS = "pipeline", "in-process", "transformers"

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from specdec.engine.errors import SpecdecError
+from specdec.core.errors import SpecdecError
 
 # services/bench/ → the repository root (the package is installed editable from the checkout).
 PROMPTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "prompts"

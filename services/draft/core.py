@@ -12,8 +12,9 @@ import concurrent.futures
 import time
 from dataclasses import dataclass
 
-from specdec.engine.errors import InvalidRequest
-from specdec.engine.proposer import MAX_SPEC_DEPTH, Proposal
+from specdec.core.errors import InvalidRequest
+from specdec.core.limits import MAX_SPEC_DEPTH
+from specdec.engine.proposer import Proposal
 from specdec.engine.proposer_draft import DEFAULT_TOP_M, DEFAULT_TOP_MASS
 from specdec.engine.proposer_ngram import NgramProposer
 from specdec.engine.runner import ModelRunner

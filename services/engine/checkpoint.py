@@ -16,8 +16,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from specdec.engine.config import ModelConfig, load_config, read_json
-from specdec.engine.errors import CheckpointError
+from specdec.core.errors import CheckpointError
+from specdec.core.model_config import ModelConfig, load_config, read_json
 from specdec.engine.model import DecoderModel
 from specdec.engine.rope import inv_frequencies
 

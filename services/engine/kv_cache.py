@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from specdec.engine.errors import InvalidRequest, OutOfSlots
+from specdec.core.errors import InvalidRequest, OutOfSlots
 
 
 class KVCache:

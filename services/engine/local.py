@@ -12,16 +12,16 @@ from typing import Any
 
 import torch
 
+from specdec.core.errors import CheckpointError
+from specdec.core.tokenizer import Tokenizer
 from specdec.engine.checkpoint import load_model
 from specdec.engine.draft_dtype import load_draft
-from specdec.engine.errors import CheckpointError
 from specdec.engine.proposer import Proposer
 from specdec.engine.proposer_draft import DraftModelProposer
 from specdec.engine.proposer_ngram import NgramProposer
 from specdec.engine.runner import ModelRunner
 from specdec.engine.sampling import SamplingParams
 from specdec.engine.speculative import GenerationResult, generate
-from specdec.engine.tokenizer import Tokenizer
 
 
 def default_device() -> str:

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from specdec.core.model_config import ModelConfig
 from specdec.engine.batch import ForwardBatch
-from specdec.engine.config import ModelConfig
 from specdec.engine.kv_cache import KVCache
 from specdec.engine.rope import apply_rope, cos_sin, inv_frequencies
 

@@ -16,9 +16,6 @@ import torch
 
 from specdec.engine.sampling import SamplingParams
 
-# The deepest speculation any caller may ask for in one round.
-MAX_SPEC_DEPTH = 16
-
 
 @dataclass(frozen=True)
 class Proposal:

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from specdec.engine.errors import InvalidRequest
+from specdec.core.errors import InvalidRequest
 from specdec.engine.sampling import sample_token
 
 # A sparse draft row must sum to 1 within this (fp16 rounding on the wire stays inside it).

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 import torch
 
+from specdec.core.errors import InvalidRequest
 from specdec.engine.batch import Chunk, ForwardBatch
-from specdec.engine.errors import InvalidRequest
 from specdec.engine.kv_cache import KVCache
 from specdec.engine.model import DecoderModel
 

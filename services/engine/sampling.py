@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from specdec.engine.errors import InvalidRequest
+from specdec.core.errors import InvalidRequest
 
 MAX_TEMPERATURE = 100.0
 MAX_SEED = 2**63  # exclusive bound: seeds travel as int64 on the wire

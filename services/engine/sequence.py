@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from specdec.core.errors import InvalidRequest
 from specdec.engine.batch import Chunk
-from specdec.engine.errors import InvalidRequest
 from specdec.engine.proposer import Proposal
 from specdec.engine.rejection import VerifyResult, verify_greedy, verify_sampling
 from specdec.engine.runner import ModelRunner

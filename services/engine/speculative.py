@@ -15,8 +15,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from specdec.engine.errors import InvalidRequest
-from specdec.engine.proposer import EMPTY_PROPOSAL, MAX_SPEC_DEPTH, Proposer
+from specdec.core.errors import InvalidRequest
+from specdec.core.limits import MAX_SPEC_DEPTH, check_depth
+from specdec.engine.proposer import EMPTY_PROPOSAL, Proposer
 from specdec.engine.runner import ModelRunner
 from specdec.engine.sampling import SamplingParams
 from specdec.engine.sequence import SequenceState, VerifyItem, verify_batch
@@ -74,11 +75,6 @@ def fixed_depth(k: int) -> DepthFn:
     """A depth policy that always asks for ``k`` tokens."""
     check_depth(k)
     return lambda _stats: k
-
-
-def check_depth(k: int) -> None:
-    if not 0 <= k <= MAX_SPEC_DEPTH:
-        raise InvalidRequest("k", f"speculation depth must be in [0, {MAX_SPEC_DEPTH}], got {k}")
 
 
 def check_prompt(prompt_ids: Sequence[int], vocab_size: int, max_seq_len: int) -> None:

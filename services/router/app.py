@@ -8,8 +8,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from specdec.engine.config import load_config
-from specdec.engine.tokenizer import Tokenizer
+from specdec.core.model_config import load_config
+from specdec.core.tokenizer import Tokenizer
 from specdec.router.load_guard import LoadGuard
 from specdec.router.replicas import ReplicaPool
 from specdec.router.request import Limits

@@ -31,12 +31,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Protocol
 
+from specdec.core.limits import MAX_SPEC_DEPTH as MAX_DEPTH
 from specdec.router.depth_goodput import GoodputDepth
 from specdec.router.depth_heuristic import HeuristicDepth
-
-# The deepest speculation the engine accepts in one round. Must equal
-# ``specdec.engine.proposer.MAX_SPEC_DEPTH``: the router cannot import that module (torch).
-MAX_DEPTH = 16
 
 DEFAULT_POLICY = "goodput"
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from specdec.engine.tokenizer import Tokenizer
+from specdec.core.tokenizer import Tokenizer
 
 
 class Detokenizer:

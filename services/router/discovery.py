@@ -32,7 +32,7 @@ from typing import Any
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
-from specdec.engine.errors import SpecdecError
+from specdec.core.errors import SpecdecError
 
 log = logging.getLogger("specdec.router.discovery")
 

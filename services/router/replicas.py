@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 
-from specdec.serving.errors import Unavailable
+from specdec.core.errors import Unavailable
 from specdec.serving.server import SERVER_OPTIONS
 
 

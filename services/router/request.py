@@ -12,9 +12,10 @@ import re
 import uuid
 from dataclasses import dataclass
 
-from specdec.engine.errors import InvalidRequest
-from specdec.engine.tokenizer import Tokenizer
-from specdec.router.depth_policy import MAX_DEPTH, POLICIES
+from specdec.core.errors import InvalidRequest
+from specdec.core.limits import MAX_SPEC_DEPTH
+from specdec.core.tokenizer import Tokenizer
+from specdec.router.depth_policy import POLICIES
 from specdec.v1 import generation_pb2
 
 MAX_PROMPT_CHARS = 1 << 20
@@ -90,8 +91,10 @@ def parse_request(
             "depth_policy",
             f"unknown policy {msg.depth_policy}; known: {', '.join(sorted(POLICIES))}",
         )
-    if msg.fixed_depth > MAX_DEPTH:
-        raise InvalidRequest("fixed_depth", f"must be in [0, {MAX_DEPTH}], got {msg.fixed_depth}")
+    if msg.fixed_depth > MAX_SPEC_DEPTH:
+        raise InvalidRequest(
+            "fixed_depth", f"must be in [0, {MAX_SPEC_DEPTH}], got {msg.fixed_depth}"
+        )
     if msg.draft_method not in DRAFT_METHODS:
         raise InvalidRequest("draft_method", f"unknown draft method {msg.draft_method}")
     return Request(

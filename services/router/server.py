@@ -11,12 +11,12 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from specdec.engine.errors import InvalidRequest, OutOfSlots
+from specdec.core.errors import InvalidRequest, OutOfSlots, Unavailable
 from specdec.router.depth_policy import POLICIES
 from specdec.router.request import parse_request
 from specdec.router.speculation import RouterDeps, generate
 from specdec.serving import metrics
-from specdec.serving.errors import Unavailable, abort_with, status_for
+from specdec.serving.errors import abort_with, status_for
 from specdec.serving.telemetry import extract_context
 from specdec.v1 import generation_pb2, generation_pb2_grpc
 

@@ -26,8 +26,8 @@ import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from specdec.engine.errors import OutOfSlots
-from specdec.engine.tokenizer import Tokenizer
+from specdec.core.errors import OutOfSlots, Unavailable
+from specdec.core.tokenizer import Tokenizer
 from specdec.router.depth_policy import DepthPolicy, RoundObservation, make_policy
 from specdec.router.detokenize import Detokenizer
 from specdec.router.load_guard import LoadGuard
@@ -36,7 +36,6 @@ from specdec.router.request import Limits, Request
 from specdec.router.sessions import SessionRecord, SessionStore, extends, hash_tokens
 from specdec.router.streams import DraftStream, StreamClosed, VerifierStream
 from specdec.serving import metrics
-from specdec.serving.errors import Unavailable
 from specdec.serving.telemetry import inject_metadata
 from specdec.v1 import common_pb2, generation_pb2
 

@@ -12,12 +12,11 @@ from itertools import compress, islice, repeat
 
 import torch
 
-from specdec.engine.errors import InvalidRequest
-from specdec.engine.proposer import MAX_SPEC_DEPTH, Proposal
+from specdec.core.errors import InvalidRequest
+from specdec.core.limits import MAX_SPARSE_WIDTH, MAX_SPEC_DEPTH
+from specdec.engine.proposer import Proposal
 from specdec.engine.sampling import SamplingParams
 from specdec.v1 import common_pb2
-
-MAX_SPARSE_WIDTH = 256  # draft probabilities per position
 
 
 def sampling_from_proto(msg: common_pb2.SamplingParams) -> SamplingParams:

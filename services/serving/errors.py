@@ -11,13 +11,9 @@ import logging
 
 import grpc
 
-from specdec.engine.errors import InvalidRequest, OutOfSlots, SpecdecError
+from specdec.core.errors import InvalidRequest, OutOfSlots, Unavailable
 
 log = logging.getLogger("specdec.rpc")
-
-
-class Unavailable(SpecdecError):
-    """A replica this request needs is gone or not ready."""
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:

@@ -15,7 +15,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import grpc
 from opentelemetry import trace
 
-from specdec.engine.errors import InvalidRequest
+from specdec.core.errors import InvalidRequest
 from specdec.serving.errors import abort_with
 from specdec.serving.telemetry import extract_context
 

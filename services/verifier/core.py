@@ -14,8 +14,9 @@ import concurrent.futures
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from specdec.engine.errors import InvalidRequest
-from specdec.engine.proposer import MAX_SPEC_DEPTH, Proposal
+from specdec.core.errors import InvalidRequest
+from specdec.core.limits import MAX_SPEC_DEPTH
+from specdec.engine.proposer import Proposal
 from specdec.engine.rejection import VerifyResult
 from specdec.engine.runner import ModelRunner
 from specdec.engine.sampling import SamplingParams

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer as _HFTokenizer
 
-from specdec.engine.errors import CheckpointError
+from specdec.core.errors import CheckpointError
 
 
 class Tokenizer:

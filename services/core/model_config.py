@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from specdec.engine.errors import CheckpointError
+from specdec.core.errors import CheckpointError
 
 # model_type in config.json → does the family put a bias on q/k/v, a norm on q/k?
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")

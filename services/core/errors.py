@@ -1,14 +1,15 @@
-"""Errors the engine raises, each one a distinct type a service can map to a gRPC status.
+"""Errors specdec raises on purpose, each one a distinct type a service maps to a gRPC status.
 
-The engine knows no gRPC: the services translate these (``InvalidRequest`` to INVALID_ARGUMENT,
-``OutOfSlots`` to RESOURCE_EXHAUSTED, ``CheckpointError`` to a failed start-up).
+Nothing here knows gRPC: the services translate (``InvalidRequest`` to INVALID_ARGUMENT,
+``OutOfSlots`` to RESOURCE_EXHAUSTED, ``Unavailable`` to UNAVAILABLE, ``CheckpointError`` to a
+failed start-up).
 """
 
 from __future__ import annotations
 
 
 class SpecdecError(Exception):
-    """Base class of every error the engine raises on purpose."""
+    """Base class of every error specdec raises on purpose."""
 
 
 class InvalidRequest(SpecdecError, ValueError):
@@ -21,6 +22,10 @@ class InvalidRequest(SpecdecError, ValueError):
 
 class OutOfSlots(SpecdecError):
     """Every KV-cache slot is taken; retry later or on another replica."""
+
+
+class Unavailable(SpecdecError):
+    """A replica this request needs is gone or not ready."""
 
 
 class CheckpointError(SpecdecError):
