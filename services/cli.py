@@ -33,6 +33,12 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         help="depth policy (default: the router's)",
     )
     p.add_argument("--draft-method", choices=["model", "ngram", "none"], default=None)
+    p.add_argument(
+        "--draft-ahead",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="draft the next round while the verifier checks this one (default: the router's)",
+    )
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument(
         "--in-process", action="store_true", help="run the models in this process (no services)"
@@ -115,6 +121,25 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         default=False,
         help="router: under concurrency, switch speculation off where it measures slower "
         "than plain decoding (default: off; see load_guard.py for when it pays)",
+    )
+    p.add_argument(
+        "--draft-ahead",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="router: while the verifier checks a round, the draft works on its likeliest "
+        "outcomes (default: on; a request may override it)",
+    )
+    p.add_argument(
+        "--ahead-width",
+        type=int,
+        default=None,
+        help="router: outcomes of each round drafted ahead (default 8)",
+    )
+    p.add_argument(
+        "--ahead-slots",
+        type=int,
+        default=64,
+        help="draft: extra KV-cache slots for draft-ahead's branches (default 64)",
     )
     p.add_argument(
         "--metrics-port",
@@ -233,6 +258,7 @@ def _run_serve(args: argparse.Namespace) -> int:
                 metrics_port=args.metrics_port,
                 threads=args.threads,
                 dtype=args.dtype,
+                ahead_slots=args.ahead_slots,
             )
         )
     else:
@@ -257,6 +283,8 @@ def _run_serve(args: argparse.Namespace) -> int:
                 default_policy=args.policy,
                 max_depth=args.max_depth,
                 load_guard=args.load_guard,
+                draft_ahead=args.draft_ahead,
+                **({"ahead_width": args.ahead_width} if args.ahead_width is not None else {}),
                 metrics_port=args.metrics_port,
                 max_context_tokens=args.max_seq_len,
                 discover_namespace=args.discover_namespace,

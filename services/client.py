@@ -50,6 +50,7 @@ def build_request(args: argparse.Namespace, prompt: str) -> generation_pb2.Gener
         depth_policy=_POLICIES[policy],
         fixed_depth=args.k if args.k is not None else 0,
         draft_method=_METHODS[args.draft_method],
+        draft_ahead=args.draft_ahead,
     )
 
 

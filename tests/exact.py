@@ -10,22 +10,32 @@ from specdec.engine.runner import ModelRunner
 from specdec.engine.sampling import SamplingParams, target_probs
 
 
-def exact_two_token_marginals(
-    target: ModelRunner, prompt: list[int], params: SamplingParams
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """P(first token) and P(second token) of plain sampling, computed exactly."""
+def exact_marginals(
+    target: ModelRunner, prompt: list[int], params: SamplingParams, n: int
+) -> list[torch.Tensor]:
+    """P(i-th generated token) of plain sampling for i < n, computed exactly by walking every
+    continuation with nonzero probability (keep the support small: top_k)."""
     slot = target.cache.allocate()
+    marginals: list[torch.Tensor] = []
+
+    def walk(new: list[int], start: int, mass: float, i: int) -> None:
+        """Feed ``new`` at ``start``: what follows is the i-th generated token."""
+        logits = target.step([Chunk(slot, new, start, 1)])[0]
+        probs = target_probs(logits, params)[0].double()  # [V]
+        if len(marginals) == i:
+            marginals.append(torch.zeros_like(probs))
+        marginals[i] += mass * probs
+        if i + 1 < n:
+            end = start + len(new)
+            for tok in torch.nonzero(probs).flatten().tolist():
+                walk([tok], end, mass * float(probs[tok]), i + 1)
+                target.cache.rollback_to(slot, end)
+
     try:
-        logits = target.step([Chunk(slot, prompt, 0, 1)])[0]
-        first = target_probs(logits, params)[0].double()  # [V]
-        second = torch.zeros_like(first)
-        for tok in torch.nonzero(first).flatten().tolist():
-            nxt = target.step([Chunk(slot, [tok], len(prompt), 1)])[0]
-            target.cache.rollback_to(slot, len(prompt))
-            second += first[tok] * target_probs(nxt, params)[0].double()
+        walk(list(prompt), 0, 1.0, 0)
     finally:
         target.cache.free(slot)
-    return first, second
+    return marginals
 
 
 def assert_matches(counts: dict[int, int], exact: torch.Tensor, n: int) -> None:

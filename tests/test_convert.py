@@ -1,4 +1,4 @@
-"""Unit tests of ``specdec.serving.convert``'s sparse draft distributions on the wire, and of
+"""Unit tests of ``specdec.replica.convert``'s sparse draft distributions on the wire, and of
 the draft's defaults for what it ships."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from specdec.engine.proposer_draft import DEFAULT_TOP_M, DEFAULT_TOP_MASS, Draft
 from specdec.engine.rejection import draft_dense_probs
 from specdec.engine.runner import ModelRunner
 from specdec.engine.sampling import SamplingParams, sparse_top, target_probs
-from specdec.serving.convert import proposal_from_proto, sparse_to_proto
+from specdec.replica.convert import proposal_from_proto, sparse_to_proto
 from specdec.v1 import common_pb2
 
 pytestmark = pytest.mark.unit

@@ -19,18 +19,44 @@ from specdec.router.depth_goodput import (
     expected_tokens,
 )
 from specdec.router.depth_heuristic import HeuristicDepth
-from specdec.router.depth_policy import (
-    DEFAULT_POLICY,
-    POLICIES,
-    DepthPolicy,
-    FixedDepth,
-    RoundObservation,
-    make_policy,
-)
+from specdec.core.depth import DepthPolicy, FixedDepth
+from specdec.core.rounds import Round
+from specdec.router.depth_policy import DEFAULT_POLICY, POLICIES, make_policy
 
 pytestmark = pytest.mark.unit
 
 MS = 1_000_000  # ns
+
+
+def observation(
+    depth: int,
+    num_proposed: int,
+    num_accepted: int,
+    draft_ns: int,
+    verify_ns: int,
+    round_ns: int,
+    verifier_active: int,
+    verifier_queue: int,
+) -> Round:
+    """The loop's round record with what a policy reads; the rest at neutral values."""
+    return Round(
+        index=1,
+        position=10,
+        depth=depth,
+        num_proposed=num_proposed,
+        num_accepted=num_accepted,
+        token_ids=(1,) * (num_accepted + 1),
+        finish=None,
+        ahead="",
+        draft_ns=draft_ns,
+        verify_ns=verify_ns,
+        queue_ns=0,
+        service_ns=verify_ns,
+        rtt_ns=verify_ns,
+        round_ns=round_ns,
+        verifier_active=verifier_active,
+        verifier_queue=verifier_queue,
+    )
 
 
 # --- A small deterministic simulator ------------------------------------------------------------
@@ -68,7 +94,7 @@ def play_round(policy: DepthPolicy, regime: Regime, rng: random.Random, jitter: 
     verify_ns = regime.verify_base_ns + regime.verify_ns_per_token * (k + 1)
     verify_ns = int(verify_ns * (1 + jitter * (2 * rng.random() - 1)))
     round_ns = draft_ns + verify_ns + regime.overhead_ns
-    obs = RoundObservation(
+    obs = observation(
         depth=k,
         num_proposed=k,
         num_accepted=accepted,
@@ -178,7 +204,7 @@ def observe(policy: DepthPolicy, *, k: int, accepted: int, **kw: int) -> None:
     fields.update(kw)
     fields.setdefault("round_ns", fields["draft_ns"] + fields["verify_ns"] + 2 * MS)
     fields.setdefault("verifier_queue", 0)
-    policy.observe(RoundObservation(depth=k, num_proposed=k, num_accepted=accepted, **fields))
+    policy.observe(observation(depth=k, num_proposed=k, num_accepted=accepted, **fields))
 
 
 def test_goodput_starts_at_its_initial_depth():
@@ -211,7 +237,7 @@ def test_goodput_counts_acceptance_per_position():
     assert policy.alpha == pytest.approx(s / (s + f))
     before = policy.alpha
     observe(policy, k=0, accepted=0)  # nothing proposed: nothing learnt, nothing forgotten
-    policy.observe(RoundObservation(4, 0, 0, MS, 20 * MS, 22 * MS, 1, 0))  # prompt lookup: none
+    policy.observe(observation(4, 0, 0, MS, 20 * MS, 22 * MS, 1, 0))  # prompt lookup: none
     assert policy.alpha == before
 
 
@@ -344,9 +370,9 @@ def test_heuristic_shrinks_on_rejection_halves_on_a_first_draft_miss_never_below
 
 def test_heuristic_holds_when_the_draft_delivers_fewer_than_asked():
     policy = HeuristicDepth()
-    policy.observe(RoundObservation(4, 2, 2, MS, 20 * MS, 23 * MS, 1, 0))  # short, all accepted
+    policy.observe(observation(4, 2, 2, MS, 20 * MS, 23 * MS, 1, 0))  # short, all accepted
     assert policy.next_depth() == 4
-    policy.observe(RoundObservation(4, 0, 0, MS, 20 * MS, 23 * MS, 1, 0))  # nothing proposed
+    policy.observe(observation(4, 0, 0, MS, 20 * MS, 23 * MS, 1, 0))  # nothing proposed
     assert policy.next_depth() == 4
 
 
@@ -382,13 +408,13 @@ def test_fixed_policy_ignores_what_it_observes():
     assert policy.next_depth() == 5
 
 
-def test_round_observation_rejects_impossible_counts():
+def test_round_record_rejects_impossible_counts():
     with pytest.raises(ValueError, match="num_accepted <= num_proposed <= depth"):
-        RoundObservation(2, 3, 0, 0, 0, 0, 1, 0)
+        observation(2, 3, 0, 0, 0, 0, 1, 0)
     with pytest.raises(ValueError, match="num_accepted <= num_proposed <= depth"):
-        RoundObservation(4, 2, 3, 0, 0, 0, 1, 0)
-    with pytest.raises(ValueError, match="verify_ns"):
-        RoundObservation(4, 4, 2, 0, -1, 0, 1, 0)
+        observation(4, 2, 3, 0, 0, 0, 1, 0)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        observation(4, 4, 2, 0, -1, 0, 1, 0)
 
 
 @pytest.mark.parametrize("name", sorted(POLICIES))

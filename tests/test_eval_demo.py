@@ -15,7 +15,7 @@ from specdec.engine.checkpoint import load_model
 from specdec.engine.proposer_draft import DraftModelProposer
 from specdec.engine.runner import ModelRunner
 from specdec.engine.sampling import SamplingParams
-from specdec.engine.speculative import generate
+from specdec.engine.sequence import SequenceState, VerifyItem, verify_batch
 
 pytestmark = pytest.mark.unit
 
@@ -93,7 +93,9 @@ def test_sampled_overlap_is_the_acceptance_speculative_sampling_draws(model_dir,
     for seed in range(draws):
         params = SamplingParams(temperature=1.0, seed=seed)
         proposer = DraftModelProposer(draft_runner)
-        stats = generate(target_runner, PROMPT, params, 2, proposer, 1, stop_token_ids=[]).stats
-        assert stats.proposed_per_position[:2] == [1, 0]  # one round, at the prompt's end
-        accepted += stats.accepted_per_position[0]
+        drafts = proposer.propose(PROMPT, 1, params, seed)  # one draft, at the prompt's end
+        seq = SequenceState(target_runner.cache.allocate(), list(PROMPT), params, seed)
+        accepted += verify_batch(target_runner, [VerifyItem(seq, drafts)])[0].num_accepted
+        target_runner.cache.free(seq.slot)
+        proposer.close()
     assert abs(accepted / draws - overlap) < 0.08  # 4 standard deviations of the count at most

@@ -1,7 +1,9 @@
 """The import rules of the house style, enforced.
 
-(a) ``services/engine`` knows no network: no grpc, redis or opentelemetry, even lazily.
-(b) The router and the tokenizer import without torch (the router's container has none).
+(a) ``services/engine`` and ``services/core`` know no network: no grpc, redis or
+    opentelemetry, even lazily.
+(b) The router, ``core`` and ``serving`` import without torch (the router's container has none).
+(c) The two replicas do not import each other: what they share is ``replica``.
 """
 
 from __future__ import annotations
@@ -61,18 +63,25 @@ def test_scanner_sees_nested_and_dynamic_imports(tmp_path: Path) -> None:
     }
 
 
-def test_engine_imports_no_network_package() -> None:
-    sources = sorted(ENGINE.rglob("*.py"))
-    assert len(sources) > 5
+def test_engine_and_core_import_no_network_package() -> None:
+    sources = sorted(ENGINE.rglob("*.py")) + sorted((SERVICES / "core").rglob("*.py"))
+    assert len(sources) > 10
     offenders = [
         f"{path.relative_to(SERVICES)}: {module}"
         for path in sources
         for module in sorted(imported_modules(path))
         if module.split(".")[0] in NETWORK_PACKAGES or module.startswith("grpc_")
     ]
-    assert not offenders, "services/engine must not import network packages:\n" + "\n".join(
+    assert not offenders, "engine and core must not import network packages:\n" + "\n".join(
         offenders
     )
+
+
+def test_replicas_do_not_import_each_other() -> None:
+    for role, other in (("draft", "verifier"), ("verifier", "draft")):
+        for path in sorted((SERVICES / role).rglob("*.py")):
+            imported = imported_modules(path)
+            assert not any(m.startswith(f"specdec.{other}") for m in imported), path
 
 
 TORCHLESS = textwrap.dedent("""
@@ -97,6 +106,10 @@ TORCHLESS = textwrap.dedent("""
     import specdec.router.discovery
     import specdec.client
     import specdec.up
+    import specdec.serving.errors, specdec.serving.metrics, specdec.serving.server
+    import specdec.serving.telemetry
+    import specdec.core.depth, specdec.core.limits, specdec.core.rounds
+    import specdec.core.spec_cache, specdec.core.speculation
     from specdec.core.tokenizer import Tokenizer
 
     leaked = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
@@ -105,7 +118,7 @@ TORCHLESS = textwrap.dedent("""
 """)
 
 
-def test_router_and_tokenizer_import_without_torch() -> None:
+def test_router_core_and_serving_import_without_torch() -> None:
     result = subprocess.run(
         [sys.executable, "-c", TORCHLESS], capture_output=True, text=True, timeout=60, check=False
     )

@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from exact import assert_matches, exact_two_token_marginals
+from exact import assert_matches, exact_marginals
 
 from specdec.core.errors import InvalidRequest
 from specdec.engine.checkpoint import load_model
@@ -57,7 +57,7 @@ def test_greedy_with_identical_draft_accepts_everything(model_dir, target):
     got = generate(target, PROMPTS[0], GREEDY, 41, DraftModelProposer(same), 4, stop_token_ids=[])
     assert got.token_ids == plain(target, PROMPTS[0], 41)
     assert got.stats.acceptance_rate == 1.0
-    assert got.stats.rounds == 41 // 5 + 1  # 5 tokens a round, the last round cut to the budget
+    assert got.stats.rounds == 1 + 40 // 5  # the prefill's first token, then 5 tokens a round
 
 
 @pytest.mark.parametrize("prompt", PROMPTS)
@@ -74,18 +74,30 @@ def test_ngram_drafts_run_and_some_are_accepted(target):
     assert 0 < got.stats.accepted_tokens <= got.stats.draft_tokens
 
 
-def test_depth_callback_sees_stats_and_varies_k(target, drafts):
-    seen: list[int] = []
+class Cycle:
+    """A depth policy walking through fixed depths, keeping every round it observes."""
 
-    def depth(stats):
-        seen.append(stats.rounds)
-        return [0, 1, 5, 2, 8][stats.rounds % 5]
+    name = "cycle"
 
+    def __init__(self, depths: list[int]) -> None:
+        self.depths, self.seen = depths, []
+
+    def next_depth(self) -> int:
+        return self.depths[len(self.seen) % len(self.depths)]
+
+    def observe(self, rnd) -> None:
+        self.seen.append(rnd)
+
+
+def test_depth_policy_observes_every_round_and_varies_k(target, drafts):
+    policy = Cycle([0, 1, 5, 2, 8])
     proposer = DraftModelProposer(drafts["draft_close"])
-    got = generate(target, PROMPTS[0], GREEDY, 40, proposer, depth, stop_token_ids=[])
+    got = generate(target, PROMPTS[0], GREEDY, 40, proposer, policy, stop_token_ids=[])
     assert got.token_ids == plain(target, PROMPTS[0], 40)
-    assert seen[:3] == [0, 1, 2]
-    assert got.stats.depths[:5] == [0, 1, 5, 2, 8]
+    assert [r.index for r in policy.seen] == list(range(got.stats.rounds))
+    assert policy.seen[0].depth == 0 and len(policy.seen[0].token_ids) == 1  # the prefill
+    assert got.stats.depths[:5] == [1, 5, 2, 8, 0]  # asked after rounds 0, 1, 2, ...
+    assert sum(len(r.token_ids) for r in policy.seen) == 40
 
 
 def test_stops_at_eos_and_reports_reason(target):
@@ -148,13 +160,14 @@ def test_seeded_sampling_is_reproducible(target, drafts):
 
 @pytest.mark.slow
 def test_speculative_sampling_keeps_the_target_distribution(target, drafts):
-    """Chi-square of the first two generated tokens against the exact target marginals."""
+    """Chi-square of the first three generated tokens against the exact target marginals: the
+    prefill's token, then a drafted one (accepted or recovered) and a bonus or plain one."""
     params = SamplingParams(temperature=1.5, top_k=6)
     prompt = PROMPTS[0]
-    first, second = exact_two_token_marginals(target, prompt, params)
+    marginals = exact_marginals(target, prompt, params, 3)
     draft = drafts["draft_close"]
     n = 2000
-    counts: list[Counter[int]] = [Counter(), Counter()]
+    counts: list[Counter[int]] = [Counter(), Counter(), Counter()]
     accepted = 0
     for seed in range(n):
         p = SamplingParams(temperature=1.5, top_k=6, seed=seed)
@@ -162,17 +175,17 @@ def test_speculative_sampling_keeps_the_target_distribution(target, drafts):
             target,
             prompt,
             p,
-            2,
+            3,
             DraftModelProposer(draft, top_m=4, top_mass=0.8),
             1,
             stop_token_ids=[],
         )
         accepted += got.stats.accepted_tokens
-        for i in (0, 1):
+        for i in range(3):
             counts[i][got.token_ids[i]] += 1
     assert accepted > n // 10  # the draft path really ran
-    assert_matches(counts[0], first, n)
-    assert_matches(counts[1], second, n)
+    for count, exact in zip(counts, marginals, strict=True):
+        assert_matches(count, exact, n)
 
 
 def test_draft_and_target_slots_hold_committed_tokens_only(model_dir, target):

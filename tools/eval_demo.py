@@ -169,7 +169,7 @@ def acceptance(
             prop[j] += s.proposed_per_position[j]
         for key in ("all",) + (() if looping is None or looping[i] else ("non_looping",)):
             tokens[key][0] += s.accepted_tokens
-            tokens[key][1] += s.rounds
+            tokens[key][1] += s.rounds - 1  # the prefill round decides the first token alone
     non_looping = tokens["non_looping"]
     return {
         "per_position": [a / p if p else 0.0 for a, p in zip(acc, prop, strict=True)],

@@ -15,11 +15,9 @@ from specdec.engine.draft_dtype import load_draft
 from specdec.engine.local import DTYPES, default_device
 from specdec.engine.runner import ModelRunner
 from specdec.engine.threads import set_cpu_threads
-from specdec.serving import metrics
-from specdec.serving.server import Running, run_service, start_service
+from specdec.replica.app import model_name, serve_replica, warm_up
+from specdec.serving.server import Running, run_service
 from specdec.v1 import draft_pb2, draft_pb2_grpc
-from specdec.verifier.app import warm_up
-from specdec.verifier.server import model_name
 
 log = logging.getLogger("specdec.draft")
 
@@ -35,6 +33,7 @@ class DraftConfig:
     metrics_port: int = 0  # Prometheus /metrics on this port; 0: off
     threads: int | None = None  # CPU threads for torch; None: the container's CPU quota
     dtype: str | None = None  # float32, bfloat16, float16; None: see load_draft
+    ahead_slots: int = 64  # more slots, for draft-ahead's branches (shared by all sequences)
 
 
 def build_core(cfg: DraftConfig) -> tuple[DraftCore, int]:
@@ -48,7 +47,7 @@ def build_core(cfg: DraftConfig) -> tuple[DraftCore, int]:
         else load_draft(cfg.model, device)
     )
     max_len = min(cfg.max_seq_len, model.config.max_position_embeddings)
-    runner = ModelRunner(model, num_slots=cfg.slots, max_seq_len=max_len)
+    runner = ModelRunner(model, num_slots=cfg.slots + cfg.ahead_slots, max_seq_len=max_len)
     warm_up(runner)
     vocab = cfg.vocab_size or runner.vocab_size
     return DraftCore(runner, min(vocab, runner.vocab_size)), vocab
@@ -58,13 +57,9 @@ async def start(cfg: DraftConfig) -> Running:
     core, vocab = await asyncio.to_thread(build_core, cfg)
     name = model_name(cfg.model) if cfg.model else "ngram"
     servicer = DraftServicer(core, name, vocab or (1 << 31))
-    metrics.QUEUE_DEPTH.labels("draft").set_function(lambda: core.loop.queued if core.loop else 0)
-    metrics.SLOTS_IN_USE.labels("draft").set_function(
-        lambda: core.runner.cache.slots_in_use if core.runner else 0
-    )
     service = draft_pb2.DESCRIPTOR.services_by_name["Draft"]
-    return await start_service(
-        cfg.listen, "draft", servicer, draft_pb2_grpc.add_DraftServicer_to_server, service
+    return await serve_replica(
+        "draft", cfg.listen, core, servicer, draft_pb2_grpc.add_DraftServicer_to_server, service
     )
 
 

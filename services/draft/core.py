@@ -1,39 +1,44 @@
-"""The draft replica's state: the draft model, its slots, and the batch loop.
+"""The draft replica's state: a ``DraftEngine`` run by the scheduler, and prompt lookup.
 
-Model drafting for every open stream goes through one ``BatchLoop``: a batch drafts k tokens
-for many sequences at once (``engine.sequence.draft_batch``). Prompt-lookup drafting needs no
-model and answers at once. Sequences are opened and closed on the loop thread.
+Model drafting for every open stream goes through one ``engine.draft_engine.DraftEngine``: on
+demand (a step the router waits for) and ahead (draft-ahead on the verification in flight).
+Its forwards are small, so the scheduler runs them all on the event loop, and the stream
+handlers call in directly. Prompt-lookup drafting needs no model and answers at once.
 Non-goals: the wire (``server.py``).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import time
+import asyncio
 from dataclasses import dataclass
 
 from specdec.core.errors import InvalidRequest
 from specdec.core.limits import MAX_SPEC_DEPTH
+from specdec.engine.draft_engine import NO_AHEAD, Ahead, AheadSink, DraftEngine, DraftSequence
 from specdec.engine.proposer import Proposal
 from specdec.engine.proposer_draft import DEFAULT_TOP_M, DEFAULT_TOP_MASS
 from specdec.engine.proposer_ngram import NgramProposer
 from specdec.engine.runner import ModelRunner
 from specdec.engine.sampling import SamplingParams
-from specdec.engine.sequence import DraftItem, SequenceState, draft_batch
-from specdec.serving.batch_loop import BatchLoop, Timed
+from specdec.replica.scheduler import Scheduler
 
-NO_SLOT = -1
 _NGRAM = NgramProposer()
 
 
 @dataclass
-class DraftSequence:
-    state: SequenceState  # slot NO_SLOT for prompt lookup
-    ngram: bool
+class LookupSequence:
+    """A sequence drafted by prompt lookup: no slot, no draft-ahead."""
+
+    committed: list[int]
+    params: SamplingParams
+    seed: int
+
+
+Sequence = DraftSequence | LookupSequence
 
 
 class DraftCore:
-    """Owns the draft ``ModelRunner`` (optional: a replica may serve prompt lookup only)."""
+    """Owns the draft model (optional: a replica may serve prompt lookup only)."""
 
     def __init__(
         self,
@@ -45,73 +50,95 @@ class DraftCore:
     ) -> None:
         self.runner = runner
         self.max_seq_len = runner.max_seq_len if runner else max_seq_len
-        self.vocab_limit = vocab_limit or (runner.vocab_size if runner else 1 << 31)
+        vocab_limit = vocab_limit or (runner.vocab_size if runner else 1 << 31)
+        self.engine = DraftEngine(runner, vocab_limit, top_m, top_mass) if runner else None
         self.active_sequences = 0
-        self.loop: BatchLoop[DraftItem, Proposal] | None = None
-        if runner is not None:
-            self.loop = BatchLoop(
-                lambda items: draft_batch(runner, items, self.vocab_limit, top_m, top_mass),
-                name="draft-batch",
-            )
+        self.scheduler: Scheduler | None = None
+
+    def start(self) -> None:
+        engine = self.engine
+        if engine is None:
+            return
+        # Draft forwards are small: none leaves the event loop (see the module docstring).
+        self.scheduler = Scheduler(engine.next_forward, "draft", inline_max_cost=1 << 62)
+        engine.on_work = self.scheduler.wake
+
+    async def stop(self) -> None:
+        if self.scheduler is not None:
+            await self.scheduler.stop()
+
+    @property
+    def queued(self) -> int:
+        return self.engine.queued if self.engine else 0
+
+    @property
+    def slots_in_use(self) -> int:
+        return self.runner.cache.slots_in_use if self.runner else 0
 
     def open(
-        self, prompt_ids: list[int], params: SamplingParams, seed: int, ngram: bool
-    ) -> concurrent.futures.Future[DraftSequence]:
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        seed: int,
+        ngram: bool,
+        ahead: Ahead = NO_AHEAD,
+        sink: AheadSink | None = None,
+    ) -> Sequence:
+        """A new sequence; with draft-ahead, proposals for the likeliest first tokens follow
+        through ``sink``."""
         params.validate()
-        if ngram or self.loop is None:
-            if not ngram:
-                raise InvalidRequest("method", "this draft replica has no model; use n-gram")
-            future: concurrent.futures.Future[DraftSequence] = concurrent.futures.Future()
+        if ngram:
             self.active_sequences += 1
-            future.set_result(DraftSequence(SequenceState(NO_SLOT, prompt_ids, params, seed), True))
+            return LookupSequence(list(prompt_ids), params, seed)
+        if self.engine is None:
+            raise InvalidRequest("method", "this draft replica has no model; use n-gram")
+        dseq = self.engine.open(prompt_ids, params, seed, ahead, sink)
+        self.active_sequences += 1
+        return dseq
+
+    def step(
+        self,
+        seq: Sequence,
+        position: int,
+        token_ids: list[int],
+        depth: int,
+        verifying: int,
+        ahead: Ahead,
+    ) -> asyncio.Future[Proposal] | None:
+        """The committed sequence is now its first ``position`` tokens and ``token_ids``. With
+        ``depth``: a future of ``depth`` draft tokens for it (the router verifies them next).
+        Without: the router verifies the first ``verifying`` drafts of the proposal this replica
+        sent ahead for it. Either way, draft-ahead then works on that verification."""
+        committed = self._committed(seq.committed, position, token_ids, depth, verifying)
+        future: asyncio.Future[Proposal] = asyncio.get_running_loop().create_future()
+        if isinstance(seq, LookupSequence):
+            seq.committed = committed
+            future.set_result(_NGRAM.propose(committed, depth, seq.params, seq.seed))
             return future
-        assert self.runner is not None
-        runner = self.runner
+        assert self.engine is not None
+        on_proposal = future.set_result if depth else None
+        self.engine.step(seq, committed, depth, verifying, ahead, on_proposal)
+        return future if depth else None
 
-        def open_on_loop() -> DraftSequence:
-            slot = runner.cache.allocate()
-            self.active_sequences += 1
-            return DraftSequence(SequenceState(slot, prompt_ids, params, seed), False)
+    def close(self, seq: Sequence) -> None:
+        self.active_sequences -= 1
+        if isinstance(seq, DraftSequence) and self.engine is not None:
+            self.engine.close(seq)
 
-        return self.loop.call(open_on_loop)
-
-    def propose(
-        self, seq: DraftSequence, position: int, token_ids: list[int], depth: int
-    ) -> concurrent.futures.Future[Timed[Proposal]]:
-        committed = seq.state.committed
+    def _committed(
+        self, committed: list[int], position: int, token_ids: list[int], depth: int, verifying: int
+    ) -> list[int]:
         if position > len(committed):
             raise InvalidRequest(
                 "position",
                 f"the draft holds {len(committed)} tokens; cannot continue from {position}",
             )
-        if not 1 <= depth <= MAX_SPEC_DEPTH:
-            raise InvalidRequest("depth", f"must be in [1, {MAX_SPEC_DEPTH}], got {depth}")
+        if not 0 <= depth <= MAX_SPEC_DEPTH or not 0 <= verifying <= MAX_SPEC_DEPTH:
+            raise InvalidRequest("depth", f"depth and verifying must be in [0, {MAX_SPEC_DEPTH}]")
         new_len = position + len(token_ids)
         if new_len == 0 or new_len >= self.max_seq_len:
             raise InvalidRequest(
                 "token_ids",
                 f"{new_len} committed tokens do not fit the draft's context of {self.max_seq_len}",
             )
-        seq.state.committed = committed[:position] + token_ids
-        if seq.ngram or self.loop is None:
-            state = seq.state
-            return _now(lambda: _NGRAM.propose(state.committed, depth, state.params, state.seed))
-        return self.loop.submit(DraftItem(seq.state, depth))
-
-    def close(self, seq: DraftSequence) -> None:
-        self.active_sequences -= 1
-        if seq.state.slot != NO_SLOT and self.loop is not None and self.runner is not None:
-            runner, slot = self.runner, seq.state.slot
-            self.loop.call(lambda: runner.cache.free(slot))
-
-
-def _now(fn):  # type: ignore[no-untyped-def]
-    """Run ``fn`` here and wrap its result like a batch-loop result."""
-    future: concurrent.futures.Future[Timed[Proposal]] = concurrent.futures.Future()
-    start = time.perf_counter_ns()
-    try:
-        result = fn()
-        future.set_result(Timed(result, 0, time.perf_counter_ns() - start, 1))
-    except Exception as exc:
-        future.set_exception(exc)
-    return future
+        return committed[:position] + token_ids

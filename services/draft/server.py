@@ -1,21 +1,41 @@
 """The Draft gRPC servicer: protobuf in, ``DraftCore`` call, protobuf out.
 
-One ``Propose`` stream is one sequence; when it ends for any reason its slot is freed.
+One ``Propose`` stream is one sequence. Answers to steps that ask for drafts go out in order;
+proposals drafted ahead go out as soon as they are ready, unasked. When the stream ends for any
+reason the sequence's slots are freed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import time
 from collections.abc import AsyncIterator
 
 import grpc
 from opentelemetry import trace
 
-from specdec.draft.core import DraftCore, DraftSequence
-from specdec.serving.convert import check_token_ids, sampling_from_proto, sparse_to_proto
-from specdec.serving.stream import serve_stream
+from specdec.draft.core import DraftCore, Sequence
+from specdec.engine.draft_engine import Ahead
+from specdec.engine.proposer import Proposal
+from specdec.replica.convert import check_token_ids, sampling_from_proto, sparse_to_proto
+from specdec.replica.stream import serve_duplex
 from specdec.v1 import common_pb2, draft_pb2, draft_pb2_grpc
+
+
+def _ahead(msg: draft_pb2.AheadSettings) -> Ahead:
+    return Ahead(msg.width, msg.depth)
+
+
+def proposal_to_proto(position: int, context: list[int], proposal: Proposal) -> draft_pb2.Proposal:
+    out = draft_pb2.Proposal(
+        position=position,
+        context_token_ids=context,
+        draft_token_ids=proposal.draft_token_ids,
+    )
+    ids, probs = proposal.draft_sparse_ids, proposal.draft_sparse_probs
+    if ids is not None and probs is not None:
+        out.draft_probs.extend(sparse_to_proto(ids, probs))
+    return out
 
 
 class _ProposeStream:
@@ -24,55 +44,54 @@ class _ProposeStream:
     def __init__(self, servicer: DraftServicer) -> None:
         self.servicer = servicer
         self.core = servicer.core
-        self.seq: DraftSequence | None = None
+        self.seq: Sequence | None = None
+        self.outbox: asyncio.Queue[draft_pb2.ProposeResponse] = asyncio.Queue()
 
     async def open(self, msg: draft_pb2.OpenDraft, span: trace.Span) -> None:
         prompt = check_token_ids(msg.prompt_token_ids, self.servicer.vocab_size, "prompt")
         params = sampling_from_proto(msg.sampling)
         ngram = msg.method == draft_pb2.PROPOSE_METHOD_NGRAM
-        future = self.core.open(prompt, params, msg.seed, ngram)
-        try:
-            self.seq = await asyncio.wrap_future(future)
-        except asyncio.CancelledError:
-            future.add_done_callback(self._close_orphan)
-            raise
+        self.seq = self.core.open(prompt, params, msg.seed, ngram, _ahead(msg.ahead), self._send)
         span.set_attributes({"specdec.request_id": msg.request_id, "specdec.ngram": ngram})
 
-    async def step(self, msg: draft_pb2.ProposeStep, span: trace.Span) -> draft_pb2.ProposeResponse:
+    async def step(
+        self, msg: draft_pb2.ProposeStep, span: trace.Span
+    ) -> draft_pb2.ProposeResponse | None:
+        arrived = time.perf_counter_ns()
         seq = self.seq
         assert seq is not None
         tokens = check_token_ids(msg.token_ids, self.servicer.vocab_size, "token_ids")
-        future = self.core.propose(seq, msg.position, tokens, msg.depth)
-        timed = await asyncio.wrap_future(future)
-        proposal = timed.result
-        draft_ns = timed.batch_ns + timed.queue_ns
+        future = self.core.step(
+            seq, msg.position, tokens, msg.depth, msg.verifying, _ahead(msg.ahead)
+        )
+        if future is None:
+            return None
+        position = len(seq.committed)
+        proposal = await future
+        draft_ns = time.perf_counter_ns() - arrived
         span.add_event(
             "step",
-            {
-                "position": msg.position,
-                "k": msg.depth,
-                "proposed": len(proposal),
-                "draft_ns": draft_ns,
-            },
+            {"position": position, "k": msg.depth, "proposed": len(proposal), "draft_ns": draft_ns},
         )
-        response = draft_pb2.ProposeResponse(
-            position=len(seq.state.committed),
-            draft_token_ids=proposal.draft_token_ids,
+        return draft_pb2.ProposeResponse(
+            proposals=[proposal_to_proto(position, [], proposal)],
             draft_ns=draft_ns,
             load=self.servicer.load(),
         )
-        ids, probs = proposal.draft_sparse_ids, proposal.draft_sparse_probs
-        if ids is not None and probs is not None:
-            response.draft_probs.extend(sparse_to_proto(ids, probs))
-        return response
+
+    def _send(self, base: int, results: list[tuple[list[int], Proposal]]) -> None:
+        """Speculated proposals are ready: send them now."""
+        self.outbox.put_nowait(
+            draft_pb2.ProposeResponse(
+                proposals=[proposal_to_proto(base, ctx, p) for ctx, p in results],
+                ahead=True,
+                load=self.servicer.load(),
+            )
+        )
 
     def close(self) -> None:
         if self.seq is not None:
             self.core.close(self.seq)
-
-    def _close_orphan(self, future: concurrent.futures.Future[DraftSequence]) -> None:
-        if not future.cancelled() and future.exception() is None:
-            self.core.close(future.result())
 
 
 class DraftServicer(draft_pb2_grpc.DraftServicer):
@@ -85,7 +104,7 @@ class DraftServicer(draft_pb2_grpc.DraftServicer):
         runner = self.core.runner
         return common_pb2.ReplicaLoad(
             active_sequences=self.core.active_sequences,
-            queued_steps=self.core.loop.queued if self.core.loop else 0,
+            queued_steps=self.core.queued,
             slots_free=runner.cache.slots_free if runner else 0,
             slots_total=runner.cache.num_slots if runner else 0,
         )
@@ -96,19 +115,19 @@ class DraftServicer(draft_pb2_grpc.DraftServicer):
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[draft_pb2.ProposeResponse]:
         # grpc.aio needs the method itself to be an async generator.
-        async for response in serve_stream(
-            request_iterator, context, _ProposeStream(self), "specdec.propose"
+        stream = _ProposeStream(self)
+        async for response in serve_duplex(
+            request_iterator, context, stream, stream.outbox, "specdec.propose"
         ):
             yield response
 
     async def GetStatus(
         self, request: common_pb2.GetStatusRequest, context: grpc.aio.ServicerContext
     ) -> common_pb2.ReplicaStatus:
-        runner = self.core.runner
         return common_pb2.ReplicaStatus(
             model=self.model_name,
             load=self.load(),
             vocab_size=self.vocab_size,
             max_context_tokens=self.core.max_seq_len,
-            slots_in_use=runner.cache.slots_in_use if runner else 0,
+            slots_in_use=self.core.slots_in_use,
         )

@@ -5,7 +5,8 @@ length: how many leading positions are valid. Rolling back moves the length and 
 the next forward overwrites what lies past it (gpt-fast's fixed buffer, with slots for batching).
 
 Verbs: ``allocate`` a slot, ``append`` (advance the length after a forward wrote the positions),
-``rollback_to`` a shorter length, ``free`` the slot. Only the engine's runner moves positions.
+``rollback_to`` a shorter length, ``copy`` positions from another slot (draft-ahead forks a
+branch off a sequence this way), ``free`` the slot. Only the engine moves positions.
 Non-goals: paging, prefix sharing between slots, eviction policy (the services decide that).
 """
 
@@ -83,6 +84,25 @@ class KVCache:
                 f"cannot roll slot {slot} back to {length}: it holds {self._lengths[slot]} tokens",
             )
         self._lengths[slot] = length
+
+    def copy(self, src: int, dst: int, start: int, end: int) -> None:
+        """Make ``dst`` hold ``src``'s positions [start, end) after its own first ``start``.
+
+        ``dst`` must hold at least ``start`` positions (it keeps them) and ``src`` at least
+        ``end``; ``dst``'s length becomes ``end``.
+        """
+        self._check(src)
+        self._check(dst)
+        if not 0 <= start <= min(self._lengths[dst], end) or end > self._lengths[src]:
+            raise InvalidRequest(
+                "position",
+                f"cannot copy [{start}, {end}) from slot {src} ({self._lengths[src]} tokens) "
+                f"to slot {dst} ({self._lengths[dst]} tokens)",
+            )
+        for layer in range(len(self.keys)):
+            self.keys[layer][dst, start:end] = self.keys[layer][src, start:end]
+            self.values[layer][dst, start:end] = self.values[layer][src, start:end]
+        self._lengths[dst] = end
 
     @property
     def slots_in_use(self) -> int:

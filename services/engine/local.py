@@ -86,7 +86,9 @@ def to_json(result: GenerationResult, text: str) -> dict[str, Any]:
     stats.update(
         acceptance_rate=result.stats.acceptance_rate,
         mean_acceptance_length=result.stats.mean_acceptance_length,
-        tokens_per_s=result.stats.tokens_per_s,
+        elapsed_s=result.elapsed_s,
+        first_token_s=result.first_token_s,
+        tokens_per_s=result.tokens_per_s,
     )
     return {
         "text": text,

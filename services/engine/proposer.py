@@ -28,6 +28,18 @@ class Proposal:
     def __len__(self) -> int:
         return len(self.draft_token_ids)
 
+    def head(self, k: int) -> Proposal:
+        """The first ``k`` drafts (a prefix of a proposal is a proposal: each draft's
+        distribution depends only on the drafts before it)."""
+        if len(self) <= k:
+            return self
+        ids, probs = self.draft_sparse_ids, self.draft_sparse_probs
+        return Proposal(
+            self.draft_token_ids[:k],
+            ids[:k] if ids is not None else None,
+            probs[:k] if probs is not None else None,
+        )
+
 
 EMPTY_PROPOSAL = Proposal([])
 

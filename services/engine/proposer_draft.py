@@ -3,7 +3,7 @@
 The proposer owns one KV-cache slot of the draft runner. Each round it rolls back to the longest
 prefix it shares with the committed sequence, feeds the rest (usually the newest token, or the
 last draft and the bonus token after a full acceptance) and decodes k tokens one at a time; see
-``sequence.draft_batch``, which the draft service runs for many sequences at once. When sampling
+``drafting.py``, which the draft service runs for many sequences at once. When sampling
 it draws from its own warped distribution cut to its most likely tokens (``sparse_top``: up to
 ``top_m`` of them, stopping once they hold ``top_mass``) and ships exactly that sparse
 distribution. The cut costs acceptance: a flat draft row cut to its top 32 tokens lost a tenth
@@ -15,10 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from specdec.engine.drafting import DraftCursor, draft_batch
 from specdec.engine.proposer import EMPTY_PROPOSAL, Proposal
 from specdec.engine.runner import ModelRunner
 from specdec.engine.sampling import SamplingParams
-from specdec.engine.sequence import DraftItem, SequenceState, draft_batch
+from specdec.engine.sequence import SequenceState
 
 DEFAULT_TOP_M = 256  # at most this many draft probabilities shipped per position when sampling
 DEFAULT_TOP_MASS = 0.99  # ... and no more than it takes to hold this mass
@@ -57,8 +58,8 @@ class DraftModelProposer:
             return EMPTY_PROPOSAL
         self.state.committed = list(committed)
         self.state.params, self.state.seed = params, seed
-        item = DraftItem(self.state, k)
-        return draft_batch(self.runner, [item], self.vocab_limit, self.top_m, self.top_mass)[0]
+        cursor = DraftCursor(self.state, k)
+        return draft_batch(self.runner, [cursor], self.vocab_limit, self.top_m, self.top_mass)[0]
 
     def close(self) -> None:
         if not self._closed:

@@ -1,10 +1,10 @@
-"""One sequence's state on a replica, and the batched verify and draft steps over many of them.
+"""One sequence's state on a replica, and the batched verify step over many of them.
 
 A ``SequenceState`` is a KV-cache slot plus the committed tokens it stands for. ``verify_batch``
 runs one target forward for many sequences (each feeding its unfed committed tokens plus its
-drafts), applies the acceptance rule per sequence and rolls each back by position.
-``draft_batch`` drafts k tokens for many sequences, one batched forward per draft position.
-The in-process generator and the services both call these, so there is one implementation.
+drafts), applies the acceptance rule per sequence and rolls each back by position. (Drafting is
+``drafting.py``.) The in-process generator and the services both call these, so there is one
+implementation.
 Non-goals: scheduling and admission (the services decide which sequences go together).
 """
 
@@ -20,15 +20,7 @@ from specdec.engine.batch import Chunk
 from specdec.engine.proposer import Proposal
 from specdec.engine.rejection import VerifyResult, verify_greedy, verify_sampling
 from specdec.engine.runner import ModelRunner
-from specdec.engine.sampling import (
-    STREAM_DRAFT,
-    STREAM_TARGET,
-    SamplingParams,
-    position_generator,
-    sample_sparse_token,
-    sparse_top,
-    target_probs,
-)
+from specdec.engine.sampling import STREAM_TARGET, SamplingParams, position_generator, target_probs
 
 
 @dataclass
@@ -60,19 +52,30 @@ class VerifyItem:
     proposal: Proposal
 
 
-def verify_batch(runner: ModelRunner, items: Sequence[VerifyItem]) -> list[VerifyResult]:
-    """One target forward for all items; commits each item's accepted drafts and next token."""
+def verify_batch(
+    runner: ModelRunner, items: Sequence[VerifyItem]
+) -> list[VerifyResult | InvalidRequest]:
+    """One target forward for all items; commits each item's accepted drafts and next token.
+
+    An item whose drafts the acceptance rule refuses (malformed draft probabilities) gets the
+    ``InvalidRequest`` in its place and is left as it was: it fails alone, its batch-mates go on.
+    """
     chunks = []
     for item in items:
         feed = item.seq.sync_cache(runner)
         drafts = item.proposal.draft_token_ids
         chunks.append(Chunk(item.seq.slot, feed + drafts, len(item.seq.cached), len(drafts) + 1))
     all_logits = runner.step(chunks)  # per item [K+1, V]
-    results = []
+    results: list[VerifyResult | InvalidRequest] = []
     for item, chunk, logits in zip(items, chunks, all_logits, strict=True):
         seq, proposal = item.seq, item.proposal
         n = len(seq.committed)
-        result = _accept(proposal, logits, seq.params, seq.seed, n)
+        try:
+            result = _accept(proposal, logits, seq.params, seq.seed, n)
+        except InvalidRequest as exc:
+            runner.cache.rollback_to(seq.slot, len(seq.cached))
+            results.append(exc)
+            continue
         # Keep the committed tokens and the accepted drafts; the next token is fed next time.
         seq.cached.extend(chunk.token_ids[: n - len(seq.cached) + result.num_accepted])
         runner.cache.rollback_to(seq.slot, len(seq.cached))
@@ -97,60 +100,3 @@ def _accept(
         sparse_ids, sparse_probs = torch.empty(0, 1, dtype=torch.int64), torch.empty(0, 1)
     probs = target_probs(logits, params)  # [K+1, V]
     return verify_sampling(proposal.draft_token_ids, sparse_ids, sparse_probs, probs, generators)
-
-
-@dataclass(frozen=True)
-class DraftItem:
-    seq: SequenceState
-    depth: int
-
-
-def draft_batch(
-    runner: ModelRunner,
-    items: Sequence[DraftItem],
-    vocab_limit: int,
-    top_m: int,
-    top_mass: float,
-) -> list[Proposal]:
-    """Draft ``depth`` tokens for every item: one batched forward per draft position, items
-    leaving the batch as they reach their depth. The last draft token is not fed."""
-    feeds: dict[int, list[int]] = {}
-    drafted: list[list[int]] = [[] for _ in items]
-    sparse: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in items]
-    depths = []
-    for i, item in enumerate(items):
-        room = runner.max_seq_len - len(item.seq.committed) + 1
-        depths.append(max(0, min(item.depth, room)))
-        if depths[i]:
-            feeds[i] = item.seq.sync_cache(runner)
-    while feeds:
-        order = list(feeds)
-        chunks = [Chunk(items[i].seq.slot, feeds[i], len(items[i].seq.cached), 1) for i in order]
-        all_logits = runner.step(chunks)
-        for i, chunk, logits in zip(order, chunks, all_logits, strict=True):
-            seq = items[i].seq
-            seq.cached.extend(chunk.token_ids)
-            logits = logits[:, :vocab_limit]  # [1, V]
-            position = len(seq.committed) + len(drafted[i])
-            if seq.params.is_greedy:
-                token = int(torch.argmax(logits[0]))
-            else:
-                warped = target_probs(logits, seq.params)  # [1, V]
-                ids, probs = sparse_top(warped, top_m, top_mass)  # [1, M]
-                generator = position_generator(seq.seed, position, STREAM_DRAFT)
-                token = sample_sparse_token(ids[0], probs[0], generator)
-                sparse[i].append((ids[0], probs[0]))
-            drafted[i].append(token)
-            if len(drafted[i]) < depths[i]:
-                feeds[i] = [token]
-            else:
-                del feeds[i]
-    proposals = []
-    for i, item in enumerate(items):
-        if not drafted[i] or item.seq.params.is_greedy:
-            proposals.append(Proposal(drafted[i]))
-        else:
-            ids_t = torch.stack([s[0] for s in sparse[i]])  # [K, M]
-            probs_t = torch.stack([s[1] for s in sparse[i]])  # [K, M]
-            proposals.append(Proposal(drafted[i], ids_t, probs_t))
-    return proposals

@@ -1,10 +1,11 @@
 """In-process speculative generation: the reference the distributed pipeline is checked against.
 
-``generate`` runs the whole loop in one process: a proposer drafts k tokens, the target verifies
-them in one forward (together with any not-yet-fed committed tokens, so the first round is also
-the prompt's prefill), the acceptance rule keeps what the target agrees with, and both sides roll
-back by position. With k = 0 every round is one plain decoding step, so ``generate(...,
-proposer=None)`` is target-only decoding, token for token the baseline.
+``generate`` runs the one speculation loop (``specdec.core.speculation``) over the engine's
+ports in this process: a proposer drafts k tokens, the target verifies them in one forward, the
+acceptance rule keeps what the target agrees with, and both sides roll back by position. Round 0
+prefills the prompt and decides the first token. Without a proposer every round is one plain
+decoding step, so ``generate(..., proposer=None)`` is target-only decoding, token for token the
+baseline.
 Non-goals: batching several requests (the services do that), networking.
 """
 
@@ -12,85 +13,33 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 
+from specdec.core.depth import DepthPolicy, FixedDepth
 from specdec.core.errors import InvalidRequest
-from specdec.core.limits import MAX_SPEC_DEPTH, check_depth
-from specdec.engine.proposer import EMPTY_PROPOSAL, Proposer
+from specdec.core.limits import check_depth, check_prompt
+from specdec.core.rounds import Round, Tally
+from specdec.core.speculation import Budget, Drafter, NoDrafter, speculate
+from specdec.engine.draft_engine import Ahead
+from specdec.engine.ports import AheadDrafter, EngineDrafter, EngineVerifier, run_now
+from specdec.engine.proposer import Proposer
+from specdec.engine.proposer_draft import DraftModelProposer
 from specdec.engine.runner import ModelRunner
 from specdec.engine.sampling import SamplingParams
-from specdec.engine.sequence import SequenceState, VerifyItem, verify_batch
-
-
-@dataclass
-class GenerationStats:
-    """What happened, round by round; also the input of a depth policy."""
-
-    rounds: int = 0
-    draft_tokens: int = 0  # tokens proposed
-    accepted_tokens: int = 0  # proposed tokens the target kept
-    depths: list[int] = field(default_factory=list)  # k asked for, per round
-    accepted_per_position: list[int] = field(default_factory=lambda: [0] * MAX_SPEC_DEPTH)
-    proposed_per_position: list[int] = field(default_factory=lambda: [0] * MAX_SPEC_DEPTH)
-    prompt_tokens: int = 0
-    output_tokens: int = 0
-    elapsed_s: float = 0.0
-    first_token_s: float = 0.0
-
-    @property
-    def acceptance_rate(self) -> float:
-        return self.accepted_tokens / self.draft_tokens if self.draft_tokens else 0.0
-
-    @property
-    def mean_acceptance_length(self) -> float:
-        """Tokens gained per round, the target's own token included."""
-        return self.output_tokens / self.rounds if self.rounds else 0.0
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.output_tokens / self.elapsed_s if self.elapsed_s > 0 else 0.0
-
-    def record(self, k: int, proposed: int, accepted: int) -> None:
-        self.rounds += 1
-        self.depths.append(k)
-        self.draft_tokens += proposed
-        self.accepted_tokens += accepted
-        for i in range(proposed):
-            self.proposed_per_position[i] += 1
-            self.accepted_per_position[i] += int(i < accepted)
-
-
-DepthFn = Callable[[GenerationStats], int]
 
 
 @dataclass
 class GenerationResult:
     token_ids: list[int]  # generated tokens only
     finish_reason: str  # "stop" (an eos or stop token), "length" (max_tokens or context)
-    stats: GenerationStats
+    stats: Tally
+    elapsed_s: float  # the whole call
+    first_token_s: float  # to the end of the prefill round
 
-
-def fixed_depth(k: int) -> DepthFn:
-    """A depth policy that always asks for ``k`` tokens."""
-    check_depth(k)
-    return lambda _stats: k
-
-
-def check_prompt(prompt_ids: Sequence[int], vocab_size: int, max_seq_len: int) -> None:
-    if not prompt_ids:
-        raise InvalidRequest("prompt", "is empty; give at least one token")
-    if len(prompt_ids) >= max_seq_len:
-        raise InvalidRequest(
-            "prompt",
-            f"has {len(prompt_ids)} tokens; the context holds "
-            f"{max_seq_len}, leaving no room to generate",
-        )
-    bad = [t for t in prompt_ids if not 0 <= t < vocab_size]
-    if bad:
-        raise InvalidRequest(
-            "prompt", f"token id {bad[0]} is outside the vocabulary [0, {vocab_size})"
-        )
+    @property
+    def tokens_per_s(self) -> float:
+        return len(self.token_ids) / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
 
 def generate(
@@ -99,12 +48,15 @@ def generate(
     params: SamplingParams,
     max_tokens: int,
     proposer: Proposer | None = None,
-    depth: DepthFn | int = 4,
+    depth: DepthPolicy | int = 4,
     stop_token_ids: Sequence[int] | None = None,
+    ahead_width: int = 0,
 ) -> GenerationResult:
     """Generate up to ``max_tokens`` tokens after ``prompt_ids``, speculating when a proposer
     is given. The output equals target-only decoding (greedy) or follows its distribution.
 
+    ``ahead_width`` > 0 (a draft model only) drafts that many outcomes of each verification
+    ahead, as the draft service does, and takes the next proposal from them when one matches.
     Takes ownership of ``proposer``: it is closed (its slot freed) when this returns or raises.
     """
     try:
@@ -112,56 +64,65 @@ def generate(
         check_prompt(prompt_ids, target.vocab_size, target.max_seq_len)
         if max_tokens <= 0:
             raise InvalidRequest("max_tokens", f"must be positive, got {max_tokens}")
-        depth_fn = fixed_depth(depth) if isinstance(depth, int) else depth
-        stops = set(target.config.eos_token_ids if stop_token_ids is None else stop_token_ids)
+        if isinstance(depth, int):
+            check_depth(depth)
+            depth = FixedDepth(depth)
+        stops = target.config.eos_token_ids if stop_token_ids is None else stop_token_ids
+        budget = Budget(max_tokens, target.max_seq_len, frozenset(stops))
         seed = params.seed if params.seed is not None else random.getrandbits(63)
-        seq = SequenceState(target.cache.allocate(), list(prompt_ids), params, seed)
+        verifier = EngineVerifier(target, params, seed)
+        drafter = _drafter(proposer, params, seed, ahead_width, depth.next_depth())
         try:
-            return _run(target, seq, max_tokens, proposer, depth_fn, stops)
+            return run_now(_run(prompt_ids, budget, drafter, verifier, depth))
         finally:
-            target.cache.free(seq.slot)
+            verifier.close()
+            if isinstance(drafter, AheadDrafter):
+                drafter.close()
     finally:
         if proposer is not None:
             proposer.close()
 
 
-def _run(
-    target: ModelRunner,
-    seq: SequenceState,
-    max_tokens: int,
-    proposer: Proposer | None,
-    depth_fn: DepthFn,
-    stops: set[int],
+def _drafter(
+    proposer: Proposer | None, params: SamplingParams, seed: int, ahead_width: int, depth: int
+) -> Drafter:
+    if proposer is None:
+        return NoDrafter()
+    if not ahead_width:
+        return EngineDrafter(proposer, params, seed)
+    if not isinstance(proposer, DraftModelProposer):
+        raise InvalidRequest("ahead_width", "draft-ahead needs a draft model")
+    ahead = Ahead(ahead_width, max(depth, 1))
+    ahead.check()
+    return AheadDrafter(
+        proposer.runner,
+        params,
+        seed,
+        ahead,
+        proposer.vocab_limit,
+        proposer.top_m,
+        proposer.top_mass,
+    )
+
+
+async def _run(
+    prompt_ids: Sequence[int],
+    budget: Budget,
+    drafter: Drafter,
+    verifier: EngineVerifier,
+    policy: DepthPolicy,
 ) -> GenerationResult:
-    """The speculation loop proper: propose, verify, commit, until a stop or the budget."""
-    stats = GenerationStats(prompt_tokens=len(seq.committed))
-    generated: list[int] = []
-    finish = "length"
     started = time.perf_counter()
-    while len(generated) < max_tokens and len(seq.committed) < target.max_seq_len:
-        # Room for k drafts + 1 target token, within the budget and the context.
-        room = min(max_tokens - len(generated), target.max_seq_len - len(seq.committed)) - 1
-        proposal = EMPTY_PROPOSAL
-        k = 0
-        if proposer is not None:
-            k = depth_fn(stats)
-            check_depth(k)
-            k = min(k, room)
-            if k > 0:
-                proposal = proposer.propose(seq.committed, k, seq.params, seq.seed)
-        result = verify_batch(target, [VerifyItem(seq, proposal)])[0]
-        stats.record(k, len(proposal), result.num_accepted)
-        for token in result.token_ids(proposal.draft_token_ids):
-            generated.append(token)
-            if token in stops:
-                finish = "stop"
-                break
-            if len(generated) >= max_tokens:
-                break
-        if stats.rounds == 1:
-            stats.first_token_s = time.perf_counter() - started
-        if finish == "stop":
-            break
-    stats.output_tokens = len(generated)
-    stats.elapsed_s = time.perf_counter() - started
-    return GenerationResult(generated, finish, stats)
+    stats = Tally()
+    tokens: list[int] = []
+    first_token_s = 0.0
+    last: Round | None = None
+    async for last in speculate(prompt_ids, budget, drafter, verifier, policy):
+        stats.add(last)
+        tokens += last.token_ids
+        if last.index == 0:
+            first_token_s = time.perf_counter() - started
+    assert last is not None and last.finish is not None
+    return GenerationResult(
+        tokens, last.finish, stats, time.perf_counter() - started, first_token_s
+    )

@@ -15,7 +15,7 @@ from specdec.router.replicas import ReplicaPool
 from specdec.router.request import Limits
 from specdec.router.server import GenerationServicer
 from specdec.router.sessions import SessionStore
-from specdec.router.speculation import RouterDeps
+from specdec.router.speculation import DEFAULT_AHEAD_WIDTH, RouterDeps
 from specdec.serving.metrics import serve_metrics
 from specdec.serving.server import Running, serve_forever, start_service
 from specdec.serving.telemetry import setup_tracing
@@ -38,6 +38,8 @@ class RouterConfig:
     default_policy: str = "goodput"  # depth policy when a request names none
     max_depth: int = 8  # the deepest k the adaptive policies choose
     load_guard: bool = False  # opt-in: measure under concurrency whether speculation pays
+    draft_ahead: bool = True  # the draft works on each round's likeliest outcomes meanwhile
+    ahead_width: int = DEFAULT_AHEAD_WIDTH  # outcomes drafted ahead per round
     max_context_tokens: int = 2048  # prompt + output (must not exceed the verifiers')
     max_output_tokens: int = 4096  # largest max_tokens accepted
     session_ttl_s: int = 3600
@@ -77,6 +79,8 @@ def build_deps(cfg: RouterConfig) -> RouterDeps:
         sessions=sessions,
         default_policy=cfg.default_policy,
         max_depth=cfg.max_depth,
+        draft_ahead=cfg.draft_ahead,
+        ahead_width=cfg.ahead_width,
         guard=LoadGuard() if cfg.load_guard else None,
         target_model=Path(cfg.model).resolve().name,
     )

@@ -55,10 +55,8 @@ acceptance evidence; a fixed per-call draft cost (it lands in d at the depths us
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # a runtime import would be circular: depth_policy registers this class
-    from specdec.router.depth_policy import RoundObservation
+from specdec.core.rounds import Round
 
 DEFAULT_INITIAL_DEPTH = 4
 PRIOR_ALPHA = 0.6  # acceptance rate assumed before any round
@@ -203,7 +201,7 @@ class GoodputDepth:
             return min(PROBE_DEPTH, self.max_depth)
         return k
 
-    def observe(self, obs: RoundObservation) -> None:
+    def observe(self, obs: Round) -> None:
         if obs.num_proposed > 0:
             rejected = obs.num_accepted < obs.num_proposed
             self._successes = self._successes * ACCEPT_DECAY + obs.num_accepted

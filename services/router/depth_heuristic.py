@@ -16,10 +16,7 @@ generation). ``depth_goodput`` is the policy that weighs costs.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # a runtime import would be circular: depth_policy registers this class
-    from specdec.router.depth_policy import RoundObservation
+from specdec.core.rounds import Round
 
 DEFAULT_INITIAL_DEPTH = 4
 
@@ -42,7 +39,7 @@ class HeuristicDepth:
     def next_depth(self) -> int:
         return self._depth
 
-    def observe(self, obs: RoundObservation) -> None:
+    def observe(self, obs: Round) -> None:
         if obs.num_proposed == 0:
             return
         if obs.num_accepted == obs.num_proposed:

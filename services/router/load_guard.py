@@ -47,6 +47,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from specdec.core.depth import DepthPolicy
+from specdec.core.rounds import Round
 from specdec.serving import metrics
 
 SPECULATE, PLAIN = "speculate", "plain"
@@ -203,3 +205,21 @@ class LoadGuard:
         safe side: speculation then has to earn its place in the next epoch)."""
         heavier = [s for b, s in self._buckets.items() if b > bucket and s.measured]
         return SPECULATE if any(s.leader() == SPECULATE for s in heavier) else PLAIN
+
+
+class GuardedPolicy:
+    """An adaptive depth policy the guard may overrule with k = 0 (in its plain epochs); the
+    rounds it observes feed the guard's scores."""
+
+    def __init__(self, policy: DepthPolicy, guard: LoadGuard) -> None:
+        self.policy = policy
+        self.guard = guard
+        self.name = policy.name
+
+    def next_depth(self) -> int:
+        return 0 if self.guard.plain() else self.policy.next_depth()
+
+    def observe(self, rnd: Round) -> None:
+        self.policy.observe(rnd)
+        # The prefill round says nothing about how long an epoch should be.
+        self.guard.record(len(rnd.token_ids), rnd.round_ns if rnd.index else None)

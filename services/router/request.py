@@ -59,6 +59,7 @@ class Request:
     policy: str | None  # None: the server's default
     fixed_depth: int
     draft_method: str | None  # "model", "ngram", "none"; None: the server's default
+    draft_ahead: bool | None = None  # None: the server's default
 
 
 def parse_request(
@@ -110,6 +111,7 @@ def parse_request(
         policy=POLICY_NAMES[msg.depth_policy],
         fixed_depth=msg.fixed_depth,
         draft_method=DRAFT_METHODS[msg.draft_method],
+        draft_ahead=msg.draft_ahead if msg.HasField("draft_ahead") else None,
     )
 
 

@@ -1,5 +1,9 @@
 """The public Generation servicer: validate, run the speculation loop, stream the answer.
 
+The loop runs in its own task and hands its responses over through a queue: a slow client (or
+a slow write) never holds up the next round, and responses that pile up meanwhile go out merged
+into one message.
+
 Errors: bad input → INVALID_ARGUMENT naming the field; out of slots everywhere →
 RESOURCE_EXHAUSTED; no replica → UNAVAILABLE; anything else → INTERNAL without a stack trace.
 """
@@ -7,6 +11,8 @@ RESOURCE_EXHAUSTED; no replica → UNAVAILABLE; anything else → INTERNAL witho
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections import deque
 from collections.abc import AsyncIterator
 
 import grpc
@@ -31,6 +37,50 @@ def _from_replica(exc: grpc.aio.AioRpcError) -> Exception:
     return Unavailable(f"a replica failed: {details}")
 
 
+async def _decoupled(
+    responses: AsyncIterator[generation_pb2.GenerateResponse],
+) -> AsyncIterator[generation_pb2.GenerateResponse]:
+    """``responses``, produced by a task of their own; those that pile up while the caller is
+    busy come out merged into one."""
+    pending: deque[generation_pb2.GenerateResponse] = deque()
+    ready = asyncio.Event()
+
+    async def produce() -> None:
+        try:
+            async for response in responses:
+                pending.append(response)
+                ready.set()
+        finally:
+            ready.set()
+
+    task = asyncio.get_running_loop().create_task(produce())
+    try:
+        while pending or not task.done():
+            await ready.wait()
+            ready.clear()
+            if pending:
+                yield _merged(pending)
+        await task  # raises what the loop raised
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def _merged(pending: deque[generation_pb2.GenerateResponse]) -> generation_pb2.GenerateResponse:
+    """Empty ``pending`` into one response (the last one's finish reason and stats, if any)."""
+    out = pending.popleft()
+    while pending:
+        nxt = pending.popleft()
+        out.text += nxt.text
+        out.token_ids.extend(nxt.token_ids)
+        if nxt.HasField("stats"):
+            out.finish_reason = nxt.finish_reason
+            out.stats.CopyFrom(nxt.stats)
+    return out
+
+
 class GenerationServicer(generation_pb2_grpc.GenerationServicer):
     def __init__(self, deps: RouterDeps, target_model: str, draft_model: str) -> None:
         self.deps = deps
@@ -44,7 +94,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
         try:
             req = parse_request(request, self.deps.tokenizer, self.deps.limits)
             parent = extract_context(context.invocation_metadata())
-            async for response in generate(req, self.deps, parent):
+            async for response in _decoupled(generate(req, self.deps, parent)):
                 yield response
         except asyncio.CancelledError:
             status = "CANCELLED"

@@ -281,7 +281,7 @@ class SessionStore:
             raise RuntimeError("flush() before start(): nothing would write the queue")
         try:
             await asyncio.wait_for(self._idle.wait(), timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
         return True
 

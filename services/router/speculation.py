@@ -1,16 +1,18 @@
-"""One request, end to end: the speculation loop the router runs over the two streams.
+"""One request, end to end: the router runs the speculation loop over the two streams.
 
-Each round: ask the depth policy for k; ask the draft for k tokens (skipped when k = 0); send
-them to the verifier, which keeps the longest accepted prefix and adds one token of its own;
-stream the new tokens out; tell the policy what it cost. The verifier is authoritative: the
-committed sequence only ever grows by what it returns.
+``generate`` picks the replicas (the session's, when Redis says it holds the conversation's
+cache), opens the verifier and draft ports (``ports.py``), runs the one speculation loop
+(``specdec.core.speculation``) with the request's depth policy, and streams each round's tokens
+out as text. The rounds' record feeds the statistics, metrics, the trace and (through the
+policy) the load guard; the session store gets the final state.
 
 Under concurrency the router's ``LoadGuard`` may overrule an adaptive policy with k = 0 for a
 while, when it has measured that speculation no longer pays at this load.
 
 Failures: a draft that fails or times out is dropped and the request goes on at k = 0 (same
 output, only slower). A verifier that fails is replaced by another replica, re-opened with the
-whole committed sequence; randomness is keyed by position, so the output does not change.
+whole committed sequence and the round it lost; randomness is keyed by position, so the output
+does not change.
 """
 
 from __future__ import annotations
@@ -19,37 +21,32 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from specdec.core.errors import OutOfSlots, Unavailable
+from specdec.core.depth import DepthPolicy
+from specdec.core.rounds import Round, Tally
+from specdec.core.speculation import Budget, Drafter, NoDrafter, speculate
 from specdec.core.tokenizer import Tokenizer
-from specdec.router.depth_policy import DepthPolicy, RoundObservation, make_policy
+from specdec.router.depth_policy import make_policy
 from specdec.router.detokenize import Detokenizer
-from specdec.router.load_guard import LoadGuard
-from specdec.router.replicas import Replica, ReplicaPool
+from specdec.router.load_guard import GuardedPolicy, LoadGuard
+from specdec.router.ports import StreamDrafter, StreamVerifier
+from specdec.router.replicas import ReplicaPool
 from specdec.router.request import Limits, Request
 from specdec.router.sessions import SessionRecord, SessionStore, extends, hash_tokens
-from specdec.router.streams import DraftStream, StreamClosed, VerifierStream
 from specdec.serving import metrics
 from specdec.serving.telemetry import inject_metadata
-from specdec.v1 import common_pb2, generation_pb2
+from specdec.v1 import common_pb2, draft_pb2, generation_pb2
 
 log = logging.getLogger("specdec.router")
 
-VERIFIER_RETRIES = 2
-_FAILOVER_CODES = {
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.UNKNOWN,
-    grpc.StatusCode.CANCELLED,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-}
+DEFAULT_AHEAD_WIDTH = 8  # outcomes of each verification the draft works on ahead
 
-
+_METHODS = {"model": draft_pb2.PROPOSE_METHOD_MODEL, "ngram": draft_pb2.PROPOSE_METHOD_NGRAM}
 FINISH_NAMES = {
     generation_pb2.FINISH_REASON_EOS: "stop",
     generation_pb2.FINISH_REASON_LENGTH: "length",
@@ -72,27 +69,9 @@ class RouterDeps:
     max_depth: int = 8
     draft_timeout_s: float = 2.0
     verify_timeout_s: float = 60.0
+    draft_ahead: bool = True  # default for requests that do not say
+    ahead_width: int = DEFAULT_AHEAD_WIDTH
     guard: LoadGuard | None = None  # None: adaptive policies are never overruled
-
-
-@dataclass
-class _State:
-    req: Request
-    committed: list[int]
-    generated: list[int] = field(default_factory=list)
-    stats: generation_pb2.GenerationStats = field(default_factory=generation_pb2.GenerationStats)
-    accepted_per_position: list[int] = field(default_factory=lambda: [0] * 16)
-
-
-def _sampling(req: Request) -> common_pb2.SamplingParams:
-    return common_pb2.SamplingParams(temperature=req.temperature, top_k=req.top_k, top_p=req.top_p)
-
-
-def _policy(req: Request, deps: RouterDeps) -> DepthPolicy:
-    name = req.policy or deps.default_policy
-    # A fixed depth above the adaptive policies' ceiling is still allowed (up to MAX_DEPTH).
-    max_depth = max(deps.max_depth, req.fixed_depth) if name == "fixed" else deps.max_depth
-    return make_policy(name, fixed_depth=req.fixed_depth, max_depth=max_depth)
 
 
 async def generate(
@@ -134,277 +113,203 @@ def _request_attributes(req: Request, deps: RouterDeps) -> dict[str, Any]:
     }
 
 
-async def _generate(
-    req: Request, deps: RouterDeps, span: trace.Span
-) -> AsyncIterator[generation_pb2.GenerateResponse]:
+@dataclass
+class _Setup:
+    """A request's ports and policy."""
+
+    verifier: StreamVerifier
+    drafter: Drafter
+    policy: DepthPolicy
+    ahead: bool
+    adaptive: bool  # the load guard may overrule its k
+
+
+async def _setup(req: Request, deps: RouterDeps, span: trace.Span) -> _Setup:
     metadata = inject_metadata(span)
-    started = time.perf_counter_ns()
-    last_emit = started
     seed = req.seed if req.seed is not None else random.getrandbits(63)
-    sampling = _sampling(req)
-    state = _State(req, list(req.prompt_ids))
-    state.stats.request_id = req.request_id
-    state.stats.prompt_tokens = len(req.prompt_ids)
+    sampling = common_pb2.SamplingParams(
+        temperature=req.temperature, top_k=req.top_k, top_p=req.top_p
+    )
     record = await deps.sessions.get(req.session_id) if deps.sessions and req.session_id else None
     affinity = record if record is not None and extends(record, req.prompt_ids) else None
-
     method = req.draft_method or ("model" if len(deps.drafts) else "none")
-    policy = _policy(req, deps)
-    detok = Detokenizer(deps.tokenizer, req.stop)
-    verifier = await _open_verifier(state, deps, sampling, seed, affinity, metadata, set())
-    # Opened at the first round that drafts: a request the load guard keeps at k = 0 never
-    # pays for a draft stream and its prompt prefill.
     drafting = method != "none" and len(deps.drafts) > 0
-    draft: DraftStream | None = None
-    finish = generation_pb2.FINISH_REASON_LENGTH
-    tried: set[str] = set()
-    guard = deps.guard
-    adaptive = drafting and policy.name != "fixed"  # the load guard may overrule its k
-    if guard is not None:
-        guard.enter(adaptive)
-    try:
-        max_len = deps.limits.max_context_tokens
-        while len(state.generated) < req.max_tokens and len(state.committed) < max_len:
-            room = min(req.max_tokens - len(state.generated), max_len - len(state.committed)) - 1
-            k = min(policy.next_depth(), room) if drafting else 0
-            if guard is not None and adaptive and drafting and guard.plain():
-                k = 0
-            if k > 0 and draft is None:  # outside the round's time, as when opened up front
-                draft = await _open_draft(
-                    state,
-                    deps,
-                    sampling,
-                    seed,
-                    method == "ngram",
-                    affinity.draft if affinity else None,
-                    metadata,
-                )
-                if draft is None:
-                    drafting, k, state.stats.draft_fallback = False, 0, True
-            round_start = time.perf_counter_ns()
-            drafts, probs, draft_ns = [], [], 0
-            if k > 0 and draft is not None:
-                try:
-                    proposal = await draft.propose(state.committed, k)
-                    drafts, probs, draft_ns = (
-                        list(proposal.draft_token_ids),
-                        list(proposal.draft_probs),
-                        proposal.draft_ns,
-                    )
-                except Exception as exc:
-                    log.warning(
-                        "draft %s failed (%s); continuing at k=0", draft.replica.address, exc
-                    )
-                    deps.drafts.mark_down(draft.replica)
-                    await draft.close()
-                    draft, drafting, state.stats.draft_fallback = None, False, True
-            try:
-                reply = await verifier.step(len(state.committed), drafts, probs)
-            except (grpc.aio.AioRpcError, StreamClosed, TimeoutError) as exc:
-                if isinstance(exc, grpc.aio.AioRpcError) and exc.code() not in _FAILOVER_CODES:
-                    raise
-                tried.add(verifier.replica.address)
-                verifier = await _fail_over(
-                    verifier, state, deps, sampling, seed, metadata, tried, exc
-                )
-                continue
-            new = drafts[: reply.num_accepted] + [reply.next_token_id]
-            _record_round(state, k, len(drafts), reply.num_accepted)
-            span.add_event(
-                "round",
-                {
-                    "k": k,
-                    "proposed": len(drafts),
-                    "accepted": reply.num_accepted,
-                    "draft_ns": draft_ns,
-                    "verify_ns": reply.verify_ns,
-                },
-            )
-            if state.stats.rounds == 1:
-                state.stats.cached_prompt_tokens = reply.cached_prompt_tokens
-            policy.observe(
-                RoundObservation(
-                    depth=k,
-                    num_proposed=len(drafts),
-                    num_accepted=reply.num_accepted,
-                    draft_ns=draft_ns,
-                    verify_ns=reply.verify_ns,
-                    round_ns=time.perf_counter_ns() - round_start,
-                    verifier_active=reply.load.active_sequences,
-                    verifier_queue=reply.load.queued_steps,
-                )
-            )
-            emitted, stop = _commit(state, new, deps)
-            text = detok.add(emitted)
-            now = time.perf_counter_ns()
-            if guard is not None and adaptive:
-                guard.record(len(new), now - last_emit if state.stats.rounds > 1 else None)
-            if state.stats.rounds == 1:
-                state.stats.time_to_first_token_ns = now - started
-                metrics.TTFT.observe((now - started) / 1e9)
-            else:
-                for _ in emitted:  # speculation delivers tokens in bursts: spread the gap
-                    metrics.ITL.observe((now - last_emit) / 1e9 / len(emitted))
-            last_emit = now
-            if detok.stopped:
-                finish = generation_pb2.FINISH_REASON_STOP_SEQUENCE
-            elif stop:
-                finish = generation_pb2.FINISH_REASON_EOS
-            if text or emitted:
-                yield generation_pb2.GenerateResponse(text=text, token_ids=emitted)
-            if detok.stopped or stop:
-                break
-    finally:
-        if guard is not None:
-            guard.leave(adaptive)
-        await verifier.close()
-        if draft is not None:
-            await draft.close()
-    total_ns = time.perf_counter_ns() - started
-    state.stats.output_tokens = len(state.generated)
-    state.stats.total_ns = total_ns
-    state.stats.tokens_per_s = len(state.generated) / (total_ns / 1e9) if total_ns else 0.0
-    state.stats.accepted_per_position.extend(
-        state.accepted_per_position[: max(state.stats.depths, default=0)]
+    name = req.policy or deps.default_policy
+    # A fixed depth above the adaptive policies' ceiling is still allowed (up to the bound).
+    max_depth = max(deps.max_depth, req.fixed_depth) if name == "fixed" else deps.max_depth
+    policy = make_policy(name, fixed_depth=req.fixed_depth, max_depth=max_depth)
+    adaptive = drafting and name != "fixed"
+    if adaptive and deps.guard is not None:
+        policy = GuardedPolicy(policy, deps.guard)
+    ahead = method == "model" and (deps.draft_ahead if req.draft_ahead is None else req.draft_ahead)
+    verifier = StreamVerifier(
+        deps.verifiers,
+        affinity.verifier if affinity else None,
+        sampling,
+        seed,
+        req.session_id,
+        req.request_id,
+        deps.verify_timeout_s,
+        metadata,
     )
-    _save_session(state, deps, verifier.replica, draft.replica if draft else None)
-    span.set_attributes(
-        {
-            "gen_ai.usage.output_tokens": len(state.generated),
-            "gen_ai.response.finish_reasons": [FINISH_NAMES[finish]],
-            "specdec.rounds": state.stats.rounds,
-            "specdec.accepted_tokens": state.stats.accepted_tokens,
-            "specdec.draft_tokens": state.stats.draft_tokens,
-        }
-    )
-    yield generation_pb2.GenerateResponse(
-        text=detok.flush(), finish_reason=finish, stats=state.stats
-    )
-
-
-def _commit(state: _State, new: list[int], deps: RouterDeps) -> tuple[list[int], bool]:
-    """Append the round's tokens up to an eos or the budget; return them and whether eos."""
-    out = []
-    for token in new:
-        state.committed.append(token)
-        state.generated.append(token)
-        out.append(token)
-        if token in deps.eos_token_ids:
-            return out, True
-        if len(state.generated) >= state.req.max_tokens:
-            break
-    return out, False
-
-
-def _record_round(state: _State, k: int, proposed: int, accepted: int) -> None:
-    metrics.DEPTH.observe(k)
-    if proposed:
-        metrics.NUM_DRAFTS.inc()
-        metrics.NUM_DRAFT_TOKENS.inc(proposed)
-        metrics.NUM_ACCEPTED_TOKENS.inc(accepted)
-        for i in range(accepted):
-            metrics.ACCEPTED_PER_POS.labels(str(i)).inc()
-    state.stats.rounds += 1
-    state.stats.depths.append(k)
-    state.stats.draft_tokens += proposed
-    state.stats.accepted_tokens += accepted
-    for i in range(accepted):
-        state.accepted_per_position[i] += 1
-
-
-async def _open_verifier(
-    state: _State,
-    deps: RouterDeps,
-    sampling: common_pb2.SamplingParams,
-    seed: int,
-    affinity: SessionRecord | None,
-    metadata: tuple,
-    tried: set[str],
-) -> VerifierStream:
-    """Open a verifier stream with the whole committed sequence; probe it with nothing."""
-    preferred = affinity.verifier if affinity else None
-    last: BaseException | None = None
-    for _ in range(VERIFIER_RETRIES + 1):
-        replica = deps.verifiers.pick(preferred, tried)
-        try:
-            return await VerifierStream.open(
-                replica,
-                state.committed,
-                sampling,
-                seed,
-                state.req.session_id,
-                state.req.request_id,
-                deps.verify_timeout_s,
-                metadata,
-            )
-        except grpc.aio.AioRpcError as exc:
-            last = exc
-            tried.add(replica.address)
-            deps.verifiers.mark_down(replica)
-            preferred = None
-    raise Unavailable(f"no verifier replica could open the request ({last})")
-
-
-async def _fail_over(
-    old: VerifierStream,
-    state: _State,
-    deps: RouterDeps,
-    sampling: common_pb2.SamplingParams,
-    seed: int,
-    metadata: tuple,
-    tried: set[str],
-    exc: BaseException,
-) -> VerifierStream:
-    if isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        raise OutOfSlots(exc.details() or "verifier out of slots")
-    log.warning("verifier %s failed (%s); re-opening on another replica", old.replica.address, exc)
-    deps.verifiers.mark_down(old.replica)
-    await old.close()
-    if len(tried) > VERIFIER_RETRIES:
-        raise Unavailable(f"verifiers failed {len(tried)} times for this request")
-    return await _open_verifier(state, deps, sampling, seed, None, metadata, tried)
-
-
-async def _open_draft(
-    state: _State,
-    deps: RouterDeps,
-    sampling: common_pb2.SamplingParams,
-    seed: int,
-    ngram: bool,
-    preferred: str | None,
-    metadata: tuple,
-) -> DraftStream | None:
-    try:
-        replica = deps.drafts.pick(preferred)
-        return await DraftStream.open(
-            replica,
-            state.committed,
-            sampling,
-            seed,
-            ngram,
-            state.req.request_id,
+    drafter: Drafter = NoDrafter()
+    if drafting:
+        open_msg = draft_pb2.OpenDraft(
+            sampling=sampling,
+            seed=seed,
+            method=_METHODS[method],
+            request_id=req.request_id,
+            ahead=draft_pb2.AheadSettings(
+                width=deps.ahead_width if ahead else 0, depth=max(policy.next_depth(), 1)
+            ),
+        )
+        drafter = StreamDrafter(
+            deps.drafts,
+            affinity.draft if affinity else None,
+            open_msg,
             deps.draft_timeout_s,
             metadata,
         )
-    except Exception as exc:
-        log.warning("no draft for request %s (%s); k=0", state.req.request_id, exc)
-        return None
+    return _Setup(verifier, drafter, policy, ahead, adaptive)
+
+
+async def _generate(
+    req: Request, deps: RouterDeps, span: trace.Span
+) -> AsyncIterator[generation_pb2.GenerateResponse]:
+    started = time.perf_counter_ns()
+    setup = await _setup(req, deps, span)
+    budget = Budget(req.max_tokens, deps.limits.max_context_tokens, deps.eos_token_ids)
+    tally = Tally()
+    tokens: list[int] = []
+    first_token_ns = 0
+    detok = Detokenizer(deps.tokenizer, req.stop)
+    finish = generation_pb2.FINISH_REASON_LENGTH
+    guard = deps.guard
+    if guard is not None:
+        guard.enter(setup.adaptive)
+    rounds = speculate(req.prompt_ids, budget, setup.drafter, setup.verifier, setup.policy)
+    try:
+        async for rnd in rounds:
+            tally.add(rnd)
+            tokens += rnd.token_ids
+            if rnd.index == 0:
+                first_token_ns = time.perf_counter_ns() - started
+            _observe(rnd, span, first_token_ns)
+            text = detok.add(list(rnd.token_ids))
+            if detok.stopped:
+                finish = generation_pb2.FINISH_REASON_STOP_SEQUENCE
+            elif rnd.finish == "stop":
+                finish = generation_pb2.FINISH_REASON_EOS
+            if text or rnd.token_ids:
+                yield generation_pb2.GenerateResponse(text=text, token_ids=rnd.token_ids)
+            if detok.stopped:
+                break
+    finally:
+        await rounds.aclose()
+        if guard is not None:
+            guard.leave(setup.adaptive)
+        await setup.verifier.close()
+        await setup.drafter.close()
+    stats = _stats(tally, req, setup, started, first_token_ns)
+    _save_session(tally, list(req.prompt_ids) + tokens, req, deps, setup)
+    span.set_attributes(
+        {
+            "gen_ai.usage.output_tokens": tally.output_tokens,
+            "gen_ai.response.finish_reasons": [FINISH_NAMES[finish]],
+            "specdec.rounds": tally.rounds,
+            "specdec.accepted_tokens": tally.accepted_tokens,
+            "specdec.draft_tokens": tally.draft_tokens,
+            "specdec.ahead_hits": tally.ahead_hits,
+        }
+    )
+    yield generation_pb2.GenerateResponse(text=detok.flush(), finish_reason=finish, stats=stats)
+
+
+def _observe(rnd: Round, span: trace.Span, first_token_ns: int) -> None:
+    """Metrics and the trace's round event."""
+    metrics.DEPTH.observe(rnd.depth)
+    if rnd.num_proposed:
+        metrics.NUM_DRAFTS.inc()
+        metrics.NUM_DRAFT_TOKENS.inc(rnd.num_proposed)
+        metrics.NUM_ACCEPTED_TOKENS.inc(rnd.num_accepted)
+        for i in range(rnd.num_accepted):
+            metrics.ACCEPTED_PER_POS.labels(str(i)).inc()
+    if rnd.ahead:
+        metrics.AHEAD.labels(rnd.ahead).inc()
+    if rnd.index == 0:
+        metrics.TTFT.observe(first_token_ns / 1e9)
+    else:
+        gap = rnd.round_ns / 1e9 / max(len(rnd.token_ids), 1)
+        for _ in rnd.token_ids:  # speculation delivers tokens in bursts: spread the gap
+            metrics.ITL.observe(gap)
+    span.add_event(
+        "round",
+        {
+            "k": rnd.depth,
+            "proposed": rnd.num_proposed,
+            "accepted": rnd.num_accepted,
+            "ahead": rnd.ahead,
+            "draft_ns": rnd.draft_ns,
+            "verify_ns": rnd.verify_ns,
+            "service_ns": rnd.service_ns,
+            "rtt_ns": rnd.rtt_ns,
+            "round_ns": rnd.round_ns,
+        },
+    )
+
+
+def _stats(
+    tally: Tally, req: Request, setup: _Setup, started: int, first_token_ns: int
+) -> generation_pb2.GenerationStats:
+    total_ns = time.perf_counter_ns() - started
+    drafter = setup.drafter
+    return generation_pb2.GenerationStats(
+        prompt_tokens=len(req.prompt_ids),
+        output_tokens=tally.output_tokens,
+        cached_prompt_tokens=tally.cached_prompt_tokens,
+        rounds=tally.rounds,
+        draft_tokens=tally.draft_tokens,
+        accepted_tokens=tally.accepted_tokens,
+        depths=tally.depths,
+        accepted_per_position=tally.accepted_per_position[: max(tally.depths, default=0)],
+        time_to_first_token_ns=first_token_ns,
+        total_ns=total_ns,
+        tokens_per_s=tally.output_tokens / (total_ns / 1e9) if total_ns else 0.0,
+        draft_fallback=isinstance(drafter, StreamDrafter) and drafter.fell_back,
+        request_id=req.request_id,
+        draft_ahead=setup.ahead,
+        ahead_hits=tally.ahead_hits,
+        ahead_misses=tally.ahead_misses,
+        ahead_hits_after_full=tally.ahead_hits_after_full,
+        ahead_rounds_after_full=tally.ahead_rounds_after_full,
+        ahead_hits_after_rejection=tally.ahead_hits_after_rejection,
+        ahead_rounds_after_rejection=tally.ahead_rounds_after_rejection,
+        draft_ns=tally.draft_ns,
+        verify_forward_ns=tally.verify_forward_ns,
+        verify_queue_ns=tally.verify_queue_ns,
+        verify_service_ns=tally.verify_service_ns,
+        network_ns=tally.network_ns,
+        router_ns=tally.router_ns,
+    )
 
 
 def _save_session(
-    state: _State, deps: RouterDeps, verifier: Replica, draft: Replica | None
+    tally: Tally, committed: list[int], req: Request, deps: RouterDeps, setup: _Setup
 ) -> None:
-    if deps.sessions is None or not state.req.session_id:
+    verifier = setup.verifier.replica
+    if deps.sessions is None or not req.session_id or verifier is None:
         return
+    drafter = setup.drafter
+    draft = drafter.replica if isinstance(drafter, StreamDrafter) else None
     deps.sessions.put(
         SessionRecord(
-            session_id=state.req.session_id,
+            session_id=req.session_id,
             verifier=verifier.address,
             draft=draft.address if draft else None,
-            committed_len=len(state.committed),
-            prefix_hash=hash_tokens(state.committed),
-            draft_tokens=state.stats.draft_tokens,
-            accepted_tokens=state.stats.accepted_tokens,
+            committed_len=len(committed),
+            prefix_hash=hash_tokens(committed),
+            draft_tokens=tally.draft_tokens,
+            accepted_tokens=tally.accepted_tokens,
             updated_unix_s=time.time(),
         )
     )

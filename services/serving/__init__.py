@@ -1,5 +1,4 @@
-"""What the three services share: gRPC server plumbing, error mapping, the batch loop.
-
-``server`` and ``errors`` import no torch (the router uses them); ``batch_loop`` is plain
-threading; ``convert`` (protobuf ↔ engine types) imports torch and is for draft and verifier.
+"""gRPC plumbing all three services share, torch-free: server start and stop with health and
+reflection (``server``), errors mapped to statuses (``errors``), tracing (``telemetry``) and
+metrics (``metrics``).
 """

@@ -30,6 +30,11 @@ ITL = Histogram(
     "Time between streamed tokens",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28),
 )
+AHEAD = Counter(
+    "specdec_draft_ahead_rounds",
+    "Rounds with draft-ahead on, by whether their proposal was ready (hit) or drafted on demand",
+    ["outcome"],
+)
 DEPTH = Histogram(
     "specdec_speculation_depth", "Speculation depth k chosen per round", buckets=tuple(range(17))
 )

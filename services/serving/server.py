@@ -12,7 +12,7 @@ import gc
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
@@ -39,6 +39,8 @@ class Running:
     health: health.aio.HealthServicer
     port: int
     service_names: tuple[str, ...]
+    # Run after the server has stopped (e.g. a replica's scheduler), in order.
+    on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     async def set_serving(self, serving: bool) -> None:
         status = (
@@ -52,6 +54,8 @@ class Running:
     async def stop(self, grace_s: float = 5.0) -> None:
         await self.set_serving(False)
         await self.server.stop(grace_s)
+        for hook in self.on_stop:
+            await hook()
 
 
 async def start_server(

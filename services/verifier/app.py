@@ -8,16 +8,15 @@ from dataclasses import dataclass
 
 import torch
 
-from specdec.engine.batch import Chunk
 from specdec.engine.checkpoint import load_model
 from specdec.engine.local import DTYPES, default_device, default_dtype
 from specdec.engine.runner import ModelRunner
 from specdec.engine.threads import set_cpu_threads
-from specdec.serving import metrics
-from specdec.serving.server import Running, run_service, start_service
+from specdec.replica.app import model_name, serve_replica, warm_up
+from specdec.serving.server import Running, run_service
 from specdec.v1 import verifier_pb2, verifier_pb2_grpc
 from specdec.verifier.core import VerifierCore
-from specdec.verifier.server import VerifierServicer, model_name
+from specdec.verifier.server import VerifierServicer
 
 log = logging.getLogger("specdec.verifier")
 
@@ -45,24 +44,17 @@ def build_core(cfg: VerifierConfig) -> VerifierCore:
     return VerifierCore(runner, cfg.max_batch_tokens)
 
 
-def warm_up(runner: ModelRunner) -> None:
-    """One prefill and one verify-shaped step, so the first request pays no start-up cost."""
-    slot = runner.cache.allocate()
-    try:
-        runner.step([Chunk(slot, [0] * 16, 0, 1)])
-        runner.step([Chunk(slot, [0] * 5, 16, 5)])
-    finally:
-        runner.cache.free(slot)
-
-
 async def start(cfg: VerifierConfig, core: VerifierCore | None = None) -> Running:
     core = core or await asyncio.to_thread(build_core, cfg)
     servicer = VerifierServicer(core, model_name(cfg.model))
-    metrics.QUEUE_DEPTH.labels("verifier").set_function(lambda: core.loop.queued)
-    metrics.SLOTS_IN_USE.labels("verifier").set_function(lambda: core.slots_in_use)
     service = verifier_pb2.DESCRIPTOR.services_by_name["Verifier"]
-    return await start_service(
-        cfg.listen, "verifier", servicer, verifier_pb2_grpc.add_VerifierServicer_to_server, service
+    return await serve_replica(
+        "verifier",
+        cfg.listen,
+        core,
+        servicer,
+        verifier_pb2_grpc.add_VerifierServicer_to_server,
+        service,
     )
 
 

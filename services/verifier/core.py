@@ -1,28 +1,30 @@
-"""The verifier's state: the target model, its slots, parked sessions, and the batch loop.
+"""The verifier's state: the target model, its slots, parked sessions, and the batches.
 
-Every verify step of every open stream goes through one ``BatchLoop``; a batch is one target
-forward (``engine.sequence.verify_batch``). Sequences are opened and closed on the loop thread.
-A request with a session id parks its slot when it ends, so a follow-up turn whose prompt
-extends the conversation prefills only the new tokens; parked slots are evicted least recently
-used first when a new sequence needs one.
+Every step of every open stream (the prefill that opens a sequence included) joins a queue; the
+scheduler takes what is queued, up to a token budget, as one target forward
+(``engine.sequence.verify_batch``). A sequence whose drafts the acceptance rule refuses fails
+alone; its batch-mates go on. Opening and closing sequences runs on the scheduler between
+batches. A request with a session id parks its slot when it ends, so a follow-up turn whose
+prompt extends the conversation prefills only the new tokens; parked slots are evicted least
+recently used first when a new sequence needs one.
 Non-goals: the wire (``server.py``), preemption of running sequences.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-from collections import OrderedDict
+import asyncio
+import time
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 from specdec.core.errors import InvalidRequest
-from specdec.core.limits import MAX_SPEC_DEPTH
+from specdec.core.limits import MAX_SPEC_DEPTH, check_prompt
 from specdec.engine.proposer import Proposal
 from specdec.engine.rejection import VerifyResult
 from specdec.engine.runner import ModelRunner
 from specdec.engine.sampling import SamplingParams
 from specdec.engine.sequence import SequenceState, VerifyItem, verify_batch
-from specdec.engine.speculative import check_prompt
-from specdec.serving.batch_loop import BatchLoop, Timed
+from specdec.replica.scheduler import Scheduler, Timed
 
 
 @dataclass
@@ -32,35 +34,81 @@ class Counters:
     active_sequences: int = 0
 
 
+@dataclass
+class _Queued:
+    item: VerifyItem
+    future: asyncio.Future[Timed[VerifyResult]]
+    enqueued_ns: int
+
+    @property
+    def cost(self) -> int:
+        seq = self.item.seq
+        return len(self.item.proposal) + len(seq.committed) - len(seq.cached)
+
+
+class _VerifyBatch:
+    """One target forward over queued steps."""
+
+    def __init__(self, runner: ModelRunner, queued: list[_Queued]) -> None:
+        self.runner = runner
+        self.queued = queued
+        self.cost = sum(q.cost for q in queued)
+        self.started_ns = time.perf_counter_ns()
+        self.results: list[VerifyResult | InvalidRequest] = []
+
+    def run(self) -> None:
+        self.results = verify_batch(self.runner, [q.item for q in self.queued])
+
+    def finish(self, elapsed_ns: int) -> None:
+        for q, result in zip(self.queued, self.results, strict=True):
+            if q.future.done():
+                continue  # its stream went away
+            if isinstance(result, Exception):
+                q.future.set_exception(result)
+            else:
+                wait = self.started_ns - q.enqueued_ns
+                q.future.set_result(Timed(result, wait, elapsed_ns, len(self.queued)))
+
+    def fail(self, exc: Exception) -> None:
+        for q in self.queued:
+            if not q.future.done():
+                q.future.set_exception(exc)
+
+
 class VerifierCore:
-    """Owns the target ``ModelRunner``; thread-safe through its batch loop."""
+    """Owns the target ``ModelRunner``; ``start()`` on the event loop before use."""
 
     def __init__(self, runner: ModelRunner, max_batch_tokens: int = 8192) -> None:
         self.runner = runner
+        self.max_batch_tokens = max_batch_tokens
         self.counters = Counters()
         self._parked: OrderedDict[str, SequenceState] = OrderedDict()
-        self.loop: BatchLoop[VerifyItem, VerifyResult] = BatchLoop(
-            lambda items: verify_batch(runner, items),
-            cost=lambda item: (
-                len(item.proposal) + 1 + len(item.seq.committed) - len(item.seq.cached)
-            ),
-            budget=max_batch_tokens,
-            name="verifier-batch",
-        )
+        self._queue: deque[_Queued] = deque()
+        self.scheduler: Scheduler | None = None
 
-    # --- called from stream handlers; each returns a future --------------------------------
+    def start(self) -> None:
+        self.scheduler = Scheduler(self._next_batch, "verifier")
+
+    async def stop(self) -> None:
+        if self.scheduler is not None:
+            await self.scheduler.stop()
+
+    # --- called from stream handlers ----------------------------------------------------------
 
     def open(
         self, prompt_ids: list[int], params: SamplingParams, seed: int, session_id: str
-    ) -> concurrent.futures.Future[tuple[SequenceState, int]]:
-        """A new sequence (reusing a parked session's slot when it holds a prefix)."""
+    ) -> asyncio.Future[tuple[SequenceState, int]]:
+        """A new sequence (reusing a parked session's slot when it holds a prefix) and the
+        number of context tokens reused. Its prefill runs with its first ``verify``."""
         check_prompt(prompt_ids, self.runner.vocab_size, self.runner.max_seq_len)
         params.validate()
-        return self.loop.call(lambda: self._open(prompt_ids, params, seed, session_id))
+        assert self.scheduler is not None
+        return self.scheduler.call(lambda: self._open(prompt_ids, params, seed, session_id))
 
     def verify(
         self, seq: SequenceState, position: int, proposal: Proposal
-    ) -> concurrent.futures.Future[Timed[VerifyResult]]:
+    ) -> asyncio.Future[Timed[VerifyResult]]:
+        """Queue one step: feed what the slot lacks, verify ``proposal`` after it."""
         if position != len(seq.committed):
             raise InvalidRequest(
                 "position",
@@ -74,13 +122,33 @@ class VerifierCore:
                 f"position {position} + {len(proposal)} "
                 f"drafts overflow the context of {self.runner.max_seq_len}",
             )
-        return self.loop.submit(VerifyItem(seq, proposal))
+        assert self.scheduler is not None
+        future: asyncio.Future[Timed[VerifyResult]] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Queued(VerifyItem(seq, proposal), future, time.perf_counter_ns()))
+        self.scheduler.wake()
+        return future
 
-    def close(self, seq: SequenceState, session_id: str) -> concurrent.futures.Future[None]:
+    def close(self, seq: SequenceState, session_id: str) -> None:
         """End a sequence: park its slot under ``session_id``, or free it."""
-        return self.loop.call(lambda: self._close(seq, session_id))
+        assert self.scheduler is not None
+        self.scheduler.call(lambda: self._close(seq, session_id))
 
-    # --- on the loop thread ----------------------------------------------------------------
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    # --- on the scheduler ---------------------------------------------------------------------
+
+    def _next_batch(self) -> _VerifyBatch | None:
+        taken: list[_Queued] = []
+        spent = 0
+        while self._queue and (not taken or spent + self._queue[0].cost <= self.max_batch_tokens):
+            queued = self._queue.popleft()
+            if queued.future.done():  # cancelled: its stream went away
+                continue
+            taken.append(queued)
+            spent += queued.cost
+        return _VerifyBatch(self.runner, taken) if taken else None
 
     def _open(
         self, prompt_ids: list[int], params: SamplingParams, seed: int, session_id: str

@@ -1,23 +1,24 @@
 """The Verifier gRPC servicer: protobuf in, ``VerifierCore`` call, protobuf out.
 
-One ``Verify`` stream is one sequence: the first message opens it, each later one verifies
-drafts at an explicit position. When the stream ends for any reason (done, cancelled, deadline,
-error) the sequence is closed, so its KV-cache slot is freed or parked for its session.
+One ``Verify`` stream is one sequence: the first message opens it and is answered with the first
+token the target decides after the context (and the verdict on any drafts it carried); each
+later one verifies drafts at an explicit position. Every answer says where the step's time went
+on this side. When the stream ends for any reason (done, cancelled, deadline, error) the
+sequence is closed, so its KV-cache slot is freed or parked for its session.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import grpc
 from opentelemetry import trace
 
 from specdec.engine.sequence import SequenceState
-from specdec.serving.convert import check_token_ids, proposal_from_proto, sampling_from_proto
-from specdec.serving.stream import serve_stream
+from specdec.replica.convert import check_token_ids, proposal_from_proto, sampling_from_proto
+from specdec.replica.stream import serve_stream
 from specdec.v1 import common_pb2, verifier_pb2, verifier_pb2_grpc
 from specdec.verifier.core import VerifierCore
 
@@ -32,14 +33,16 @@ class _VerifyStream:
         self.session_id = ""
         self.cached_prompt_tokens = 0
 
-    async def open(self, msg: verifier_pb2.OpenSequence, span: trace.Span) -> None:
+    async def open(
+        self, msg: verifier_pb2.OpenSequence, span: trace.Span
+    ) -> verifier_pb2.VerifyResponse:
+        arrived = time.perf_counter_ns()
         prompt = check_token_ids(msg.prompt_token_ids, self.core.runner.vocab_size, "prompt")
         params = sampling_from_proto(msg.sampling)
         future = self.core.open(prompt, params, msg.seed, msg.session_id)
         try:
-            self.seq, self.cached_prompt_tokens = await asyncio.wrap_future(future)
-        except asyncio.CancelledError:
-            # Cancelled while the loop was opening it: close what it opened, if anything.
+            self.seq, self.cached_prompt_tokens = await asyncio.shield(future)
+        except asyncio.CancelledError:  # the stream went away while the slot was being taken
             future.add_done_callback(self._close_orphan)
             raise
         self.session_id = msg.session_id
@@ -50,9 +53,16 @@ class _VerifyStream:
                 "specdec.request_id": msg.request_id,
             }
         )
+        step = msg.step if msg.HasField("step") else verifier_pb2.VerifyStep(position=len(prompt))
+        return await self._verify(step, span, arrived)
 
     async def step(
         self, msg: verifier_pb2.VerifyStep, span: trace.Span
+    ) -> verifier_pb2.VerifyResponse:
+        return await self._verify(msg, span, time.perf_counter_ns())
+
+    async def _verify(
+        self, msg: verifier_pb2.VerifyStep, span: trace.Span, arrived: int
     ) -> verifier_pb2.VerifyResponse:
         seq = self.seq
         assert seq is not None
@@ -60,34 +70,37 @@ class _VerifyStream:
             msg.draft_token_ids, msg.draft_probs, seq.params, self.core.runner.vocab_size
         )
         position = len(seq.committed)
-        timed = await asyncio.wrap_future(self.core.verify(seq, msg.position, proposal))
+        timed = await self.core.verify(seq, msg.position, proposal)
+        result = timed.result
         span.add_event(
             "step",
             {
                 "position": position,
                 "k": len(proposal),
-                "accepted": timed.result.num_accepted,
-                "verify_ns": timed.batch_ns,
+                "accepted": result.num_accepted,
+                "forward_ns": timed.batch_ns,
                 "queue_ns": timed.queue_ns,
                 "batch_size": timed.batch_size,
             },
         )
         return verifier_pb2.VerifyResponse(
             position=position,
-            num_accepted=timed.result.num_accepted,
-            next_token_id=timed.result.next_token_id,
+            num_accepted=result.num_accepted,
+            next_token_id=result.next_token_id,
             committed_len=len(seq.committed),
             cached_prompt_tokens=self.cached_prompt_tokens,
-            verify_ns=timed.batch_ns,
+            forward_ns=timed.batch_ns,
             queue_ns=timed.queue_ns,
             load=self.servicer.load(),
+            batch_size=timed.batch_size,
+            service_ns=time.perf_counter_ns() - arrived,
         )
 
     def close(self) -> None:
         if self.seq is not None:
             self.core.close(self.seq, self.session_id)
 
-    def _close_orphan(self, future: concurrent.futures.Future[tuple[SequenceState, int]]) -> None:
+    def _close_orphan(self, future: asyncio.Future[tuple[SequenceState, int]]) -> None:
         if not future.cancelled() and future.exception() is None:
             self.core.close(future.result()[0], "")
 
@@ -100,7 +113,7 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
     def load(self) -> common_pb2.ReplicaLoad:
         return common_pb2.ReplicaLoad(
             active_sequences=self.core.counters.active_sequences,
-            queued_steps=self.core.loop.queued,
+            queued_steps=self.core.queued,
             slots_free=self.core.slots_free,
             slots_total=self.core.runner.cache.num_slots,
         )
@@ -130,7 +143,3 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
             parked_sessions=self.core.parked_sessions,
             slots_in_use=self.core.slots_in_use,
         )
-
-
-def model_name(folder: str) -> str:
-    return Path(folder).resolve().name

@@ -1,0 +1,131 @@
+"""The shape both internal streams share: open once, then steps, always clean up.
+
+A replica's stream handler implements ``StreamHandler``: ``open`` takes the first message's
+``open`` field, ``step`` each later ``step`` field; either may answer. ``close`` frees what
+``open`` took (a KV-cache slot) whatever way the stream ends: done, cancelled, past its
+deadline, or failed. Both drivers run under one server span that joins the caller's trace.
+
+``serve_stream`` sends each answer in order, right after its message (the verifier).
+``serve_duplex`` also sends what the handler puts in its ``outbox`` unasked, as soon as it is
+there (the draft, whose speculated proposals follow no request); a reader task takes the
+requests meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any, Generic, Protocol, TypeVar
+
+import grpc
+from opentelemetry import trace
+
+from specdec.core.errors import InvalidRequest
+from specdec.serving.errors import abort_with
+from specdec.serving.telemetry import extract_context
+
+R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
+
+
+class StreamHandler(Protocol, Generic[R_co]):
+    async def open(self, msg: Any, span: trace.Span) -> R_co | None: ...
+
+    async def step(self, msg: Any, span: trace.Span) -> R_co | None: ...
+
+    def close(self) -> None: ...
+
+
+class _Dispatch(Generic[R]):
+    """Routes one stream's messages (a ``kind`` oneof: open | step) to its handler."""
+
+    def __init__(self, handler: StreamHandler[R]) -> None:
+        self.handler = handler
+        self.opened = False
+
+    async def __call__(self, msg: Any, span: trace.Span) -> R | None:
+        if msg.WhichOneof("kind") == "open":
+            if self.opened:
+                raise InvalidRequest("open", "the stream already opened a sequence")
+            self.opened = True  # set first: close() must run even if open() is cancelled
+            return await self.handler.open(msg.open, span)
+        if not self.opened:
+            raise InvalidRequest("open", "the first message of a stream must open it")
+        return await self.handler.step(msg.step, span)
+
+
+def _span(context: grpc.aio.ServicerContext, name: str) -> trace.Span:
+    return trace.get_tracer("specdec.serving").start_span(
+        name, context=extract_context(context.invocation_metadata()), kind=trace.SpanKind.SERVER
+    )
+
+
+async def serve_stream(
+    requests: AsyncIterator[Any],
+    context: grpc.aio.ServicerContext,
+    handler: StreamHandler[R],
+    span_name: str,
+) -> AsyncIterator[R]:
+    """Answer each message in turn."""
+    span = _span(context, span_name)
+    dispatch = _Dispatch(handler)
+    try:
+        async for msg in requests:
+            answer = await dispatch(msg, span)
+            if answer is not None:
+                yield answer
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        span.record_exception(exc)
+        await abort_with(context, exc, span_name)
+    finally:
+        span.end()
+        handler.close()
+
+
+class _End:
+    """The requests ended (``error`` None) or failed."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+
+
+async def serve_duplex(
+    requests: AsyncIterator[Any],
+    context: grpc.aio.ServicerContext,
+    handler: StreamHandler[R],
+    outbox: asyncio.Queue[Any],
+    span_name: str,
+) -> AsyncIterator[R]:
+    """Send whatever lands in ``outbox`` (answers and unasked messages alike) until the
+    requests end."""
+    span = _span(context, span_name)
+    dispatch = _Dispatch(handler)
+
+    async def read() -> None:
+        try:
+            async for msg in requests:
+                answer = await dispatch(msg, span)
+                if answer is not None:
+                    outbox.put_nowait(answer)
+        except Exception as exc:
+            outbox.put_nowait(_End(exc))
+        else:
+            outbox.put_nowait(_End())
+
+    reader = asyncio.get_running_loop().create_task(read())
+    try:
+        while not isinstance(item := await outbox.get(), _End):
+            yield item
+        if item.error is not None:
+            raise item.error
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        span.record_exception(exc)
+        await abort_with(context, exc, span_name)
+    finally:
+        reader.cancel()
+        span.end()
+        handler.close()

@@ -1,0 +1,338 @@
+"""The speculation loop's two ports over the internal gRPC streams, with failover and fallback.
+
+``StreamVerifier`` holds one ``Verify`` stream. Opening it sends the context (the verifier
+answers with the first token); each step sends a proposal by position. When the replica fails,
+the sequence is re-opened on another one with the whole committed sequence and the same round's
+drafts, so the verdict, and the output, do not change (randomness is keyed by position).
+
+``StreamDrafter`` holds one ``Propose`` stream and the request's speculation cache. A reader
+task files every proposal the draft sends (answers and proposals drafted ahead alike) in the
+cache by the exact state it continues; ``propose`` takes the one for the committed sequence when
+it is already there (a hit: no round trip) and asks for it otherwise. A draft that fails or is
+too slow is dropped for the rest of the request: the loop goes on at k = 0, same output.
+Non-goals: choosing k (the depth policy), the public API (``speculation.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import grpc
+
+from specdec.core.errors import OutOfSlots, Unavailable
+from specdec.core.rounds import AHEAD_HIT, AHEAD_MISS, NO_PROPOSAL, Proposal, Verdict
+from specdec.core.spec_cache import SpeculationCache
+from specdec.router.replicas import Replica, ReplicaPool
+from specdec.v1 import common_pb2, draft_pb2, verifier_pb2
+
+log = logging.getLogger("specdec.router")
+
+VERIFIER_RETRIES = 2  # other replicas tried after the first fails, per request
+_FAILOVER_CODES = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+class StreamClosed(Exception):
+    """The replica ended the stream without an answer."""
+
+
+async def _status_error(call: Any, address: str) -> Exception:
+    """The error a finished call ended with (``StreamClosed`` if it ended OK)."""
+    code = await call.code()
+    if code != grpc.StatusCode.OK:
+        details = await call.details()
+        return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
+    return StreamClosed(f"{address} closed the stream")
+
+
+async def _end(call: Any) -> None:
+    with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError, RuntimeError):
+        await call.done_writing()
+    call.cancel()
+
+
+def _verdict(reply: verifier_pb2.VerifyResponse) -> Verdict:
+    return Verdict(
+        num_accepted=reply.num_accepted,
+        next_token_id=reply.next_token_id,
+        forward_ns=reply.forward_ns,
+        queue_ns=reply.queue_ns,
+        service_ns=reply.service_ns,
+        batch_size=reply.batch_size,
+        verifier_active=reply.load.active_sequences,
+        verifier_queue=reply.load.queued_steps,
+        cached_prompt_tokens=reply.cached_prompt_tokens,
+    )
+
+
+def _step(position: int, proposal: Proposal) -> verifier_pb2.VerifyStep:
+    return verifier_pb2.VerifyStep(
+        position=position, draft_token_ids=proposal.token_ids, draft_probs=proposal.probs or ()
+    )
+
+
+class _Later(Awaitable[Verdict]):
+    """Awaiting it reads the verdict; left alone (the caller stopped early), it does nothing."""
+
+    def __init__(
+        self, read: Callable[[Sequence[int], Proposal], Awaitable[Verdict]], *args: Any
+    ) -> None:
+        self.read, self.args = read, args
+
+    def __await__(self):  # type: ignore[no-untyped-def]
+        return self.read(*self.args).__await__()
+
+
+class StreamVerifier:
+    """The verifier port: one Verify stream, moved to another replica when its replica fails."""
+
+    def __init__(
+        self,
+        pool: ReplicaPool,
+        preferred: str | None,
+        sampling: common_pb2.SamplingParams,
+        seed: int,
+        session_id: str,
+        request_id: str,
+        timeout_s: float,
+        metadata: tuple,
+    ) -> None:
+        self.pool, self.preferred = pool, preferred
+        self.sampling, self.seed = sampling, seed
+        self.session_id, self.request_id = session_id, request_id
+        self.timeout_s, self.metadata = timeout_s, metadata
+        self.replica: Replica | None = None
+        self._call: Any = None
+        self._broken: BaseException | None = None  # a write failed: the read fails over
+        self._tried: set[str] = set()
+
+    async def open(self, context: Sequence[int]) -> Awaitable[Verdict]:
+        await self._open(context, NO_PROPOSAL)
+        return _Later(self._verdict, context, NO_PROPOSAL)
+
+    async def verify(self, committed: Sequence[int], proposal: Proposal) -> Awaitable[Verdict]:
+        try:
+            await self._call.write(verifier_pb2.VerifyRequest(step=_step(len(committed), proposal)))
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
+            self._broken = exc
+        return _Later(self._verdict, committed, proposal)
+
+    async def close(self) -> None:
+        if self._call is not None:
+            self._release()
+            await _end(self._call)
+            self._call = None
+
+    async def _open(self, committed: Sequence[int], proposal: Proposal) -> None:
+        """Open the sequence on a replica not tried yet (the preferred one first), with
+        ``proposal`` verified right after the prefill."""
+        replica = self.pool.pick(self.preferred, self._tried)
+        self.preferred = None
+        self._tried.add(replica.address)
+        self.replica = replica
+        replica.open_streams += 1
+        self._call = replica.stub.Verify(metadata=self.metadata)
+        self._broken = None
+        open_msg = verifier_pb2.OpenSequence(
+            prompt_token_ids=committed,
+            sampling=self.sampling,
+            seed=self.seed,
+            session_id=self.session_id,
+            request_id=self.request_id,
+        )
+        if len(proposal):
+            open_msg.step.CopyFrom(_step(len(committed), proposal))
+        try:
+            await self._call.write(verifier_pb2.VerifyRequest(open=open_msg))
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
+            self._broken = exc
+
+    async def _verdict(self, committed: Sequence[int], proposal: Proposal) -> Verdict:
+        """Read the verdict; when the replica fails, re-open elsewhere and read that one."""
+        while True:
+            try:
+                if self._broken is not None:
+                    raise self._broken
+                async with asyncio.timeout(self.timeout_s):
+                    reply = await self._call.read()
+                if reply is grpc.aio.EOF:
+                    raise await _status_error(self._call, self.replica.address)
+            except (
+                grpc.aio.AioRpcError,
+                asyncio.InvalidStateError,
+                StreamClosed,
+                TimeoutError,
+            ) as exc:
+                await self._fail_over(committed, proposal, exc)
+                continue
+            self.replica.reported_active = reply.load.active_sequences
+            return _verdict(reply)
+
+    async def _fail_over(
+        self, committed: Sequence[int], proposal: Proposal, exc: BaseException
+    ) -> None:
+        code = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else None
+        if code is not None and code not in _FAILOVER_CODES | {grpc.StatusCode.RESOURCE_EXHAUSTED}:
+            raise exc  # the replica refused the message itself: retrying elsewhere would too
+        assert self.replica is not None
+        full = code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        if not full:
+            log.warning("verifier %s failed (%s); re-opening elsewhere", self.replica.address, exc)
+            self.pool.mark_down(self.replica)
+        await self.close()
+        try:
+            if len(self._tried) > VERIFIER_RETRIES:
+                raise Unavailable(f"verifiers failed {len(self._tried)} times for this request")
+            await self._open(committed, proposal)
+        except Unavailable:
+            if full:  # every replica tried is full: the client should retry later
+                raise OutOfSlots(exc.details() or "verifier out of slots") from None  # type: ignore[union-attr]
+            raise
+
+    def _release(self) -> None:
+        if self.replica is not None:
+            self.replica.open_streams -= 1
+
+
+class StreamDrafter:
+    """The drafter port: one Propose stream to a draft replica and the speculation cache."""
+
+    def __init__(
+        self,
+        pool: ReplicaPool,
+        preferred: str | None,
+        open_msg: draft_pb2.OpenDraft,
+        timeout_s: float,
+        metadata: tuple,
+    ) -> None:
+        self.pool, self.preferred = pool, preferred
+        self.open_msg = open_msg  # prompt set at start()
+        self.timeout_s, self.metadata = timeout_s, metadata
+        self.width = open_msg.ahead.width  # outcomes drafted ahead; 0: draft-ahead off
+        self.cache = SpeculationCache()
+        self.replica: Replica | None = None
+        self.fell_back = False  # the draft failed mid-request
+        self._call: Any = None
+        self._reader: asyncio.Task[None] | None = None
+        self._known = 0  # committed tokens the draft has been told
+        self._depth = open_msg.ahead.depth  # the last k asked: the depth to draft ahead at
+        self._want: tuple[Sequence[int], asyncio.Future[Proposal]] | None = None
+        self._dead = False  # the stream failed: no more drafting for this request
+
+    @property
+    def available(self) -> bool:
+        return self._call is not None and not self._dead
+
+    async def start(self, context: Sequence[int]) -> None:
+        try:
+            self.replica = self.pool.pick(self.preferred)
+            self._call = self.replica.stub.Propose(metadata=self.metadata)
+            self.replica.open_streams += 1
+            self.open_msg.prompt_token_ids[:] = context
+            await self._call.write(draft_pb2.ProposeRequest(open=self.open_msg))
+        except Exception as exc:
+            await self._fail(exc)
+            return
+        self._known = len(context)
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    async def propose(self, committed: Sequence[int], k: int) -> Proposal:
+        self._depth = k
+        if not self.available:
+            return NO_PROPOSAL
+        if self.width:
+            hit = self.cache.take(committed)
+            if hit is not None and len(hit):
+                return Proposal(
+                    hit.token_ids[:k], hit.probs[:k] if hit.probs else None, 0, AHEAD_HIT
+                )
+        future: asyncio.Future[Proposal] = asyncio.get_running_loop().create_future()
+        self._want = (committed, future)
+        try:
+            await self._send(committed, depth=k)
+            async with asyncio.timeout(self.timeout_s):
+                proposal = await future
+        except Exception as exc:
+            await self._fail(exc)
+            return NO_PROPOSAL
+        finally:
+            self._want = None
+        ahead = AHEAD_MISS if self.width else ""
+        return Proposal(
+            proposal.token_ids[:k], proposal.probs[:k] if proposal.probs else None, 0, ahead
+        )
+
+    async def verifying(self, committed: Sequence[int], proposal: Proposal) -> None:
+        if proposal.ahead == AHEAD_HIT and self.available:
+            try:  # the draft learns which of its proposals is being verified
+                await self._send(committed, verifying=len(proposal))
+            except Exception as exc:
+                await self._fail(exc)
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            self._reader = None
+        if self._call is not None:
+            call, self._call = self._call, None
+            if self.replica is not None:
+                self.replica.open_streams -= 1
+            await _end(call)
+
+    async def _send(self, committed: Sequence[int], depth: int = 0, verifying: int = 0) -> None:
+        step = draft_pb2.ProposeStep(
+            position=self._known,
+            token_ids=committed[self._known :],
+            depth=depth,
+            verifying=verifying,
+            ahead=draft_pb2.AheadSettings(width=self.width, depth=self._depth),
+        )
+        self._known = len(committed)
+        await self._call.write(draft_pb2.ProposeRequest(step=step))
+
+    async def _read(self) -> None:
+        """File every proposal the draft sends; hand the awaited one over."""
+        call = self._call
+        try:
+            while (msg := await call.read()) is not grpc.aio.EOF:
+                for p in msg.proposals:
+                    probs = list(p.draft_probs) if len(p.draft_probs) else None
+                    self.cache.put(
+                        p.position, p.context_token_ids, Proposal(p.draft_token_ids, probs)
+                    )
+                if self._want is not None:
+                    committed, future = self._want
+                    found = self.cache.take(committed)
+                    if found is not None and not future.done():
+                        future.set_result(found)
+            raise StreamClosed("the draft closed the stream")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._dead = True
+            self._fell_back(exc)
+            if self._want is not None and not self._want[1].done():
+                self._want[1].set_exception(exc)
+
+    async def _fail(self, exc: BaseException) -> None:
+        """Drop the draft for the rest of the request: k = 0 from here on, same output."""
+        self._fell_back(exc)
+        await self.close()
+
+    def _fell_back(self, exc: BaseException) -> None:
+        if self.fell_back:
+            return
+        if self.replica is None:
+            log.warning("no draft for this request (%s); continuing at k=0", exc)
+        else:
+            log.warning("draft %s failed (%r); continuing at k=0", self.replica.address, exc)
+            self.pool.mark_down(self.replica)
+        self.fell_back = True
