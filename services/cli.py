@@ -86,6 +86,12 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="draft/verifier: torch CPU threads (default: the container's CPU quota)",
     )
+    p.add_argument(
+        "--cpus",
+        default=None,
+        metavar="LIST",
+        help="run on these CPUs only, e.g. 0-2 or 0,3 (default: any; specdec up splits them)",
+    )
     p.add_argument("--max-seq-len", type=int, default=2048, help="tokens per sequence")
     p.add_argument("--vocab-size", type=int, default=None, help="draft without model: vocab")
     p.add_argument("--verifiers", default="", help="router: comma-separated host:port list")
@@ -226,6 +232,13 @@ def _stats_line(s: dict[str, Any], finish: str) -> str:
 
 def _run_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.cpus:
+        from specdec.serving.cpus import parse_cpus, pin
+
+        try:
+            pin(parse_cpus(args.cpus))
+        except ValueError as exc:
+            raise SpecdecError(str(exc)) from exc
     if args.role == "verifier":
         from specdec.verifier.app import VerifierConfig, main
 

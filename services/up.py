@@ -2,7 +2,10 @@
 
 Starts a verifier, a draft replica and a router as child processes (``specdec serve ...``) and
 an embedded Redis (or uses ``REDIS_URL``), waits until each reports SERVING on the standard
-health service, prints one ready line, and stops everything on Ctrl-C or SIGTERM.
+health service, prints one ready line, and stops everything on Ctrl-C or SIGTERM. On a machine
+with two CPUs or more the services get disjoint CPU sets (``serving.cpus.split``: most for the
+verifier, the rest for the draft and the router), so the draft drafting ahead never steals the
+verifier's cores; the ready line says which.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from specdec.core.errors import Unavailable
 from specdec.router.redis_server import free_loopback_port, redis_url
+from specdec.serving.cpus import format_cpus, split, usable
 
 DEMO_TARGET = Path("models/demo-target")
 DEMO_DRAFT = Path("models/demo-draft")
@@ -72,18 +76,21 @@ def up(
         stopping = True
 
     signal.signal(signal.SIGTERM, stop)
+    layout = split(usable())
     with redis_url() as url:
         try:
             v_addr = f"127.0.0.1:{free_loopback_port()}"
             d_addr = f"127.0.0.1:{free_loopback_port()}"
             dev = ["--device", device] if device else []
             ddev = ["--device", draft_device or device] if (draft_device or device) else []
-            procs.append(_serve("verifier", "--model", target, "--listen", v_addr, *dev))
+            v_args = ["--model", target, "--listen", v_addr, *dev, *_cpus(layout.verifier)]
+            procs.append(_serve("verifier", *v_args))
             draft_args = ["--model", draft] if draft else ["--vocab-size", _vocab(target)]
             if (draft_device or device or "cpu") == "cpu":
                 # a small draft's matmuls are too short to split: threads only add sync cost
                 draft_args += ["--threads", "1"]
-            procs.append(_serve("draft", *draft_args, "--listen", d_addr, *ddev))
+            d_args = [*draft_args, "--listen", d_addr, *ddev, *_cpus(layout.draft)]
+            procs.append(_serve("draft", *d_args))
             print("loading models ...", flush=True)
             wait_serving(v_addr, procs[0], timeout_s)
             wait_serving(d_addr, procs[1], timeout_s)
@@ -98,6 +105,7 @@ def up(
                 listen,
                 "--redis-url",
                 url,
+                *_cpus(layout.router),
             ]
             if draft:
                 router_args += ["--draft-model", Path(draft).name]
@@ -105,8 +113,8 @@ def up(
             wait_serving(listen, procs[2], 60)
             print(
                 f"specdec ready: router on {listen} (target {Path(target).name}, draft "
-                f"{Path(draft).name if draft else 'n-gram'}); try: specdec generate "
-                f"--addr {listen} 'def fib(n):'  (Ctrl-C stops)",
+                f"{Path(draft).name if draft else 'n-gram'}; {layout.describe()}); try: "
+                f"specdec generate --addr {listen} 'def fib(n):'  (Ctrl-C stops)",
                 flush=True,
             )
             while not stopping and all(p.poll() is None for p in procs):
@@ -127,6 +135,10 @@ def up(
                     print(f"specdec: the {role} did not stop on SIGTERM; killed", flush=True)
                     os.killpg(p.pid, signal.SIGKILL)
             print("specdec stopped", flush=True)
+
+
+def _cpus(cpus: set[int] | None) -> list[str]:
+    return ["--cpus", format_cpus(cpus)] if cpus else []
 
 
 def _vocab(target: str) -> str:

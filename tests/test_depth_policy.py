@@ -9,7 +9,9 @@ from itertools import pairwise
 
 import pytest
 
+from specdec.core.depth import DepthPolicy, FixedDepth
 from specdec.core.limits import MAX_SPEC_DEPTH
+from specdec.core.rounds import Round
 from specdec.router.depth_goodput import (
     EXPLORE_EVERY,
     PROBE_DEPTH,
@@ -19,8 +21,6 @@ from specdec.router.depth_goodput import (
     expected_tokens,
 )
 from specdec.router.depth_heuristic import HeuristicDepth
-from specdec.core.depth import DepthPolicy, FixedDepth
-from specdec.core.rounds import Round
 from specdec.router.depth_policy import DEFAULT_POLICY, POLICIES, make_policy
 
 pytestmark = pytest.mark.unit

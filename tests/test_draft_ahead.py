@@ -13,7 +13,7 @@ from specdec.core.spec_cache import SpeculationCache
 from specdec.engine.batch import Chunk
 from specdec.engine.checkpoint import load_model
 from specdec.engine.draft_ahead import Acceptance, fork, likely_outcomes
-from specdec.engine.draft_engine import Ahead, DraftEngine
+from specdec.engine.draft_engine import Ahead, DraftEngine, wave
 from specdec.engine.proposer_draft import DraftModelProposer
 from specdec.engine.runner import ModelRunner
 from specdec.engine.sampling import SamplingParams
@@ -149,8 +149,8 @@ def test_engine_drafts_ahead_and_a_hit_adopts_the_branch(draft: ModelRunner):
         [5, 6, 7], GREEDY, 0, Ahead(width=3, depth=2), lambda b, r: sent.append((b, r))
     )
     engine.drain()
-    assert len(sent) == 1 and sent[0][0] == 3  # proposals for the likeliest first tokens
-    (context, proposal), *_ = sent[0][1]
+    assert len(sent) == 3 and {base for base, _ in sent} == {3}  # the likeliest first tokens
+    [(context, proposal)] = sent[0][1]
     assert len(context) == 1 and len(proposal) == 2
     # The verifier's first token is that outcome: the branch is adopted, no drafting needed.
     committed = [5, 6, 7, *context]
@@ -158,9 +158,28 @@ def test_engine_drafts_ahead_and_a_hit_adopts_the_branch(draft: ModelRunner):
     assert dseq.main.committed == committed
     assert dseq.main.cached[: len(committed)] == committed
     engine.drain()
-    assert len(sent) == 2 and sent[1][0] == len(committed)  # ahead of the next verification
+    assert len(sent) == 6 and sent[-1][0] == len(committed)  # ahead of the next verification
     engine.close(dseq)
     assert draft.cache.slots_in_use == 0
+
+
+def test_ahead_work_runs_in_waves_of_rank():
+    assert [wave(rank) for rank in range(8)] == [0, 1, 1, 2, 2, 2, 2, 3]
+
+
+def test_the_likeliest_outcome_is_drafted_and_sent_first(draft: ModelRunner):
+    engine = DraftEngine(draft, draft.vocab_size, 4, 1.0)
+    sent: list[int] = []
+
+    def sink(base: int, results: list) -> None:
+        sent.extend(context[0] for context, _ in results)
+
+    dseq = engine.open([5, 6, 7], GREEDY, 0, Ahead(width=4, depth=3), sink)
+    engine.drain()
+    first_tokens = dseq.current.cursor.top_ids[0]  # the draft's likeliest first tokens
+    assert sent[0] == first_tokens[0]
+    assert set(sent[1:3]) == set(first_tokens[1:3]) and sent[3] == first_tokens[3]
+    engine.close(dseq)
 
 
 def test_engine_gives_back_branch_slots_to_new_sequences(model_dir: Path):

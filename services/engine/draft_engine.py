@@ -1,11 +1,14 @@
 """A draft model drafting for many sequences: on demand, and ahead of the verifier.
 
 Drafting a sequence's caller waits for is *on demand*: those cursors advance first, all of them
-together, one batched forward per position, until done. *Ahead* work is draft-ahead
-(``draft_ahead.py``): while the verifier checks a proposal, the likeliest outcomes of that check
-are drafted on, each in a branch slot, and handed to the sequence's sink together once the last
-is done. Ahead work advances one forward at a time, only when no on-demand work waits, and a
-sequence's next step drops whatever of it has gone stale.
+together, one batched forward per position, and the caller gets its tokens as soon as they are
+drafted. *Ahead* work is draft-ahead (``draft_ahead.py``): while the verifier checks a proposal,
+the likeliest outcomes of that check are drafted on, each in a branch slot, and each branch's
+proposal goes to the sequence's sink as soon as it is drafted. Ahead work advances one forward
+at a time, only when no on-demand work waits, in waves by rank: every sequence's likeliest
+outcome first, then ranks 1-2, 3-6, 7-14 (a forward costs more with every row it carries, so
+the likeliest proposals are ready soonest). A sequence's next step drops whatever of it has
+gone stale.
 
 When a step reveals the committed sequence, a branch drafted for exactly that state is adopted:
 its slot becomes the sequence's, and its proposal is already there.
@@ -57,18 +60,41 @@ NO_AHEAD = Ahead()
 AheadSink = Callable[[int, list[tuple[list[int], Proposal]]], None]
 
 
+Callback = Callable[[DraftCursor], None]
+
+
 @dataclass
 class _Job:
-    """A cursor and what to do once it is done."""
+    """A cursor, what to do once its drafts are there and once it is done (its last forward
+    reads the distribution after the drafts, which ranking the next outcomes needs)."""
 
     cursor: DraftCursor
-    on_done: Callable[[DraftCursor], None]
-    cancelled: bool = False  # dropped: never advanced again, on_done never runs
+    on_done: Callback | None = None
+    on_drafted: Callback | None = None
+    wave: int = 0  # ahead work runs in waves, likeliest first
+    cancelled: bool = False  # dropped: never advanced again, no callback runs
     finished: bool = False  # on_done ran
 
     @property
     def active(self) -> bool:
         return not (self.cancelled or self.finished)
+
+    def settle(self) -> None:
+        """Run the callbacks that are due (each once)."""
+        if not self.active:
+            return
+        if self.on_drafted is not None and self.cursor.drafted:
+            callback, self.on_drafted = self.on_drafted, None
+            callback(self.cursor)
+        if self.cursor.done and self.active:
+            self.finished = True
+            if self.on_done is not None:
+                self.on_done(self.cursor)
+
+
+def wave(rank: int) -> int:
+    """Ahead work's wave of the outcome ranked ``rank`` (0: likeliest): 0, 1-2, 3-6, 7-14."""
+    return (rank + 1).bit_length() - 1
 
 
 @dataclass
@@ -97,24 +123,6 @@ class DraftSequence:
         return self.main.committed
 
 
-class _AheadRound:
-    """Draft-ahead on one verification of one sequence: its branches' proposals go to the sink
-    together once the last one is drafted."""
-
-    def __init__(self, dseq: DraftSequence, sink: AheadSink) -> None:
-        self.dseq, self.base, self.sink = dseq, dseq.base, sink
-        self.pending = 0
-        self.results: list[tuple[list[int], Proposal]] = []
-
-    def branch_done(self, context: list[int]) -> Callable[[DraftCursor], None]:
-        def done(cursor: DraftCursor) -> None:
-            self.results.append((context, cursor.proposal()))
-            if len(self.results) == self.pending and not self.dseq.closed:
-                self.sink(self.base, self.results)
-
-        return done
-
-
 class Forward:
     """One batched forward over some cursors: the unit of work handed out."""
 
@@ -128,9 +136,7 @@ class Forward:
 
     def finish(self, elapsed_ns: int = 0) -> None:
         for job in self.jobs:
-            if job.cursor.done and job.active:
-                job.finished = True
-                job.on_done(job.cursor)
+            job.settle()
         self.engine._prune()
 
     def fail(self, exc: Exception) -> None:
@@ -172,7 +178,7 @@ class DraftEngine:
         dseq = DraftSequence(SequenceState(slot, list(prompt_ids), params, seed), sink, ahead)
         self._sequences.add(dseq)
         if ahead.width:
-            self._draft(dseq, 0, lambda cursor: self._speculate(dseq, cursor, 0))
+            self._draft(dseq, 0, None, lambda cursor: self._speculate(dseq, cursor, 0))
         return dseq
 
     def step(
@@ -200,20 +206,29 @@ class DraftEngine:
             dseq.current = None
         k = depth or verifying
 
-        def done(cursor: DraftCursor) -> None:
+        def answer(cursor: DraftCursor) -> None:
             if on_proposal is not None:
                 on_proposal(cursor.proposal().head(k))
+
+        def speculate(cursor: DraftCursor) -> None:
             self._speculate(dseq, cursor, k)
 
         job = dseq.current
-        if job is None or (job.cursor.done and len(job.cursor.token_ids) < k):
-            self._draft(dseq, k, done)
-        elif job.cursor.done:
-            done(job.cursor)
-        else:  # a branch still drafting: finish it first, as if it had been sent
-            job.on_done = done
+        if job is None or (job.cursor.drafted and len(job.cursor.token_ids) < k):
+            self._draft(dseq, k, answer, speculate)
+            return
+        # A branch drafted for this very state: answer from it (now, or once it has its
+        # drafts), and speculate once it is done; what it still lacks runs on demand.
+        if job.finished:
+            answer(job.cursor)
+            speculate(job.cursor)
+            return
+        job.on_drafted, job.on_done = answer, speculate
+        job.settle()
+        if job.active and job in self._ahead:
             self._ahead.remove(job)
             self._on_demand.append(job)
+            self.on_work()
 
     def close(self, dseq: DraftSequence) -> None:
         """Free the sequence's slots (its own and its branches')."""
@@ -230,9 +245,13 @@ class DraftEngine:
         self._prune()
 
     def next_forward(self) -> Forward | None:
-        """The next unit of work: on-demand cursors first, else ahead ones; None when idle."""
+        """The next unit of work: on-demand cursors first, else the earliest wave of ahead
+        ones; None when idle."""
         self._prune()
-        jobs = self._on_demand or self._ahead[:AHEAD_BATCH]
+        jobs = self._on_demand
+        if not jobs and self._ahead:
+            first = min(job.wave for job in self._ahead)
+            jobs = [job for job in self._ahead if job.wave == first][:AHEAD_BATCH]
         return Forward(self, jobs) if jobs else None
 
     def drain(self) -> None:
@@ -244,12 +263,16 @@ class DraftEngine:
     # --- inside -------------------------------------------------------------------------------
 
     def _draft(
-        self, dseq: DraftSequence, depth: int, on_done: Callable[[DraftCursor], None]
+        self,
+        dseq: DraftSequence,
+        depth: int,
+        on_drafted: Callback | None,
+        on_done: Callback | None,
     ) -> None:
         """Draft ``depth`` tokens for ``dseq.main`` on demand."""
         cursor = DraftCursor(dseq.main, depth, TOPS if dseq.ahead.width else 0)
         cursor.plan(self.runner)
-        dseq.current = _Job(cursor, on_done)
+        dseq.current = _Job(cursor, on_done, on_drafted)
         self._on_demand.append(dseq.current)
         self.on_work()
 
@@ -271,8 +294,8 @@ class DraftEngine:
             dseq.ahead.width,
             dseq.acceptance.rate,
         )
-        ahead = _AheadRound(dseq, dseq.sink)
-        for outcome in outcomes:
+        sink, base = dseq.sink, dseq.base
+        for rank, outcome in enumerate(outcomes):
             context = drafts[: outcome.num_accepted] + [outcome.next_token_id]
             if len(state) + len(context) >= self.runner.max_seq_len:
                 continue
@@ -282,10 +305,10 @@ class DraftEngine:
             fork(self.runner, dseq.main, seq, len(state) + outcome.num_accepted, state + context)
             cursor = DraftCursor(seq, dseq.ahead.depth, TOPS)
             cursor.plan(self.runner)
-            job = _Job(cursor, ahead.branch_done(context))
+            send = _sender(sink, base, context)
+            job = _Job(cursor, on_drafted=send, wave=wave(rank))
             dseq.branches[tuple(context)] = _Branch(seq, job)
             self._ahead.append(job)
-        ahead.pending = len(dseq.branches)
         if dseq.branches:
             self.on_work()
 
@@ -336,3 +359,10 @@ class DraftEngine:
     def _prune(self) -> None:
         self._on_demand = [j for j in self._on_demand if j.active]
         self._ahead = [j for j in self._ahead if j.active]
+
+
+def _sender(sink: AheadSink, base: int, context: list[int]) -> Callback:
+    def send(cursor: DraftCursor) -> None:
+        sink(base, [(context, cursor.proposal())])
+
+    return send

@@ -61,6 +61,11 @@ class DraftCursor:
     def done(self) -> bool:
         return self._forwards_left == 0
 
+    @property
+    def drafted(self) -> bool:
+        """Every draft token is there (a last forward for ``tops`` may still be due)."""
+        return self._forwards_left >= 0 and len(self.token_ids) >= self.depth
+
     def _feed(self, runner: ModelRunner) -> list[int]:
         if not self.token_ids:
             return self.seq.sync_cache(runner)  # committed tokens not in the slot yet
