@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -23,7 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from specdec.core.errors import Unavailable
 from specdec.router.redis_server import free_loopback_port, redis_url
-from specdec.serving.cpus import format_cpus, split, usable
+from specdec.serving.cpus import Layout, format_cpus, split, usable
 
 DEMO_TARGET = Path("models/demo-target")
 DEMO_DRAFT = Path("models/demo-draft")
@@ -47,9 +48,107 @@ def wait_serving(address: str, process: subprocess.Popen[bytes], timeout_s: floa
     raise Unavailable(f"{address} did not become ready within {timeout_s:.0f}s")
 
 
-def _serve(role: str, *args: str) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "specdec.cli", "serve", role, *args]
-    return subprocess.Popen(cmd, start_new_session=True)  # Ctrl-C reaches us, not them
+@dataclass
+class Services:
+    """Draft, verifier and router(s) running as child processes on loopback."""
+
+    layout: Layout
+    addresses: dict[str, str] = field(default_factory=dict)  # name -> host:port
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    log_dir: Path | None = None  # children write their logs here (else to this terminal)
+
+    def serve(self, role: str, *args: str, name: str | None = None) -> None:
+        """Start ``specdec serve ROLE ARGS`` in its own session (Ctrl-C reaches only us)."""
+        name = name or role
+        cmd = [sys.executable, "-m", "specdec.cli", "serve", role, *args]
+        out = None
+        if self.log_dir is not None:
+            out = (self.log_dir / f"{name}.log").open("ab")
+        self.procs[name] = subprocess.Popen(
+            cmd, start_new_session=True, stdout=out, stderr=subprocess.STDOUT if out else None
+        )
+
+    def wait(self, name: str, timeout_s: float) -> None:
+        wait_serving(self.addresses[name], self.procs[name], timeout_s)
+
+    def alive(self) -> bool:
+        return all(p.poll() is None for p in self.procs.values())
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> list[str]:
+        """SIGTERM everything, SIGKILL what has not stopped within ``timeout_s`` (one budget for
+        all); the names of those killed."""
+        for p in self.procs.values():
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        killed = []
+        for name, p in self.procs.items():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+                killed.append(name)
+        return killed
+
+
+def start_services(
+    target: str,
+    draft: str | None,
+    listen: str,
+    device: str | None = None,
+    draft_device: str | None = None,
+    redis: str | None = None,
+    routers: dict[str, list[str]] | None = None,
+    log_dir: Path | None = None,
+    timeout_s: float = 300,
+    replica_flags: list[str] | None = None,
+    router_flags: list[str] | None = None,
+) -> Services:
+    """Verifier and draft on their CPU sets, then one router on ``listen`` (and, for each entry
+    of ``routers``, another router on a free port with those extra flags), all SERVING;
+    ``replica_flags`` go to the draft and the verifier, ``router_flags`` to every router. On
+    failure, whatever started is stopped."""
+    services = Services(split(usable()), log_dir=log_dir)
+    layout = services.layout
+    try:
+        for role in ("verifier", "draft"):
+            services.addresses[role] = f"127.0.0.1:{free_loopback_port()}"
+        dev = ["--device", device] if device else []
+        ddev = ["--device", draft_device or device] if (draft_device or device) else []
+        v_args = ["--model", target, "--listen", services.addresses["verifier"], *dev]
+        v_args += replica_flags or []
+        services.serve("verifier", *v_args, *_cpus(layout.verifier))
+        d_args = ["--model", draft] if draft else ["--vocab-size", _vocab(target)]
+        if (draft_device or device or "cpu") == "cpu":
+            # a small draft's matmuls are too short to split: threads only add sync cost
+            d_args += ["--threads", "1"]
+        d_args += ["--listen", services.addresses["draft"], *ddev, *(replica_flags or [])]
+        services.serve("draft", *d_args, *_cpus(layout.draft))
+        services.wait("verifier", timeout_s)
+        services.wait("draft", timeout_s)
+        base = [
+            "--model",
+            target,
+            "--verifiers",
+            services.addresses["verifier"],
+            "--drafts",
+            services.addresses["draft"],
+            *(["--redis-url", redis] if redis else []),
+            *(["--draft-model", Path(draft).name] if draft else []),
+            *_cpus(layout.router),
+            *(router_flags or []),
+        ]
+        for name, extra in {"router": [], **(routers or {})}.items():
+            address = listen if name == "router" else f"127.0.0.1:{free_loopback_port()}"
+            services.addresses[name] = address
+            services.serve("router", *base, "--listen", address, *extra, name=name)
+        for name in ("router", *(routers or {})):
+            services.wait(name, 60)
+    except BaseException:
+        services.stop()
+        raise
+    return services
 
 
 def up(
@@ -68,7 +167,6 @@ def up(
                 else ""
             )
             raise Unavailable(f"model folder {folder} not found{hint}")
-    procs: list[subprocess.Popen[bytes]] = []
     stopping = False
 
     def stop(*_: object) -> None:
@@ -76,64 +174,28 @@ def up(
         stopping = True
 
     signal.signal(signal.SIGTERM, stop)
-    layout = split(usable())
     with redis_url() as url:
+        services: Services | None = None
         try:
-            v_addr = f"127.0.0.1:{free_loopback_port()}"
-            d_addr = f"127.0.0.1:{free_loopback_port()}"
-            dev = ["--device", device] if device else []
-            ddev = ["--device", draft_device or device] if (draft_device or device) else []
-            v_args = ["--model", target, "--listen", v_addr, *dev, *_cpus(layout.verifier)]
-            procs.append(_serve("verifier", *v_args))
-            draft_args = ["--model", draft] if draft else ["--vocab-size", _vocab(target)]
-            if (draft_device or device or "cpu") == "cpu":
-                # a small draft's matmuls are too short to split: threads only add sync cost
-                draft_args += ["--threads", "1"]
-            d_args = [*draft_args, "--listen", d_addr, *ddev, *_cpus(layout.draft)]
-            procs.append(_serve("draft", *d_args))
             print("loading models ...", flush=True)
-            wait_serving(v_addr, procs[0], timeout_s)
-            wait_serving(d_addr, procs[1], timeout_s)
-            router_args = [
-                "--model",
-                target,
-                "--verifiers",
-                v_addr,
-                "--drafts",
-                d_addr,
-                "--listen",
-                listen,
-                "--redis-url",
-                url,
-                *_cpus(layout.router),
-            ]
-            if draft:
-                router_args += ["--draft-model", Path(draft).name]
-            procs.append(_serve("router", *router_args))
-            wait_serving(listen, procs[2], 60)
+            services = start_services(
+                target, draft, listen, device, draft_device, url, timeout_s=timeout_s
+            )
             print(
                 f"specdec ready: router on {listen} (target {Path(target).name}, draft "
-                f"{Path(draft).name if draft else 'n-gram'}; {layout.describe()}); try: "
+                f"{Path(draft).name if draft else 'n-gram'}; {services.layout.describe()}); try: "
                 f"specdec generate --addr {listen} 'def fib(n):'  (Ctrl-C stops)",
                 flush=True,
             )
-            while not stopping and all(p.poll() is None for p in procs):
+            while not stopping and services.alive():
                 time.sleep(0.2)
-            failed = [p for p in procs if p.poll() is not None]
-            return 1 if failed and not stopping else 0
+            return 1 if not stopping else 0
         except KeyboardInterrupt:
             return 0
         finally:
-            for p in procs:
-                if p.poll() is None:
-                    os.killpg(p.pid, signal.SIGTERM)
-            deadline = time.monotonic() + STOP_TIMEOUT_S  # one budget for all, not one each
-            for role, p in zip(("verifier", "draft", "router"), procs, strict=False):
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    p.wait(timeout=max(0.1, deadline - time.monotonic()))
-                if p.poll() is None:
-                    print(f"specdec: the {role} did not stop on SIGTERM; killed", flush=True)
-                    os.killpg(p.pid, signal.SIGKILL)
+            if services is not None:
+                for name in services.stop():
+                    print(f"specdec: the {name} did not stop on SIGTERM; killed", flush=True)
             print("specdec stopped", flush=True)
 
 

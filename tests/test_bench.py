@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from specdec.bench import acceptance, config, load
-from specdec.bench.systems import SpecCounts, request_id, system_of
+from specdec.bench.systems import pipeline_name, request_id, system_of
 from specdec.bench.workloads import WORKLOADS, load_workload
+from specdec.core.rounds import Round, Tally
 from specdec.local_pipeline import Pipeline
 
 
@@ -37,12 +38,35 @@ def test_leviathan_prediction_matches_the_paper_at_fixed_k():
 @pytest.mark.unit
 def test_alpha_is_the_mle_of_the_iid_model():
     # Rounds of k = 3: accepted 3 (no rejection), 1 (rejected at the 2nd), 0 (rejected at once).
-    rounds = [(3, 3), (3, 1), (3, 0)]
-    assert acceptance.alpha_from_rounds(rounds) == pytest.approx(4 / 6)
-    counts = SpecCounts(rounds=3, depths=[3, 3, 3])
-    counts.accepted_per_position[:3] = [2, 1, 1]  # the same rounds, per position
-    assert acceptance.alpha_from_counts(counts) == pytest.approx(4 / 6)  # exact at fixed k
-    assert acceptance.per_position_rates(counts) == pytest.approx([2 / 3, 1 / 3, 1 / 3])
+    tally = Tally()
+    for i, accepted in enumerate((3, 1, 0)):
+        tally.add(_round(i + 1, 3, 3, accepted))
+    assert tally.alpha == pytest.approx(4 / 6)
+    assert acceptance.per_position_rates(tally) == pytest.approx([2 / 3, 1 / 3, 1 / 3])
+    # Shorter proposals (a cached one, prompt lookup) count only where they proposed.
+    tally.add(_round(4, 3, 1, 1))
+    assert acceptance.per_position_rates(tally) == pytest.approx([3 / 4, 1 / 3, 1 / 3])
+
+
+def _round(index: int, depth: int, proposed: int, accepted: int) -> Round:
+    return Round(
+        index=index,
+        position=10,
+        depth=depth,
+        num_proposed=proposed,
+        num_accepted=accepted,
+        token_ids=(1,) * (accepted + 1),
+        finish=None,
+        ahead="",
+        draft_ns=0,
+        verify_ns=0,
+        queue_ns=0,
+        service_ns=0,
+        rtt_ns=0,
+        round_ns=0,
+        verifier_active=1,
+        verifier_queue=0,
+    )
 
 
 @pytest.mark.unit
@@ -53,6 +77,7 @@ def test_quick_defaults_yield_to_explicit_flags():
     cfg = config.from_args(p.parse_args(argv), ["bench", *argv])
     assert cfg.max_tokens == 5 and cfg.fixed_k == (1, 2, 3, 6)
     assert cfg.num_prompts == 2 and not cfg.hf and cfg.concurrency == (1, 2)
+    assert not cfg.one_process and cfg.overhead and cfg.ahead_off
     assert cfg.command == "specdec bench --quick --max-tokens 5 --fixed-k 1-3,6"
     full = config.from_args(p.parse_args([]), [])
     assert full.hf and full.fixed_k == tuple(range(1, 9)) and full.concurrency == (1, 4, 16, 32)
@@ -95,37 +120,45 @@ def test_stored_workloads_and_request_ids():
         assert len({p.id for p in prompts}) == len(prompts)
     rid = request_id("lat", "pipeline k=3", "code-01", 0)
     assert " " not in rid and system_of(rid) == "pipeline k=3"
+    assert pipeline_name(3, None, ahead=False) == "pipeline k=3 ahead=off"
+    assert pipeline_name(0, None, ahead=False) == "pipeline k=0"  # nothing drafted
 
 
 @pytest.mark.e2e
 def test_quick_run_writes_result_report_and_plots(model_dir: Path, tmp_path: Path):
+    """The pipeline as separate processes (and a second router with the load guard), every
+    mode, the report."""
     out = tmp_path / "bench"
     target, draft = str(model_dir / "target"), str(model_dir / "draft_close")
     proc = bench("--quick", "--target", target, "--draft", draft, "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((out / "result.json").read_text())
     assert {"machine", "config", "latency", "acceptance", "cost", "profile", "load"} <= set(result)
-    assert {"headline", "greedy_check", "plots"} <= set(result)
+    assert {"headline", "greedy_check", "plots", "ttft", "overhead", "draft_ahead"} <= set(result)
+    assert "separate processes" in result["machine"]["pipeline_layout"]
     systems = result["latency"]["systems"]
-    expected = {"pipeline k=0", "pipeline k=2", "pipeline goodput", "in-process k=2"}
-    assert expected | {"in-process target-only"} == set(systems)
+    pipeline = {"pipeline k=0", "pipeline k=2", "pipeline goodput"}
+    pipeline |= {"pipeline k=2 ahead=off", "pipeline goodput ahead=off"}
+    assert pipeline | {"in-process k=2", "in-process target-only"} == set(systems)
     assert result["greedy_check"]["specdec_identical"] is True
     assert all(s["differing_prompts"] == 0 for s in systems.values())
-    assert {"pipeline k=2", "pipeline goodput", "in-process k=2"} == set(result["acceptance"])
-    assert result["acceptance"]["pipeline k=2"]["alpha_source"] == "trace rounds"
-    assert set(result["profile"]["pipeline"]) == {
-        "pipeline k=0",
-        "pipeline k=2",
-        "pipeline goodput",
-    }
+    assert set(result["acceptance"]) == (pipeline - {"pipeline k=0"}) | {"in-process k=2"}
+    assert set(result["profile"]["pipeline"]) == pipeline
+    comp = result["latency"]["comparisons"]
+    assert comp["best_in_process"] == "in-process k=2" and comp["ahead_on_vs_off"] > 0
     points = {(p["system"], p["concurrency"]) for p in result["load"]["points"]}
-    load_systems = ("pipeline k=0", "pipeline goodput", "pipeline goodput guard=on")
+    load_systems = ("pipeline k=0", "pipeline goodput", "pipeline goodput ahead=off")
+    load_systems += ("pipeline goodput guard=on",)
     assert points == {(s, n) for s in load_systems for n in (1, 2)}
     assert set(result["load"]["guard_effect"]["ratio_by_concurrency"]) == {"1", "2"}
     assert all(p["requests"] > 0 and p["errors"] == 0 for p in result["load"]["points"])
-    assert result["headline"]["speedup_vs_k0"]["value"] > 0
+    assert {p["label"] for p in result["overhead"]["pairs"]} >= {"k = 0", "k = 4"}
+    assert result["ttft"]["median_s"]["in-process target-only"] > 0
+    assert result["headline"]["vs_best_in_process"]["value"] > 0
     report = (out / "REPORT.md").read_text()
-    assert "## Headline" in report and result["command"] in report
+    for section in ("## Headline", "## Time to first token", "## Overhead of the split"):
+        assert section in report
+    assert result["command"] in report
     assert list(out.glob("*.png")) and all((out / p).is_file() for p in result["plots"])
     assert "greedy check: all outputs identical" in proc.stdout
 
@@ -136,13 +169,13 @@ def test_bench_against_a_running_router(model_dir: Path, tmp_path: Path):
     pipe = Pipeline(target, draft).start()
     try:
         out = tmp_path / "bench"
-        args = ["--quick", "--no-load", "--num-prompts", "1", "--addr", pipe.address("router")]
+        args = ["--quick", "--no-load", "--no-overhead", "--num-prompts", "1"]
+        args += ["--addr", pipe.address("router")]
         proc = bench(*args, "--target", target, "--draft", draft, "--out", str(out))
     finally:
         pipe.close()
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((out / "result.json").read_text())
     assert result["greedy_check"]["specdec_identical"] is True
-    assert result["profile"]["pipeline"] == {}  # a remote router's spans are not here
-    assert result["acceptance"]["pipeline k=2"]["alpha_source"] == "per-position stats"
-    assert "load" not in result
+    assert "pipeline k=2" in result["profile"]["pipeline"]  # the stats carry the breakdown
+    assert "load" not in result and "overhead" not in result

@@ -7,7 +7,6 @@ import torch
 
 from specdec.engine import draft_dtype
 from specdec.engine.checkpoint import load_model
-from specdec.engine.runner import ModelRunner
 from tests.fixtures import save_random_model
 
 pytestmark = pytest.mark.unit
@@ -16,12 +15,12 @@ pytestmark = pytest.mark.unit
 def test_fastest_picks_the_model_with_the_shorter_step(tmp_path, monkeypatch):
     folder = save_random_model(tmp_path / "draft")
     fast, slow = load_model(folder), load_model(folder)
-    real = ModelRunner.timed_step
+    real = draft_dtype._step
 
-    def timed(runner, slot, base, num_tokens=1):  # the slow model's steps take 1 s longer
-        return real(runner, slot, base, num_tokens) + (1.0 if runner.model is slow else 0.0)
+    def timed(runner, slots, base):  # the slow model's steps take 1 s longer
+        return real(runner, slots, base) + (1.0 if runner.model is slow else 0.0)
 
-    monkeypatch.setattr(ModelRunner, "timed_step", timed)
+    monkeypatch.setattr(draft_dtype, "_step", timed)
     assert draft_dtype.fastest([slow, fast]) == 1
     assert draft_dtype.fastest([fast, slow]) == 0
 

@@ -14,44 +14,16 @@ Non-goals: sampling acceptance (greedy only), tree drafts.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from specdec.bench.systems import SpecCounts
-from specdec.core.limits import MAX_SPEC_DEPTH
+from specdec.core.rounds import Tally
 
 
-def proposed_per_position(depths: Iterable[int]) -> list[int]:
-    """[i]: rounds that proposed position i (depth > i)."""
-    out = [0] * MAX_SPEC_DEPTH
-    for k in depths:
-        for i in range(min(k, MAX_SPEC_DEPTH)):
-            out[i] += 1
-    return out
-
-
-def per_position_rates(counts: SpecCounts) -> list[float]:
-    """[i]: share of rounds proposing position i that had it accepted (up to the deepest k)."""
-    proposed = proposed_per_position(counts.depths)
-    return [a / p for a, p in zip(counts.accepted_per_position, proposed, strict=True) if p]
-
-
-def alpha_from_rounds(rounds: Iterable[tuple[int, int]]) -> float | None:
-    """Exact MLE from per-round (proposed, accepted) pairs (trace events)."""
-    accepted = rejected = 0
-    for proposed, num_accepted in rounds:
-        accepted += num_accepted
-        rejected += int(num_accepted < proposed)
-    return accepted / (accepted + rejected) if accepted + rejected else None
-
-
-def alpha_from_counts(counts: SpecCounts) -> float | None:
-    """The MLE from per-position totals when per-round data is missing: position i was tried in
-    the rounds that accepted position i − 1 and went that deep (exact when k is fixed)."""
-    proposed = proposed_per_position(counts.depths)
-    accepted = counts.accepted_per_position
-    tried = proposed[0] + sum(min(accepted[i - 1], proposed[i]) for i in range(1, MAX_SPEC_DEPTH))
-    return sum(accepted) / tried if tried else None
+def per_position_rates(counts: Tally) -> list[float]:
+    """[i]: share of the rounds that proposed position i which had it accepted."""
+    pairs = zip(counts.accepted_per_position, counts.proposed_per_position, strict=True)
+    return [a / p for a, p in pairs if p]
 
 
 def tokens_per_round(alpha: float, k: int) -> float:
@@ -71,10 +43,7 @@ def predicted_speedup(alpha: float, c: float, depths: Sequence[int]) -> float | 
 
 
 def acceptance_summary(
-    counts: SpecCounts,
-    c: float | None,
-    measured_speedup: float | None,
-    rounds: list[tuple[int, int]] | None = None,
+    counts: Tally, c: float | None, measured_speedup: float | None
 ) -> dict[str, Any]:
     """Everything the report says about one speculating system's acceptance.
 
@@ -83,7 +52,7 @@ def acceptance_summary(
     the pipeline's network included. (Over the pipeline's own k = 0, which pays the network
     every token, an overhead per round is amortized over several tokens and can push the
     ratio above 1.)"""
-    alpha = alpha_from_rounds(rounds) if rounds else alpha_from_counts(counts)
+    alpha = counts.alpha
     drafted = sum(1 for k in counts.depths if k > 0)
     predicted = predicted_speedup(alpha, c, counts.depths) if alpha is not None and c else None
     return {
@@ -94,7 +63,6 @@ def acceptance_summary(
         if counts.draft_tokens
         else 0.0,
         "alpha": alpha,
-        "alpha_source": "trace rounds" if rounds else "per-position stats",
         "mean_acceptance_length": 1.0 + counts.accepted_tokens / drafted if drafted else 1.0,
         "tokens_per_round": counts.output_tokens / counts.rounds if counts.rounds else 0.0,
         "mean_depth": sum(counts.depths) / len(counts.depths) if counts.depths else 0.0,

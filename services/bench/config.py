@@ -20,21 +20,25 @@ DEFAULT_POLICY = "goodput"  # the router's default depth policy (RouterConfig.de
 class BenchConfig:
     target: str = "models/demo-target"  # target model folder (also the tokenizer)
     draft: str = "models/demo-draft"  # draft model folder
-    addr: str | None = None  # a running router; None: start the pipeline in this process
+    addr: str | None = None  # a running router; None: start the pipeline (separate processes)
+    one_process: bool = False  # start the three services inside the bench's own process
     out: str = "bench-out"  # folder for result.json, REPORT.md and the plots
     workload: str = "all"  # code, prose or all
     prompts_dir: str | None = None  # None: benchmarks/prompts in the repository
     num_prompts: int | None = None  # prompts in all (workloads alternate); None: every one
     max_tokens: int = 64  # tokens to generate per request (fewer when eos comes first)
     repeats: int = 1  # passes over the prompts in latency mode
-    fixed_k: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8)  # fixed depths run through the pipeline
+    fixed_k: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8)  # fixed depths: pipeline and in-process
     policies: tuple[str, ...] = ("heuristic", "goodput")  # adaptive depth policies
     default_policy: str = DEFAULT_POLICY  # the policy the headline and load mode use
-    in_process_k: int = 4  # depth of the in-process engine run (no network)
+    ahead_off: bool = True  # also run the default policy (and one fixed k) with draft-ahead off
     concurrency: tuple[int, ...] = (1, 4, 16, 32)  # closed-loop clients per load point
     load_seconds: float = 20.0  # measuring window per load point and system
-    latency: bool = True  # run latency mode
+    latency: bool = True  # run latency mode (and time to first token)
     load: bool = True  # run load mode
+    overhead: bool = True  # run overhead mode (a near-zero-cost model, separate processes)
+    overhead_requests: int = 40  # requests per system in overhead mode
+    ttft_repeats: int = 20  # passes of the time-to-first-token comparison
     hf: bool = True  # run transformers greedy and assisted generation
     hf_assistant_tokens: int | None = None  # num_assistant_tokens; None: transformers' default
     threads: int | None = None  # torch threads in this process; None: torch's default
@@ -53,8 +57,9 @@ QUICK: dict[str, Any] = dict(
     max_tokens=8,
     fixed_k=(2,),
     policies=(DEFAULT_POLICY,),
-    in_process_k=2,
     concurrency=(1, 2),
+    overhead_requests=2,
+    ttft_repeats=2,
     load_seconds=1.5,
     hf=False,
     cost_repeats=5,
@@ -80,7 +85,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d = BenchConfig()
     p.add_argument("--target", help=f"target model folder (default {d.target})")
     p.add_argument("--draft", help=f"draft model folder (default {d.draft})")
-    p.add_argument("--addr", help="HOST:PORT of a running router (default: start one here)")
+    p.add_argument("--addr", help="HOST:PORT of a running router (default: start the services)")
+    p.add_argument(
+        "--one-process",
+        action="store_true",
+        default=None,
+        help="start the three services inside the bench's process (default: separate processes,"
+        " as specdec up starts them)",
+    )
     p.add_argument("--out", help=f"output folder (default {d.out})")
     p.add_argument("--workload", choices=["code", "prose", "all"], help="prompt set (default all)")
     p.add_argument("--prompts-dir", help="folder of <workload>.jsonl files")
@@ -95,7 +107,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--default-policy", help=f"policy for the headline and load (default {d.default_policy})"
     )
     p.add_argument(
-        "--in-process-k", type=int, help="depth of the in-process engine run (default 4)"
+        "--ahead-off",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also run the default policy and one fixed k with draft-ahead off (default: on)",
     )
     p.add_argument("--concurrency", type=_int_list, help="load-mode clients (default 1,4,16,32)")
     p.add_argument(
@@ -105,6 +120,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--no-latency", dest="latency", action="store_false", default=None, help="skip latency"
     )
     p.add_argument("--no-load", dest="load", action="store_false", default=None, help="skip load")
+    p.add_argument(
+        "--overhead",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="measure the split's overhead per round on a near-zero-cost model (default: on)",
+    )
+    p.add_argument("--overhead-requests", type=int, help="requests per system (default 40)")
+    p.add_argument("--ttft-repeats", type=int, help="time-to-first-token passes (default 20)")
     p.add_argument(
         "--hf",
         action=argparse.BooleanOptionalAction,

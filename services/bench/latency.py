@@ -14,8 +14,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from specdec.bench.systems import BASELINE, REFERENCE, SpecCounts, System, request_id
+from specdec.bench.systems import BASELINE, REFERENCE, System, request_id
 from specdec.bench.workloads import Prompt
+from specdec.core.rounds import Tally
 
 Key = tuple[str, int]  # (prompt id, pass)
 
@@ -37,7 +38,7 @@ class Sample:
 class LatencyRun:
     samples: list[Sample] = field(default_factory=list)
     outputs: dict[str, dict[Key, list[int]]] = field(default_factory=dict)  # system → tokens
-    counts: dict[str, SpecCounts] = field(default_factory=dict)  # speculating systems only
+    counts: dict[str, Tally] = field(default_factory=dict)  # speculating systems only
 
 
 def run_latency(
@@ -63,8 +64,23 @@ def run_latency(
                 )
                 out.outputs[system.name][(prompt.id, rep)] = run.token_ids
                 if run.counts is not None:
-                    out.counts.setdefault(system.name, SpecCounts()).add(run.counts)
+                    out.counts.setdefault(system.name, Tally()).merge(run.counts)
                 tick(system.name)
+    return out
+
+
+def run_ttft(
+    systems: Sequence[System], prompt_ids: list[int], repeats: int
+) -> dict[str, list[float]]:
+    """Each system's time to first token on one short prompt, ``repeats`` interleaved passes
+    (after one warm-up pass)."""
+    out: dict[str, list[float]] = {s.name: [] for s in systems}
+    for rep in range(repeats + 1):
+        for i in range(len(systems)):
+            system = systems[(rep + i) % len(systems)]
+            ttft = system.run(prompt_ids, request_id("ttft", system.name, rep)).ttft_s
+            if rep and ttft is not None:
+                out[system.name].append(ttft)
     return out
 
 

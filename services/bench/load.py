@@ -142,18 +142,16 @@ def point(system: str, concurrency: int, windows: list[Window]) -> dict[str, Any
 
 
 def run_load(
-    stub: generation_pb2_grpc.GenerationStub,
-    systems: dict[str, dict[str, int]],
+    systems: dict[str, tuple[generation_pb2_grpc.GenerationStub, dict[str, Any]]],
     prompts: Sequence[list[int]],
     max_tokens: int,
     concurrency: Sequence[int],
     seconds: float,
     slices: int = 2,
     tick: Callable[[str], None] = lambda _label: None,
-    before: Callable[[str], None] = lambda _name: None,
 ) -> list[dict[str, Any]]:
-    """Every system at every concurrency; ``systems`` maps a name to its request fields;
-    ``before(name)`` runs before each of that system's windows."""
+    """Every system at every concurrency; ``systems`` maps a name to the router to send to and
+    the request fields."""
     points = []
     for n in concurrency:
         windows: dict[str, list[Window]] = {name: [] for name in systems}
@@ -169,10 +167,10 @@ def run_load(
                         prompt_token_ids=generation_pb2.TokenIds(ids=ids),
                         max_tokens=max_tokens,
                         request_id=request_id("load", name, n, client, i),
-                        **systems[name],
+                        **systems[name][1],
                     )
 
-                before(name)
+                stub = systems[name][0]
                 windows[name].append(run_window(stub, make, n, seconds / slices))
                 tick(f"{name} x{n}")
         points += [point(name, n, w) for name, w in windows.items()]

@@ -113,10 +113,12 @@ def round_breakdown(result: dict[str, Any], out: Path) -> str | None:
         return None
     plt = _pyplot()
     parts = [
-        ("draft_ms", "draft"),
-        ("verify_ms", "verify"),
+        ("draft_ms", "waiting for drafts"),
+        ("verify_ms", "verifier forward"),
         ("verifier_queue_ms", "verifier queue"),
-        ("other_ms", "network + serialization + scheduling"),
+        ("verifier_other_ms", "verifier handling"),
+        ("network_ms", "network + serialization"),
+        ("router_ms", "router"),
     ]
     names = list(rows)
     fig, ax = plt.subplots(figsize=(8, 0.35 * len(names) + 1.5))
@@ -126,7 +128,7 @@ def round_breakdown(result: dict[str, Any], out: Path) -> str | None:
         ax.barh(names, values, left=left, label=label)
         left = [a + b for a, b in zip(left, values, strict=True)]
     ax.invert_yaxis()
-    ax.set_xlabel("milliseconds per round (mean, rounds after the first)")
+    ax.set_xlabel("milliseconds per round on the critical path (mean over every round)")
     ax.set_title("Where a round's time goes")
     ax.legend(fontsize=7, loc="lower right")
     return _save(fig, out, "round_breakdown.png")

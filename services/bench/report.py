@@ -32,7 +32,8 @@ def _machine(r: dict[str, Any]) -> list[str]:
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(r["started_unix_s"]))
     rows = [
         ("CPU", f"{m['cpu']} ({m['cores']} cores, {m['cores_usable']} usable)"),
-        ("torch threads", str(m["torch_threads"])),
+        ("torch threads (this process)", str(m["torch_threads"])),
+        ("pipeline", m.get("pipeline_layout", "–")),
         ("GPU", m["gpu"] or "none (all systems on the CPU)"),
         (
             "load average (1/5/15 min)",
@@ -65,39 +66,71 @@ def _machine(r: dict[str, Any]) -> list[str]:
     )
 
 
+def _bar_row(label: str, bar: dict[str, Any], fmt: str, lower: bool = False) -> list[str]:
+    """A headline row: measured, target, met (``lower``: the target is a ceiling)."""
+    value, target = bar["value"], bar["target"]
+    met = (
+        "–"
+        if value is None
+        else ("yes" if (value <= target if lower else value >= target) else "no")
+    )
+    return [label, _f(value, fmt), _f(target, ("≤ " if lower else "≥ ") + fmt), met]
+
+
 def _headline(r: dict[str, Any]) -> list[str]:
     h = r["headline"]
-
-    def row(label: str, key: str, fmt: str) -> list[str]:
-        value, target = h[key]["value"], h[key]["target"]
-        met = "–" if value is None else ("yes" if value >= target else "no")
-        return [label, _f(value, fmt), _f(target, "≥ " + fmt), met]
-
+    comp = r.get("latency", {}).get("comparisons", {})
+    name = h["system"]
     first = h["load_first_concurrency_below_k0"]
-    level = h.get("load_level_concurrencies") or []
-    min_ratio = row("lowest load-mode throughput ratio to k = 0", "load_min_ratio_vs_k0", "{:.2f}×")
+    min_ratio = _bar_row(
+        f"lowest load-mode throughput of `{name}` ÷ k = 0", h["load_min_ratio_vs_k0"], "{:.2f}×"
+    )
     if min_ratio[3] == "no" and first is None:
         min_ratio[3] = "level: a window contradicts the loss"
+    ahead_load = _bar_row(
+        "lowest load-mode throughput, draft-ahead on ÷ off",
+        h["load_min_ratio_ahead_on_vs_off"],
+        "{:.2f}×",
+    )
+    if ahead_load[3] == "no" and h["load_first_concurrency_ahead_below_off"] is None:
+        ahead_load[3] = "level: a window contradicts the loss"
     rows = [
-        row(
-            f"speedup of `{h['system']}` over pipeline k = 0 (batch 1)", "speedup_vs_k0", "{:.2f}×"
+        _bar_row(
+            f"`{name}` ÷ the in-process engine at its best fixed k "
+            f"(`{comp.get('best_in_process')}`), batch 1",
+            h["vs_best_in_process"],
+            "{:.2f}×",
         ),
-        row("speedup over transformers assisted generation", "speedup_vs_hf_assisted", "{:.2f}×"),
-        row(
-            "efficiency (speedup over target-only ÷ Leviathan et al.'s prediction)",
-            "efficiency",
+        _bar_row(f"`{name}` draft-ahead on ÷ off, batch 1", h["ahead_on_vs_off"], "{:.2f}×"),
+        _bar_row(
+            f"`{name}` ÷ the pipeline's best fixed k (`{comp.get('best_pipeline_fixed')}`)",
+            h["vs_best_pipeline_fixed"],
+            "{:.2f}×",
+        ),
+        _bar_row(
+            "overhead per round, near-zero-cost model, k = 0 (p50, ms)",
+            h["overhead_k0_p50_ms"],
             "{:.2f}",
+            lower=True,
+        ),
+        _bar_row(
+            "overhead per round, near-zero-cost model, k = 4 (p50, ms)",
+            h["overhead_k4_p50_ms"],
+            "{:.2f}",
+            lower=True,
+        ),
+        _bar_row(
+            f"time to first token of `{name}` over the in-process prefill (ms)",
+            h["ttft_excess_ms"],
+            "{:.2f}",
+            lower=True,
         ),
         min_ratio,
-        [
-            "load-mode crossover (first concurrency where speculation loses, in every window)",
-            ("none measured" if first is None else f"{first} clients")
-            + (f" (level at {', '.join(map(str, level))} clients)" if level else ""),
-            "none",
-            "–"
-            if h["load_min_ratio_vs_k0"]["value"] is None
-            else ("yes" if first is None else "no"),
-        ],
+        ahead_load,
+        _bar_row(f"`{name}` ÷ pipeline k = 0, batch 1", h["speedup_vs_k0"], "{:.2f}×"),
+        _bar_row(
+            f"`{name}` ÷ transformers assisted generation", h["speedup_vs_hf_assisted"], "{:.2f}×"
+        ),
         [
             "greedy output identical to target-only (specdec systems)",
             _f(h["greedy_identical"], "{}"),
@@ -106,6 +139,30 @@ def _headline(r: dict[str, Any]) -> list[str]:
         ],
     ]
     return ["## Headline", ""] + _table(["", "measured", "target", "met"], rows)
+
+
+def summary_lines(r: dict[str, Any]) -> list[str]:
+    """The headline as plain lines (what ``specdec bench`` prints)."""
+    h = r["headline"]
+    lines = []
+    for key, label, fmt, lower in (
+        ("vs_best_in_process", "÷ in-process at its best fixed k", "{:.2f}×", False),
+        ("ahead_on_vs_off", "draft-ahead on ÷ off", "{:.2f}×", False),
+        ("vs_best_pipeline_fixed", "÷ the pipeline's best fixed k", "{:.2f}×", False),
+        ("overhead_k0_p50_ms", "overhead per round at k = 0 (ms, p50)", "{:.2f}", True),
+        ("overhead_k4_p50_ms", "overhead per round at k = 4 (ms, p50)", "{:.2f}", True),
+        ("ttft_excess_ms", "time to first token over the in-process prefill (ms)", "{:.2f}", True),
+        ("load_min_ratio_vs_k0", "lowest load ratio to k = 0", "{:.2f}×", False),
+        ("load_min_ratio_ahead_on_vs_off", "lowest load ratio, ahead on ÷ off", "{:.2f}×", False),
+    ):
+        row = _bar_row(label, h[key], fmt, lower)
+        lines.append(f"{h['system']} {label}: {row[1]} (target {row[2]}: {row[3]})")
+    check = r.get("greedy_check", {})
+    bad = {n: d for n, d in check.get("differing_prompts", {}).items() if d}
+    lines.append(
+        "greedy check: " + (f"DIFFERENT outputs {bad}" if bad else "all outputs identical")
+    )
+    return lines
 
 
 def _latency(r: dict[str, Any]) -> list[str]:
@@ -247,63 +304,169 @@ def _acceptance(r: dict[str, Any]) -> list[str]:
 
 def _profile(r: dict[str, Any]) -> list[str]:
     prof = r.get("profile")
-    if not prof:
+    if not prof or not prof["pipeline"]:
         return []
-    lines = ["## Where a round's time goes", ""]
-    if not prof["pipeline"]:
-        return lines + [f"No per-round data: {prof['source']}.", ""]
+    keys = (
+        "draft_ms",
+        "verify_ms",
+        "verifier_queue_ms",
+        "verifier_other_ms",
+        "network_ms",
+        "router_ms",
+    )
     rows = []
     for name, p in prof["pipeline"].items():
         total = p["round_ms"] or 1.0
-
-        def cell(key: str, p: dict[str, float] = p, total: float = total) -> str:
-            return f"{p[key]:.2f} ({100 * p[key] / total:.0f}%)"
-
+        parts = [f"{p[k]:.2f} ({100 * p[k] / total:.0f}%)" for k in keys]
+        rest = p["round_ms"] - sum(p[k] for k in keys)
         rows.append(
-            [
-                name,
-                f"{p['round_ms']:.2f}",
-                cell("draft_ms"),
-                cell("verify_ms"),
-                cell("verifier_queue_ms"),
-                cell("other_ms"),
-                f"{p['tokens_per_round']:.2f}",
-                f"{p['rounds']:.0f}",
-            ]
+            [name, f"{p['round_ms']:.2f}", *parts, f"{rest:.2f}", f"{p['tokens_per_round']:.2f}"]
         )
     for name, p in prof["in_process"].items():
+        blank = ["–"] * (len(keys) + 1)
         rows.append(
-            [
-                f"{name} (no network)",
-                f"{p['round_ms']:.2f}",
-                f"{p['draft_ms']:.2f} (step cost × k)",
-                f"{p['verify_ms']:.2f} (step cost)",
-                "–",
-                "–",
-                f"{p['tokens_per_round']:.2f}",
-                "",
-            ]
+            [f"{name} (no network)", f"{p['round_ms']:.2f}", *blank, f"{p['tokens_per_round']:.2f}"]
         )
-    lines += [
-        f"Mean milliseconds per round after the first (the prefill), from {prof['source']}: draft ="
-        " the draft service's time (compute and its queue), verify = the verifier's batch compute,"
-        " queue = waiting for the verifier's batch loop, the rest = network, protobuf"
-        " serialization and the router's scheduling (the gap between round events minus the"
-        " parts).",
+    return [
+        "## Where a round's time goes",
         "",
-    ]
-    return lines + _table(
+        f"Mean milliseconds per round (every round, the prefill included), from {prof['source']}:"
+        " round = the client's wall time ÷ rounds; waiting for drafts = the router's wait for a"
+        " proposal (0 when it was drafted ahead); verifier forward, queue and handling = what the"
+        " verifier reports of its share; network = each round trip to the verifier minus that"
+        " share (transport and serialization on both sides); router = the router's own work"
+        " between a verdict and the next step; the rest is outside the router's rounds (the"
+        " client's call, the first message, streaming the answer).",
+        "",
+    ] + _table(
         [
             "system",
             "round ms",
-            "draft ms",
-            "verify ms",
-            "verifier queue ms",
-            "network + serialization + scheduling ms",
+            "waiting for drafts",
+            "verifier forward",
+            "verifier queue",
+            "verifier handling",
+            "network",
+            "router",
+            "rest",
             "tokens/round",
-            "rounds",
         ],
         rows,
+    )
+
+
+def _ttft(r: dict[str, Any]) -> list[str]:
+    t = r.get("ttft")
+    if not t:
+        return []
+    rows = [[n, _ms(v), _ms(t["excess_over_prefill_s"].get(n))] for n, v in t["median_s"].items()]
+    return [
+        "## Time to first token",
+        "",
+        f"A {t['prompt_tokens']}-token prompt, {t['repeats']} interleaved passes, medians; the"
+        " client's wait for its first token. The in-process engine's is its prefill round (the"
+        " prefill decides the first token).",
+        "",
+    ] + _table(["system", "TTFT ms", "over the in-process prefill, ms"], rows)
+
+
+def _ahead(r: dict[str, Any]) -> list[str]:
+    a = r.get("draft_ahead")
+    if not a:
+        return []
+    comp = r.get("latency", {}).get("comparisons", {})
+    rows = []
+    for name, x in a.items():
+        rejections = [
+            f"{j}: {_f(v, '{:.2f}')} ({n})"
+            for j, (v, n) in enumerate(
+                zip(x["after_rejection_at"], x["after_rejection_rounds"], strict=True)
+            )
+            if n
+        ]
+        rows.append(
+            [
+                name,
+                f"{x['hit_rate']:.2f} ({x['hits']}/{x['rounds']})",
+                f"{_f(x['after_full'], '{:.2f}')} ({x['after_full_rounds']})",
+                ", ".join(rejections) or "–",
+            ]
+        )
+    fixed = comp.get("ahead_on_vs_off_fixed") or {}
+    lines = [
+        "## Draft-ahead",
+        "",
+        "While the verifier checks a round, the draft drafts the next proposal for the round's"
+        " likeliest outcomes; a hit is a round whose proposal was ready when the verdict"
+        " arrived. By outcome: after a round whose drafts were all accepted, and after a"
+        " rejection at draft position j (rounds in brackets).",
+        "",
+    ]
+    lines += _table(["system", "hit rate", "after all accepted", "after a rejection at j"], rows)
+    if "ahead_on_vs_off" in comp:
+        lines += [
+            "Draft-ahead on ÷ off, paired per prompt: default policy"
+            f" {_x(comp['ahead_on_vs_off'])}, fixed k = {fixed.get('k')} {_x(fixed.get('ratio'))}.",
+            "",
+        ]
+    return lines
+
+
+def _overhead(r: dict[str, Any]) -> list[str]:
+    o = r.get("overhead")
+    if not o:
+        return []
+
+    def pct(system: str) -> str:
+        s = o["systems"][system]
+        return f"{s['p50_ms']:.3f} / {s['p99_ms']:.3f}"
+
+    rows = [
+        [
+            p["label"],
+            pct(p["pipeline"]),
+            pct(p["in_process"]),
+            f"{p['overhead_p50_ms']:.3f} / {p['overhead_p99_ms']:.3f}",
+        ]
+        for p in o["pairs"]
+    ]
+    parts = [
+        [
+            name,
+            f"{b['round_us']:.0f}",
+            f"{b['draft_us']:.0f}",
+            f"{b['verify_forward_us']:.0f}",
+            f"{b['verify_other_us']:.0f}",
+            f"{b['network_us']:.0f}",
+            f"{b['router_us']:.0f}",
+            f"{b['ahead_hits']}/{b['ahead_hits'] + b['ahead_misses']}",
+        ]
+        for name, b in o["breakdown"].items()
+    ]
+    return (
+        [
+            "## Overhead of the split",
+            "",
+            f"Model: {o['model']}; pipeline: separate processes ({o['layout']}); {o['requests']}"
+            f" requests of {o['max_tokens']} tokens per system, interleaved. ms per round ="
+            " the client's wall time ÷ rounds, per request; p50 / p99 over requests.",
+            "",
+        ]
+        + _table(["", "pipeline ms/round", "in-process ms/round", "overhead ms/round"], rows)
+        + ["One request per pipeline system, µs per round on the critical path:", ""]
+        + _table(
+            [
+                "system",
+                "round",
+                "drafts",
+                "verifier forward",
+                "verifier handling",
+                "network",
+                "router",
+                "ahead hits",
+            ],
+            parts,
+        )
     )
 
 
@@ -350,6 +513,7 @@ def _load(r: dict[str, Any]) -> list[str]:
             rows,
         )
         + [f"Throughput of the default policy ÷ k = 0: {ratios}.", ""]
+        + _ahead_effect(ld.get("ahead_effect"))
         + _guard_effect(ld.get("guard_effect"))
     )
 
@@ -366,6 +530,12 @@ def _by_clients(crossover: dict[str, Any]) -> str:
         )
 
     return ", ".join(one(n, v) for n, v in crossover["ratio_by_concurrency"].items())
+
+
+def _ahead_effect(effect: dict[str, Any] | None) -> list[str]:
+    if not effect:
+        return []
+    return [f"Throughput of the default policy, draft-ahead on ÷ off: {_by_clients(effect)}.", ""]
 
 
 def _guard_effect(effect: dict[str, Any] | None) -> list[str]:
@@ -397,14 +567,12 @@ def _notes() -> list[str]:
     return [
         "## Notes",
         "",
-        "- Every number above was measured in this run. The self-started pipeline runs its three"
-        " services in the bench's own process (one Python interpreter for clients and servers);"
-        " a separate `specdec up` deployment may do better under load.",
-        "- OpenTelemetry spans are recorded in memory during the run (to profile rounds); that"
-        " costs the pipeline systems a few microseconds per round.",
-        "- Garbage collection is frozen (`gc.freeze()`) before each mode: the models and"
-        " libraries the bench loads for the other systems share the pipeline's process, and one"
-        " full collection over them stalls a verifier step for ~0.2 s.",
+        "- Every number above was measured in this run. The pipeline ran as separate processes,"
+        " as `specdec up` starts them (CPU sets in the machine table); the in-process engine and"
+        " the clients ran in the bench's process, so while a pipeline system is measured the"
+        " bench's own client shares the router's CPUs.",
+        "- Garbage collection is frozen (`gc.freeze()`) before each mode: a full collection over"
+        " the models the bench loads would stall a measurement by ~0.2 s.",
         "- On a shared machine, compare the load averages above: ratios (systems interleaved)"
         " are more trustworthy than absolute tokens/s.",
         "",
@@ -413,7 +581,20 @@ def _notes() -> list[str]:
 
 def render(result: dict[str, Any]) -> str:
     lines = ["# specdec benchmark report", ""]
-    for section in (_machine, _headline, _latency, _greedy, _acceptance, _profile, _load, _plots):
+    sections = (
+        _machine,
+        _headline,
+        _latency,
+        _greedy,
+        _ttft,
+        _ahead,
+        _acceptance,
+        _profile,
+        _load,
+        _overhead,
+        _plots,
+    )
+    for section in sections:
         lines += section(result)
     lines += _notes()
     return "\n".join(lines)

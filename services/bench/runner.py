@@ -1,6 +1,9 @@
 """One ``specdec bench`` run, start to end: load prompts and models, start (or reach) the
-pipeline, measure latency, costs and load, then write ``result.json``, ``REPORT.md`` and plots.
+pipeline, measure latency, time to first token, costs, load and the split's overhead, then write
+``result.json``, ``REPORT.md`` and plots.
 
+The pipeline runs as separate processes, as ``specdec up`` starts them (disjoint CPU sets), and
+the in-process engine runs in this process: each is measured in the layout a user runs.
 Everything the report shows is measured here, in this run.
 Non-goals: comparing with earlier runs; deciding pass or fail (the report shows the bars).
 """
@@ -9,26 +12,29 @@ from __future__ import annotations
 
 import gc
 import json
+import statistics
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
 from tqdm import tqdm
 
-from specdec.bench import acceptance, cost, latency, load, machine, plots, report, spans
+from specdec.bench import acceptance, cost, latency, load, machine, overhead, plots, report
 from specdec.bench.config import BenchConfig
 from specdec.bench.hf_peer import HF_ASSISTED, HF_GREEDY, TransformersPeer
 from specdec.bench.systems import (
     BASELINE,
     IN_PROCESS,
     PIPELINE,
+    REFERENCE,
     InProcess,
     System,
+    pipeline_name,
     pipeline_request,
     pipeline_system,
 )
@@ -36,20 +42,24 @@ from specdec.bench.workloads import PROMPTS_DIR, Prompt, load_workload
 from specdec.core.errors import SpecdecError
 from specdec.core.limits import MAX_SPEC_DEPTH
 from specdec.core.model_config import load_config
+from specdec.core.rounds import Tally
 from specdec.core.tokenizer import Tokenizer
-from specdec.router.load_guard import LoadGuard
 from specdec.v1 import generation_pb2_grpc
 
 if TYPE_CHECKING:
     from specdec.local_pipeline import Pipeline
+    from specdec.up import Services
 
-SCHEMA = "specdec.bench/1"
+SCHEMA = "specdec.bench/2"
+COST_K = 4  # the depth at which the verify cost is measured
+TTFT_PROMPT_TOKENS = 5  # "a short prompt"
+GUARD = "guard=on"
 
 
 def validate(cfg: BenchConfig) -> None:
-    for k in (*cfg.fixed_k, cfg.in_process_k):
+    for k in cfg.fixed_k:
         if not 1 <= k <= MAX_SPEC_DEPTH:
-            raise SpecdecError(f"--fixed-k/--in-process-k: k must be in 1..{MAX_SPEC_DEPTH}")
+            raise SpecdecError(f"--fixed-k: k must be in 1..{MAX_SPEC_DEPTH}")
     unknown = set((*cfg.policies, cfg.default_policy)) - {"heuristic", "goodput"}
     if unknown:
         raise SpecdecError(f"unknown depth policy {sorted(unknown)[0]!r} (heuristic, goodput)")
@@ -87,35 +97,72 @@ def tokenize(
     return out, cut
 
 
-@contextmanager
-def router(
-    cfg: BenchConfig, context: int
-) -> Iterator[tuple[generation_pb2_grpc.GenerationStub, Pipeline | None]]:
-    """A stub for ``--addr`` (and None), or for a pipeline started here for the run (and the
-    pipeline)."""
-    pipe, address = None, cfg.addr
-    if not address:
-        from specdec.local_pipeline import Pipeline
+@dataclass
+class Routers:
+    """Stubs of the pipeline's router (and of a second one with the load guard on, when this
+    run started the services), and how the pipeline runs."""
 
-        slots = max(8, cfg.max_concurrency)  # every load-mode client holds a KV-cache slot
-        pipe = Pipeline(cfg.target, cfg.draft, slots=slots, max_context_tokens=context).start()
-        address = pipe.address("router")
-    channel = grpc.insecure_channel(address)
+    stub: generation_pb2_grpc.GenerationStub
+    guarded: generation_pb2_grpc.GenerationStub | None
+    layout: str
+    one_process: Pipeline | None = None
+
+
+@contextmanager
+def routers(cfg: BenchConfig, context: int, out: Path) -> Iterator[Routers]:
+    """Reach ``--addr``; or start the pipeline: separate processes (as ``specdec up`` does, with
+    a second router that has the load guard on), or inside this process (``--one-process``)."""
+    slots = str(max(8, cfg.max_concurrency))  # every load-mode client holds a KV-cache slot
+    channels: list[grpc.Channel] = []
+
+    def stub(address: str) -> generation_pb2_grpc.GenerationStub:
+        channels.append(grpc.insecure_channel(address))
+        return generation_pb2_grpc.GenerationStub(channels[-1])
+
+    services, pipe = None, None
     try:
-        yield generation_pb2_grpc.GenerationStub(channel), pipe
+        if cfg.addr:
+            yield Routers(stub(cfg.addr), None, f"a running router at {cfg.addr}")
+        elif cfg.one_process:
+            from specdec.local_pipeline import Pipeline
+
+            pipe = Pipeline(cfg.target, cfg.draft, slots=int(slots), max_context_tokens=context)
+            pipe.start()
+            yield Routers(stub(pipe.address("router")), None, "one process (the bench's)", pipe)
+        else:
+            services = _start(cfg, context, slots, out)
+            guarded = stub(services.addresses[GUARD]) if GUARD in services.addresses else None
+            layout = f"separate processes; {services.layout.describe()}"
+            yield Routers(stub(services.addresses["router"]), guarded, layout)
     except grpc.RpcError as exc:  # e.g. no router at --addr, or a prompt it will not take
-        raise SpecdecError(f"router at {address}: {exc.code().name}: {exc.details()}") from exc
+        raise SpecdecError(f"router: {exc.code().name}: {exc.details()}") from exc
     finally:
-        channel.close()
+        for channel in channels:
+            channel.close()
         if pipe is not None:
             pipe.close()
+        if services is not None:
+            services.stop()
+
+
+def _start(cfg: BenchConfig, context: int, slots: str, out: Path) -> Services:
+    from specdec.router.redis_server import free_loopback_port
+    from specdec.up import start_services
+
+    return start_services(
+        cfg.target,
+        cfg.draft,
+        f"127.0.0.1:{free_loopback_port()}",
+        routers={GUARD: ["--load-guard"]} if cfg.load else {},
+        log_dir=out,
+        replica_flags=["--slots", slots, "--max-seq-len", str(context)],
+        router_flags=["--max-seq-len", str(context)],
+    )
 
 
 def quiesce() -> None:
-    """Collect garbage now and exempt everything alive from later collections. The pipeline
-    shares this process with the models and libraries loaded for the other systems; a full
-    collection over that heap stalls a verifier step by ~0.2 s on a small CPU, which would be
-    the bench's cost, not the pipeline's."""
+    """Collect garbage now and exempt everything alive from later collections: a full
+    collection over the models loaded here would stall a measurement by ~0.2 s."""
     gc.collect()
     gc.freeze()
 
@@ -133,7 +180,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         torch.set_num_threads(cfg.threads)
     started, t0 = time.time(), time.perf_counter()
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    (out / "logs").mkdir(parents=True, exist_ok=True)
     target_cfg = load_config(cfg.target)
     context = target_cfg.max_position_embeddings
     prompts, cut = tokenize(
@@ -148,17 +195,20 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         "config": {**asdict(cfg), "context_tokens": context, "prompts_truncated": cut},
         "prompts": [{"id": p.id, "workload": p.workload, "tokens": len(ids)} for p, ids in prompts],
     }
-    collector = None if cfg.addr else spans.install_collector()
     in_process = InProcess(cfg.target, cfg.draft, context)
     result["models"] = {
         "target": _model_info(cfg.target, in_process.target.model),
         "draft": _model_info(cfg.draft, in_process.draft.model),
     }
-    with router(cfg, context) as (stub, pipe):
+    with routers(cfg, context, out / "logs") as r:
+        result["machine"]["pipeline_layout"] = r.layout
         if cfg.latency:
-            _latency(cfg, result, stub, prompts, in_process, target_cfg.eos_token_ids, collector)
+            _latency(cfg, result, r.stub, prompts, in_process, target_cfg.eos_token_ids)
+            _ttft(cfg, result, r.stub, prompts[0][1], in_process)
         if cfg.load:
-            _load(cfg, result, stub, [ids for _, ids in prompts], pipe)
+            _load(cfg, result, r, [ids for _, ids in prompts])
+    if cfg.overhead:
+        _overhead(cfg, result, prompts[0][1], out / "logs")
     result["headline"] = headline(result, cfg.default_policy)
     result["machine"]["load_average_end"] = machine.load_average()
     result["elapsed_s"] = time.perf_counter() - t0
@@ -178,6 +228,24 @@ def _model_info(path: str, model: Any) -> dict[str, Any]:
     }
 
 
+def latency_systems(
+    cfg: BenchConfig, stub: generation_pb2_grpc.GenerationStub, in_process: InProcess
+) -> list[System]:
+    """Pipeline k = 0, every fixed k and policy (draft-ahead on), the default policy and one
+    fixed k with draft-ahead off, and the in-process engine at every fixed k and target-only."""
+    systems = [pipeline_system(stub, cfg.max_tokens, k=0)]
+    systems += [pipeline_system(stub, cfg.max_tokens, k=k) for k in cfg.fixed_k]
+    policies = dict.fromkeys((*cfg.policies, cfg.default_policy))  # the headline needs it
+    systems += [pipeline_system(stub, cfg.max_tokens, policy=p) for p in policies]
+    if cfg.ahead_off:
+        k = min(cfg.fixed_k, key=lambda k: abs(k - COST_K))
+        systems.append(pipeline_system(stub, cfg.max_tokens, k=k, ahead=False))
+        systems.append(
+            pipeline_system(stub, cfg.max_tokens, policy=cfg.default_policy, ahead=False)
+        )
+    return systems + in_process.systems(cfg.fixed_k, cfg.max_tokens)
+
+
 def _latency(
     cfg: BenchConfig,
     result: dict[str, Any],
@@ -185,14 +253,9 @@ def _latency(
     prompts: list[tuple[Prompt, list[int]]],
     in_process: InProcess,
     eos: tuple[int, ...],
-    collector: spans.SpanCollector | None,
 ) -> None:
-    """Systems (a)-(d) interleaved; acceptance, efficiency, costs and the round breakdown."""
-    systems: list[System] = [pipeline_system(stub, cfg.max_tokens, k=0)]
-    systems += [pipeline_system(stub, cfg.max_tokens, k=k) for k in cfg.fixed_k]
-    policies = dict.fromkeys((*cfg.policies, cfg.default_policy))  # the headline needs it
-    systems += [pipeline_system(stub, cfg.max_tokens, policy=p) for p in policies]
-    systems += in_process.systems(cfg.in_process_k, cfg.max_tokens)
+    """All systems interleaved; acceptance, efficiency, costs and the round breakdown."""
+    systems = latency_systems(cfg, stub, in_process)
     if cfg.hf:
         peer = TransformersPeer(cfg.target, cfg.draft, eos, cfg.hf_assistant_tokens)
         systems += peer.systems(cfg.max_tokens)
@@ -201,16 +264,13 @@ def _latency(
     with _bar(len(systems) * (1 + len(prompts) * cfg.repeats), "latency") as bar:
         run = latency.run_latency(systems, prompts, cfg.repeats, lambda _n: bar.update())
     summary = latency.summarize(run, systems)
+    k_cost = min(cfg.fixed_k, key=lambda k: abs(k - COST_K))
     costs = cost.measure_costs(
-        in_process.target, in_process.draft, prompts[0][1], cfg.in_process_k, cfg.cost_repeats
+        in_process.target, in_process.draft, prompts[0][1], k_cost, cfg.cost_repeats
     )
-    n_pipeline = sum(s.kind == PIPELINE for s in systems) * len(prompts) * cfg.repeats
-    if collector is not None:
-        collector.wait(n_pipeline)
-    rounds = spans.rounds_by_system(collector) if collector else {}
     result["latency"] = {
         "baseline": BASELINE,
-        "reference": "in-process target-only",
+        "reference": REFERENCE,
         "repeats": cfg.repeats,
         "systems": summary,
         "samples": [
@@ -218,19 +278,21 @@ def _latency(
             for x in run.samples
         ],
         "sample_fields": ["system", "prompt", "pass", "output_tokens", "elapsed_s"],
+        "comparisons": _comparisons(cfg, run, summary),
     }
     result["cost"] = costs
     result["acceptance"] = {
         name: acceptance.acceptance_summary(
-            counts, costs["c"], summary[name]["speedup_vs_target_only"], rounds.get(name)
+            counts, costs["c"], summary[name]["speedup_vs_target_only"]
         )
         for name, counts in run.counts.items()
-        if any(counts.depths)  # k = 0 reports stats too, but drafts nothing
+        if any(counts.depths)
     }
-    result["profile"] = {
-        "pipeline": spans.round_breakdown(collector) if collector else {},
-        "in_process": _in_process_round(run, systems, costs),
-        "source": "OpenTelemetry spans in this process" if collector else "none (--addr)",
+    result["profile"] = _profile(run, systems)
+    result["draft_ahead"] = {
+        name: _ahead_rates(counts)
+        for name, counts in run.counts.items()
+        if counts.ahead_hits + counts.ahead_misses
     }
     if HF_ASSISTED in summary:
         name = f"pipeline {cfg.default_policy}"
@@ -241,59 +303,155 @@ def _latency(
     differing = {n: s["differing_prompts"] for n, s in summary.items()}
     ours = {n: d for n, d in differing.items() if summary[n]["kind"] != "transformers"}
     result["greedy_check"] = {
-        "reference": "in-process target-only",
+        "reference": REFERENCE,
         "differing_prompts": differing,
         "specdec_identical": not any(ours.values()),
         "all_identical": not any(differing.values()),
     }
 
 
-def _in_process_round(
-    run: latency.LatencyRun, systems: list[System], costs: dict[str, Any]
+def _best(summary: dict[str, dict[str, Any]], kind: str) -> str | None:
+    """The fixed-k system of ``kind`` with the highest median tokens/s (draft-ahead on)."""
+    fixed = [
+        n
+        for n, s in summary.items()
+        if s["kind"] == kind and s["k"] and s["policy"] is None and "ahead=off" not in n
+    ]
+    return max(fixed, key=lambda n: summary[n]["tokens_per_s_median"], default=None)
+
+
+def _comparisons(
+    cfg: BenchConfig, run: latency.LatencyRun, summary: dict[str, dict[str, Any]]
 ) -> dict[str, Any]:
-    """The engine's round without services, for comparison: wall time per round from the
-    latency runs (prefill rounds included) and its draft/verify parts from the step costs."""
-    out = {}
-    for s in systems:
-        counts = run.counts.get(s.name)
-        if s.kind != IN_PROCESS or counts is None or not counts.rounds:
-            continue
-        elapsed = sum(x.elapsed_s for x in run.samples if x.system == s.name)
-        out[s.name] = {
-            "round_ms": 1e3 * elapsed / counts.rounds,
-            "draft_ms": 1e3 * costs["draft_step_s"] * (s.k or 0),
-            "verify_ms": 1e3 * costs["target_verify_s"],
-            "tokens_per_round": counts.output_tokens / counts.rounds,
+    """The paired ratios the headline is about."""
+    default = f"pipeline {cfg.default_policy}"
+    best_in_process, best_pipeline = _best(summary, IN_PROCESS), _best(summary, PIPELINE)
+    out: dict[str, Any] = {
+        "default": default,
+        "best_in_process": best_in_process,
+        "best_pipeline_fixed": best_pipeline,
+        "default_vs_best_in_process": latency.paired_ratio(run, default, best_in_process)
+        if best_in_process
+        else None,
+        "default_vs_best_pipeline_fixed": latency.paired_ratio(run, default, best_pipeline)
+        if best_pipeline
+        else None,
+        "default_vs_in_process_target_only": latency.paired_ratio(run, default, REFERENCE),
+    }
+    off = pipeline_name(None, cfg.default_policy, ahead=False)
+    if off in summary:
+        out["ahead_on_vs_off"] = latency.paired_ratio(run, default, off)
+        fixed_off = next(n for n, s in summary.items() if s["k"] and "ahead=off" in n)
+        fixed_on = fixed_off.removesuffix(" ahead=off")
+        out["ahead_on_vs_off_fixed"] = {
+            "k": summary[fixed_off]["k"],
+            "ratio": latency.paired_ratio(run, fixed_on, fixed_off),
         }
     return out
 
 
-def _load(
+def _profile(run: latency.LatencyRun, systems: list[System]) -> dict[str, Any]:
+    """Mean ms per round on each pipeline system's critical path, from the stats the services
+    return (every round, the prefill included), and the in-process engine's round."""
+    pipeline, in_process = {}, {}
+    for s in systems:
+        t = run.counts.get(s.name)
+        if t is None or not t.rounds:
+            continue
+        elapsed = sum(x.elapsed_s for x in run.samples if x.system == s.name)
+        row = {"round_ms": 1e3 * elapsed / t.rounds, "tokens_per_round": t.output_tokens / t.rounds}
+        if s.kind == PIPELINE:
+            row.update(_parts_ms(t))
+            pipeline[s.name] = row
+        elif s.kind == IN_PROCESS:
+            in_process[s.name] = row
+    return {"pipeline": pipeline, "in_process": in_process, "source": "the services' stats"}
+
+
+def _parts_ms(t: Tally) -> dict[str, float]:
+    n = t.rounds
+
+    def ms(ns: int) -> float:
+        return ns / n / 1e6
+
+    return {
+        "draft_ms": ms(t.draft_ns),
+        "verify_ms": ms(t.verify_forward_ns),
+        "verifier_queue_ms": ms(t.verify_queue_ns),
+        "verifier_other_ms": ms(t.verify_service_ns - t.verify_forward_ns - t.verify_queue_ns),
+        "network_ms": ms(t.network_ns),
+        "router_ms": ms(t.router_ns),
+    }
+
+
+def _ahead_rates(t: Tally) -> dict[str, Any]:
+    def rate(hits: int, rounds: int) -> float | None:
+        return hits / rounds if rounds else None
+
+    return {
+        "hits": t.ahead_hits,
+        "rounds": t.ahead_hits + t.ahead_misses,
+        "hit_rate": t.ahead_hit_rate,
+        "after_full": rate(t.ahead_hits_after_full, t.ahead_rounds_after_full),
+        "after_full_rounds": t.ahead_rounds_after_full,
+        "after_rejection_at": [
+            rate(h, n)
+            for h, n in zip(
+                t.ahead_hits_after_rejection, t.ahead_rounds_after_rejection, strict=True
+            )
+        ],
+        "after_rejection_rounds": list(t.ahead_rounds_after_rejection),
+    }
+
+
+def _ttft(
     cfg: BenchConfig,
     result: dict[str, Any],
     stub: generation_pb2_grpc.GenerationStub,
-    prompts: list[list[int]],
-    pipe: Pipeline | None,
+    prompt: list[int],
+    in_process: InProcess,
 ) -> None:
-    """k = 0 and the default policy at each concurrency; with a pipeline in this process, also
-    the default policy with the router's opt-in load guard on, to show what the guard does."""
-    base, spec = BASELINE, f"pipeline {cfg.default_policy}"
-    systems = {base: pipeline_request(0, None), spec: pipeline_request(None, cfg.default_policy)}
-    guarded = f"{spec} guard=on"
-    deps = pipe.router_deps if pipe is not None else None
-    guard = LoadGuard()
-    if deps is not None:
-        systems[guarded] = systems[spec]
+    """Time to first token on a short prompt: the pipeline (k = 0 and the default policy)
+    against the in-process engine's prefill round (target-only: it prefills and decides the
+    first token)."""
+    short = prompt[:TTFT_PROMPT_TOKENS]
+    systems = [
+        pipeline_system(stub, 2, k=0),
+        pipeline_system(stub, 2, policy=cfg.default_policy),
+        *in_process.systems([], 2),
+    ]
+    times = latency.run_ttft(systems, short, cfg.ttft_repeats)
+    med = {name: statistics.median(v) if v else None for name, v in times.items()}
+    prefill = med[REFERENCE]
+    result["ttft"] = {
+        "prompt_tokens": len(short),
+        "repeats": cfg.ttft_repeats,
+        "median_s": med,
+        "excess_over_prefill_s": {
+            n: v - prefill for n, v in med.items() if n != REFERENCE and v is not None
+        },
+    }
 
-    def before(name: str) -> None:
-        if deps is not None:
-            deps.guard = guard if name == guarded else None
 
+def _load(cfg: BenchConfig, result: dict[str, Any], r: Routers, prompts: list[list[int]]) -> None:
+    """k = 0, the default policy with draft-ahead on and off, and (with the services started
+    here) the default policy through a router with the opt-in load guard on."""
+    base = BASELINE
+    spec = f"pipeline {cfg.default_policy}"
+    off = pipeline_name(None, cfg.default_policy, ahead=False)
+    systems = {
+        base: (r.stub, pipeline_request(0, None)),
+        spec: (r.stub, pipeline_request(None, cfg.default_policy)),
+    }
+    if cfg.ahead_off:
+        systems[off] = (r.stub, pipeline_request(None, cfg.default_policy, ahead=False))
+    guarded = f"{spec} {GUARD}"
+    if r.guarded is not None:
+        systems[guarded] = (r.guarded, pipeline_request(None, cfg.default_policy))
     slices = 1 if cfg.quick else 2
     quiesce()
     with _bar(len(cfg.concurrency) * slices * len(systems), "load") as bar:
         points = load.run_load(
-            stub,
             systems,
             prompts,
             cfg.max_tokens,
@@ -301,57 +459,70 @@ def _load(
             cfg.load_seconds,
             slices,
             lambda _label: bar.update(),
-            before,
         )
     result["load"] = {
         "points": points,
         "windows_per_point": slices,
         "crossover": load.crossover(points, spec, base),
+        "ahead_effect": load.crossover(points, spec, off) if off in systems else None,
         "guard_effect": load.crossover(points, guarded, spec) if guarded in systems else None,
     }
 
 
+def _overhead(cfg: BenchConfig, result: dict[str, Any], prompt: list[int], logs: Path) -> None:
+    requests = cfg.overhead_requests
+    with _bar(requests, "overhead") as bar:
+        result["overhead"] = overhead.run_overhead(
+            cfg.target, prompt[:16], requests, cfg.max_tokens, logs, lambda _n: bar.update()
+        )
+
+
 def headline(result: dict[str, Any], policy: str) -> dict[str, Any]:
-    """The four numbers the project's bar is about, each with its target."""
+    """The numbers the project's bars are about, each with its target."""
     name = f"pipeline {policy}"
     lat = result.get("latency", {})
-    acc = result.get("acceptance", {}).get(name, {})
+    comp = lat.get("comparisons", {})
     cross = result.get("load", {}).get("crossover", {})
+    ahead = result.get("load", {}).get("ahead_effect") or {}
+    pairs = {p["label"]: p for p in result.get("overhead", {}).get("pairs", [])}
+    ttft = result.get("ttft", {}).get("excess_over_prefill_s", {})
     return {
         "system": name,
+        "vs_best_in_process": {"value": comp.get("default_vs_best_in_process"), "target": 1.0},
+        "ahead_on_vs_off": {"value": comp.get("ahead_on_vs_off"), "target": 1.15},
+        "vs_best_pipeline_fixed": {
+            "value": comp.get("default_vs_best_pipeline_fixed"),
+            "target": 1.0,
+        },
+        "overhead_k0_p50_ms": {
+            "value": pairs.get("k = 0", {}).get("overhead_p50_ms"),
+            "target": 0.5,
+        },
+        "overhead_k4_p50_ms": {
+            "value": pairs.get("k = 4", {}).get("overhead_p50_ms"),
+            "target": 0.5,
+        },
+        "ttft_excess_ms": {
+            "value": None if ttft.get(name) is None else 1e3 * ttft[name],
+            "target": 2.0,
+        },
         "speedup_vs_k0": {
             "value": lat.get("systems", {}).get(name, {}).get("speedup_vs_baseline"),
             "target": 3.0,
         },
         "speedup_vs_hf_assisted": {"value": lat.get("default_vs_hf_assisted"), "target": 1.5},
-        "efficiency": {"value": acc.get("efficiency"), "target": 0.95},
         "load_min_ratio_vs_k0": {"value": cross.get("min_ratio"), "target": 1.0},
         "load_first_concurrency_below_k0": cross.get("first_concurrency_below_1"),
         "load_level_concurrencies": cross.get("level_concurrencies", []),
+        "load_min_ratio_ahead_on_vs_off": {"value": ahead.get("min_ratio"), "target": 1.0},
+        "load_first_concurrency_ahead_below_off": ahead.get("first_concurrency_below_1"),
         "greedy_identical": result.get("greedy_check", {}).get("specdec_identical"),
     }
 
 
 def print_summary(result: dict[str, Any], out: str) -> None:
     """The headline on stdout, and where the files are."""
-    h = result["headline"]
-
-    def show(key: str, unit: str = "×") -> str:
-        v = h[key]["value"]
-        return "–" if v is None else f"{v:.2f}{unit} (target ≥ {h[key]['target']:g}{unit})"
-
-    print(f"{h['system']} over pipeline k=0: {show('speedup_vs_k0')}")
-    print(f"{h['system']} over transformers assisted: {show('speedup_vs_hf_assisted')}")
-    print(f"efficiency: {show('efficiency', '')}")
-    first = h["load_first_concurrency_below_k0"]
-    level = h.get("load_level_concurrencies") or []
-    print(
-        f"load: lowest ratio to k=0 {show('load_min_ratio_vs_k0')}; "
-        + ("never below k=0" if first is None else f"below k=0 from {first} clients")
-        + (f" (level, within the windows' spread, at {level} clients)" if level else "")
-    )
-    check = result.get("greedy_check", {})
-    bad = {n: d for n, d in check.get("differing_prompts", {}).items() if d}
-    print("greedy check: " + (f"DIFFERENT outputs {bad}" if bad else "all outputs identical"))
+    for line in report.summary_lines(result):
+        print(line)
     files = ["result.json", "REPORT.md", *result.get("plots", [])]
     print(f"wrote {', '.join(str(Path(out) / f) for f in files)}")

@@ -1,29 +1,31 @@
 """The systems under test, behind one call: token ids in, generated tokens and timing out.
 
-A ``System`` is the pipeline with one request setting (k = 0, a fixed k, a depth policy), the
-engine in-process (speculative at a fixed k, or target-only), or a transformers peer
-(``hf_peer.py``). Each run is timed around the whole call, on the client's side: tokens/s is
-generated tokens ÷ that wall time, whatever each system counts internally.
-Non-goals: sampling (greedy only); streaming timings (``load.py`` measures those).
+A ``System`` is the pipeline with one request setting (k = 0, a fixed k, a depth policy;
+draft-ahead on or off), the engine in-process (speculative at a fixed k, or target-only), or a
+transformers peer (``hf_peer.py``). Each run is timed around the whole call, on the client's
+side: tokens/s is generated tokens ÷ that wall time, whatever each system counts internally;
+time to first token is the client's wait for the first token.
+Non-goals: sampling (greedy only); load (``load.py``).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 from specdec.core.limits import MAX_SPEC_DEPTH
+from specdec.core.rounds import Tally
 from specdec.v1 import generation_pb2, generation_pb2_grpc
 
 PIPELINE, IN_PROCESS, TRANSFORMERS = "pipeline", "in-process", "transformers"
-BASELINE = "pipeline k=0"  # what every ratio is to
+BASELINE = "pipeline k=0"  # what the "× k=0" ratios are to
 REFERENCE = "in-process target-only"  # what every greedy output is checked against
 
 
 def request_id(phase: str, system: str, *parts: object) -> str:
-    """``phase/system/parts...`` within the router's request-id alphabet (no spaces); trace
-    spans carry it, so ``system_of`` tells which system a span served."""
+    """``phase/system/parts...`` within the router's request-id alphabet (no spaces)."""
     return "/".join([phase, system.replace(" ", "+"), *map(str, parts)])
 
 
@@ -31,37 +33,41 @@ def system_of(rid: str) -> str:
     return rid.split("/")[1].replace("+", " ")
 
 
-@dataclass
-class SpecCounts:
-    """Speculation counters of one or many requests, from the stats each system reports."""
+def _padded(values: Sequence[int]) -> list[int]:
+    return (list(values) + [0] * MAX_SPEC_DEPTH)[:MAX_SPEC_DEPTH]
 
-    rounds: int = 0
-    draft_tokens: int = 0
-    accepted_tokens: int = 0
-    output_tokens: int = 0
-    depths: list[int] = field(default_factory=list)  # k per round, requests concatenated
-    accepted_per_position: list[int] = field(default_factory=lambda: [0] * MAX_SPEC_DEPTH)
 
-    def add(self, other: SpecCounts) -> None:
-        self.rounds += other.rounds
-        self.draft_tokens += other.draft_tokens
-        self.accepted_tokens += other.accepted_tokens
-        self.output_tokens += other.output_tokens
-        self.depths += other.depths
-        for i, n in enumerate(other.accepted_per_position[:MAX_SPEC_DEPTH]):
-            self.accepted_per_position[i] += n
-
-    @classmethod
-    def from_proto(cls, s: generation_pb2.GenerationStats) -> SpecCounts:
-        per_pos = list(s.accepted_per_position) + [0] * MAX_SPEC_DEPTH
-        return cls(
-            s.rounds,
-            s.draft_tokens,
-            s.accepted_tokens,
-            s.output_tokens,
-            list(s.depths),
-            per_pos[:MAX_SPEC_DEPTH],
-        )
+def tally_from_proto(s: generation_pb2.GenerationStats) -> Tally:
+    """A request's tally as the router reported it in its last response."""
+    tally = Tally()
+    for name in (
+        "rounds",
+        "draft_tokens",
+        "accepted_tokens",
+        "rejections",
+        "output_tokens",
+        "ahead_hits",
+        "ahead_misses",
+        "ahead_hits_after_full",
+        "ahead_rounds_after_full",
+        "draft_ns",
+        "verify_forward_ns",
+        "verify_queue_ns",
+        "verify_service_ns",
+        "network_ns",
+        "router_ns",
+        "cached_prompt_tokens",
+    ):
+        setattr(tally, name, getattr(s, name))
+    tally.depths = list(s.depths)
+    for name in (
+        "accepted_per_position",
+        "proposed_per_position",
+        "ahead_hits_after_rejection",
+        "ahead_rounds_after_rejection",
+    ):
+        setattr(tally, name, _padded(getattr(s, name)))
+    return tally
 
 
 @dataclass
@@ -70,25 +76,18 @@ class Run:
 
     token_ids: list[int]
     elapsed_s: float  # client-side wall time of the whole call
-    counts: SpecCounts | None = None  # None: the system reports no speculation stats
+    counts: Tally | None = None  # None: the system reports no speculation stats
+    ttft_s: float | None = None  # client-side wait for the first token
 
 
 @dataclass
 class System:
-    name: str  # e.g. "pipeline k=3", "pipeline goodput", "in-process k=4"
+    name: str  # e.g. "pipeline k=3", "pipeline goodput ahead=off", "in-process k=4"
     kind: str  # PIPELINE, IN_PROCESS or TRANSFORMERS
     run: Callable[[Sequence[int], str], Run]  # (prompt ids, request id) → Run
     k: int | None = None  # fixed depth; None for a policy or a peer
     policy: str | None = None  # adaptive depth policy, if any
-
-
-def pipeline_request(k: int | None, policy: str | None) -> dict[str, int]:
-    """GenerateRequest fields for k = 0 (no drafting), a fixed k, or a named policy."""
-    if policy is not None:
-        return {"depth_policy": POLICY_ENUMS[policy]}
-    if not k:
-        return {"draft_method": generation_pb2.DRAFT_METHOD_NONE}
-    return {"depth_policy": generation_pb2.DEPTH_POLICY_FIXED, "fixed_depth": k}
+    ahead: bool | None = None  # draft-ahead (pipeline systems that draft)
 
 
 POLICY_ENUMS = {
@@ -97,14 +96,32 @@ POLICY_ENUMS = {
 }
 
 
+def pipeline_request(k: int | None, policy: str | None, ahead: bool = True) -> dict[str, Any]:
+    """GenerateRequest fields for k = 0 (no drafting), a fixed k, or a named policy."""
+    if policy is not None:
+        return {"depth_policy": POLICY_ENUMS[policy], "draft_ahead": ahead}
+    if not k:
+        return {"draft_method": generation_pb2.DRAFT_METHOD_NONE}
+    return {
+        "depth_policy": generation_pb2.DEPTH_POLICY_FIXED,
+        "fixed_depth": k,
+        "draft_ahead": ahead,
+    }
+
+
+def pipeline_name(k: int | None, policy: str | None, ahead: bool = True) -> str:
+    name = f"pipeline {policy}" if policy else f"pipeline k={k or 0}"
+    return name if ahead or not (k or policy) else f"{name} ahead=off"
+
+
 def pipeline_system(
     stub: generation_pb2_grpc.GenerationStub,
     max_tokens: int,
     k: int | None = None,
     policy: str | None = None,
+    ahead: bool = True,
 ) -> System:
-    fields_ = pipeline_request(k, policy)
-    name = f"pipeline {policy}" if policy else f"pipeline k={k}"
+    fields_ = pipeline_request(k, policy, ahead)
 
     def run(ids: Sequence[int], request_id: str) -> Run:
         req = generation_pb2.GenerateRequest(
@@ -114,16 +131,26 @@ def pipeline_system(
             **fields_,
         )
         tokens: list[int] = []
-        stats = None
+        stats, first = None, None
         start = time.perf_counter()
         for response in stub.Generate(req):
+            if first is None and response.token_ids:
+                first = time.perf_counter() - start
             tokens += response.token_ids
             if response.HasField("stats"):
                 stats = response.stats
         elapsed = time.perf_counter() - start
-        return Run(tokens, elapsed, SpecCounts.from_proto(stats) if stats else None)
+        return Run(tokens, elapsed, tally_from_proto(stats) if stats else None, first)
 
-    return System(name, PIPELINE, run, k=None if policy else (k or 0), policy=policy)
+    drafting = bool(k or policy)
+    return System(
+        pipeline_name(k, policy, ahead),
+        PIPELINE,
+        run,
+        k=None if policy else (k or 0),
+        policy=policy,
+        ahead=ahead if drafting else None,
+    )
 
 
 class InProcess:
@@ -139,12 +166,11 @@ class InProcess:
         self.target = ModelRunner(load_model(target_dir), num_slots=1, max_seq_len=max_seq_len)
         self.draft = ModelRunner(draft, num_slots=1, max_seq_len=max_seq_len)
 
-    def systems(self, k: int, max_tokens: int) -> list[System]:
-        """Speculative decoding at depth ``k``, and target-only decoding (the reference)."""
-        return [
-            System(f"in-process k={k}", IN_PROCESS, self._runner(k, max_tokens), k),
-            System(REFERENCE, IN_PROCESS, self._runner(0, max_tokens), 0),
-        ]
+    def systems(self, ks: Sequence[int], max_tokens: int) -> list[System]:
+        """Speculative decoding at each depth in ``ks``, and target-only decoding (the
+        reference)."""
+        out = [System(f"in-process k={k}", IN_PROCESS, self._runner(k, max_tokens), k) for k in ks]
+        return [*out, System(REFERENCE, IN_PROCESS, self._runner(0, max_tokens), 0)]
 
     def _runner(self, k: int, max_tokens: int) -> Callable[[Sequence[int], str], Run]:
         from specdec.engine.proposer_draft import DraftModelProposer
@@ -156,15 +182,6 @@ class InProcess:
             start = time.perf_counter()
             result = generate(self.target, ids, SamplingParams(), max_tokens, proposer, k)
             elapsed = time.perf_counter() - start
-            s = result.stats
-            counts = SpecCounts(
-                s.rounds,
-                s.draft_tokens,
-                s.accepted_tokens,
-                s.output_tokens,
-                list(s.depths),
-                list(s.accepted_per_position),
-            )
-            return Run(result.token_ids, elapsed, counts if k else None)
+            return Run(result.token_ids, elapsed, result.stats, result.first_token_s)
 
         return run

@@ -119,6 +119,7 @@ class Tally:
     rounds: int = 0  # verifications, the prefill included
     draft_tokens: int = 0
     accepted_tokens: int = 0
+    rejections: int = 0  # rounds that rejected a draft
     output_tokens: int = 0
     depths: list[int] = field(default_factory=list)  # k per round after the prefill
     proposed_per_position: list[int] = field(default_factory=lambda: [0] * MAX_SPEC_DEPTH)
@@ -149,6 +150,7 @@ class Tally:
             self.depths.append(rnd.depth)
         self.draft_tokens += rnd.num_proposed
         self.accepted_tokens += rnd.num_accepted
+        self.rejections += rnd.num_accepted < rnd.num_proposed
         for i in range(rnd.num_proposed):
             self.proposed_per_position[i] += 1
             self.accepted_per_position[i] += int(i < rnd.num_accepted)
@@ -190,6 +192,13 @@ class Tally:
     @property
     def acceptance_rate(self) -> float:
         return self.accepted_tokens / self.draft_tokens if self.draft_tokens else 0.0
+
+    @property
+    def alpha(self) -> float | None:
+        """Per-draft acceptance rate of the i.i.d. model (Leviathan et al., arXiv 2211.17192),
+        by maximum likelihood: each round is a run of trials up to the first rejection."""
+        tried = self.accepted_tokens + self.rejections
+        return self.accepted_tokens / tried if tried else None
 
     @property
     def mean_acceptance_length(self) -> float:

@@ -91,6 +91,13 @@ class Scheduler:
         self._wake.set()
         return future
 
+    def call_soon(self, fn: Callable[[], Any]) -> None:
+        """``call`` for a caller that does not wait (closing a sequence): after the scheduler
+        has stopped it does nothing, and an error is logged."""
+        if self._task.done():
+            return
+        self.call(fn).add_done_callback(_log_failure)
+
     async def stop(self) -> None:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -130,3 +137,8 @@ def _settle(future: asyncio.Future[Any], fn: Callable[[], Any]) -> None:
         future.set_result(fn())
     except Exception as exc:
         future.set_exception(exc)
+
+
+def _log_failure(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("a control call failed", exc_info=future.exception())

@@ -32,11 +32,15 @@ from specdec.v1 import common_pb2, draft_pb2, verifier_pb2
 log = logging.getLogger("specdec.router")
 
 VERIFIER_RETRIES = 2  # other replicas tried after the first fails, per request
+# Statuses a replica that died or is dying ends its calls with (a server stopped mid-write can
+# end them with INTERNAL: "Internal error from Core"). INVALID_ARGUMENT is not among them: the
+# replica refused the message itself, and another would too.
 _FAILOVER_CODES = {
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.UNKNOWN,
     grpc.StatusCode.CANCELLED,
     grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.INTERNAL,
 }
 
 
@@ -111,7 +115,7 @@ class StreamVerifier:
         self.timeout_s, self.metadata = timeout_s, metadata
         self.replica: Replica | None = None
         self._call: Any = None
-        self._broken: BaseException | None = None  # a write failed: the read fails over
+        self._broken = False  # a write failed: the call's status decides what happens
         self._tried: set[str] = set()
 
     async def open(self, context: Sequence[int]) -> Awaitable[Verdict]:
@@ -121,8 +125,8 @@ class StreamVerifier:
     async def verify(self, committed: Sequence[int], proposal: Proposal) -> Awaitable[Verdict]:
         try:
             await self._call.write(verifier_pb2.VerifyRequest(step=_step(len(committed), proposal)))
-        except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
-            self._broken = exc
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            self._broken = True  # the call has ended: its status says why
         return _Later(self._verdict, committed, proposal)
 
     async def close(self) -> None:
@@ -140,7 +144,7 @@ class StreamVerifier:
         self.replica = replica
         replica.open_streams += 1
         self._call = replica.stub.Verify(metadata=self.metadata)
-        self._broken = None
+        self._broken = False
         open_msg = verifier_pb2.OpenSequence(
             prompt_token_ids=committed,
             sampling=self.sampling,
@@ -152,19 +156,17 @@ class StreamVerifier:
             open_msg.step.CopyFrom(_step(len(committed), proposal))
         try:
             await self._call.write(verifier_pb2.VerifyRequest(open=open_msg))
-        except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
-            self._broken = exc
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            self._broken = True
 
     async def _verdict(self, committed: Sequence[int], proposal: Proposal) -> Verdict:
         """Read the verdict; when the replica fails, re-open elsewhere and read that one."""
         while True:
             try:
-                if self._broken is not None:
-                    raise self._broken
                 async with asyncio.timeout(self.timeout_s):
-                    reply = await self._call.read()
-                if reply is grpc.aio.EOF:
-                    raise await _status_error(self._call, self.replica.address)
+                    reply = grpc.aio.EOF if self._broken else await self._call.read()
+                    if reply is grpc.aio.EOF:
+                        raise await _status_error(self._call, self.replica.address)
             except (
                 grpc.aio.AioRpcError,
                 asyncio.InvalidStateError,

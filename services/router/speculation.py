@@ -272,6 +272,8 @@ def _stats(
         accepted_tokens=tally.accepted_tokens,
         depths=tally.depths,
         accepted_per_position=tally.accepted_per_position[: max(tally.depths, default=0)],
+        proposed_per_position=tally.proposed_per_position[: max(tally.depths, default=0)],
+        rejections=tally.rejections,
         time_to_first_token_ns=first_token_ns,
         total_ns=total_ns,
         tokens_per_s=tally.output_tokens / (total_ns / 1e9) if total_ns else 0.0,

@@ -131,7 +131,7 @@ class VerifierCore:
     def close(self, seq: SequenceState, session_id: str) -> None:
         """End a sequence: park its slot under ``session_id``, or free it."""
         assert self.scheduler is not None
-        self.scheduler.call(lambda: self._close(seq, session_id))
+        self.scheduler.call_soon(lambda: self._close(seq, session_id))
 
     @property
     def queued(self) -> int:
