@@ -95,7 +95,7 @@ def load_model(
         model.lm_head.weight = model.model.embed_tokens.weight
     inv_freq = inv_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
     model.inv_freq = inv_freq.to(device)  # non-persistent buffer: rebuilt off the meta device
-    return model.eval().requires_grad_(False).fuse_projections()
+    return model.eval().requires_grad_(False).fuse_projections().pack_linears()
 
 
 def _few(names: list[str], limit: int = 5) -> str:

@@ -6,7 +6,9 @@ their own positions and a ``KVCache``; linear layers see the flat [T, C] tokens 
 attention scatters queries into a padded [B, L] layout and reads each slot's cached keys.
 ``forward_dense`` runs whole sequences without a cache, for the demo pair's training script.
 ``load_model`` calls ``fuse_projections``: q/k/v and gate/up each become one matmul, the
-per-projection parameters views into the stacked weight (same names, no second copy).
+per-projection parameters views into the stacked weight (same names, no second copy); on a CPU
+it then calls ``pack_linears``, which keeps a oneDNN-packed copy of every projection and of the
+LM head for the cache forward (``packed_linear.py``: a few rows then cost little more than one).
 Non-goals: training features (dropout, gradient checkpointing), tensor parallelism, quantization.
 """
 
@@ -21,6 +23,7 @@ from torch import nn
 from specdec.core.model_config import ModelConfig
 from specdec.engine.batch import ForwardBatch
 from specdec.engine.kv_cache import KVCache
+from specdec.engine.packed_linear import linear, pack
 from specdec.engine.rope import apply_rope, cos_sin, inv_frequencies
 
 
@@ -83,11 +86,19 @@ class Attention(nn.Module):
         self.proj_sizes = (self.num_heads * d, self.num_kv_heads * d, self.num_kv_heads * d)
         self.register_buffer("qkv_weight", None, persistent=False)
         self.register_buffer("qkv_bias", None, persistent=False)
+        self.qkv_packed: torch.Tensor | None = None  # oneDNN copies (``pack``), not state
+        self.o_packed: torch.Tensor | None = None
 
     def fuse(self) -> None:
         """One [(Hq+2Hkv)·D, C] matmul for q, k and v (inference; weights become views)."""
         weight, bias = stack_linears(self.q_proj, self.k_proj, self.v_proj)
         self.qkv_weight, self.qkv_bias = weight, bias
+
+    def pack(self) -> None:
+        """oneDNN-packed copies of the fused q/k/v and the output projection (after ``fuse``)."""
+        assert self.qkv_weight is not None
+        self.qkv_packed = pack(self.qkv_weight)
+        self.o_packed = pack(self.o_proj.weight)
 
     def _qkv(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
@@ -95,7 +106,9 @@ class Attention(nn.Module):
         """Project, normalise (Qwen3) and rotate.  # x [..., T, C] → q [..., T, Hq, D], k, v"""
         lead = x.shape[:-1]
         if self.qkv_weight is not None:
-            qkv = F.linear(x, self.qkv_weight, self.qkv_bias)  # [..., T, (Hq+2Hkv)·D]
+            qkv = linear(
+                x, self.qkv_packed, self.qkv_weight, self.qkv_bias
+            )  # [..., T, (Hq+2Hkv)·D]
             if not self.qk_norm:  # rotate q and k in one pass: half the small ops per layer
                 heads = qkv.view(*lead, -1, self.head_dim)  # [..., T, Hq+2Hkv, D]
                 qk = apply_rope(heads[..., : self.num_heads + self.num_kv_heads, :], cos, sin)
@@ -139,7 +152,8 @@ class Attention(nn.Module):
             enable_gqa=self.num_heads != self.num_kv_heads,
         ).transpose(1, 2)  # [B, L, Hq, D]
         out = out[0] if batch.single_slot is not None else out[batch.token_rows, batch.token_cols]
-        return self.o_proj(out.reshape(t, self.num_heads * self.head_dim))  # [T, C]
+        out = out.reshape(t, self.num_heads * self.head_dim)  # [T, Hq·D]
+        return linear(out, self.o_packed, self.o_proj.weight, self.o_proj.bias)  # [T, C]
 
     def forward_dense(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
@@ -170,19 +184,28 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(i, h, bias=cfg.mlp_bias)
         self.register_buffer("gate_up_weight", None, persistent=False)
         self.register_buffer("gate_up_bias", None, persistent=False)
+        self.gate_up_packed: torch.Tensor | None = None  # oneDNN copies (``pack``), not state
+        self.down_packed: torch.Tensor | None = None
 
     def fuse(self) -> None:
         """One [2I, C] matmul for gate and up (inference; weights become views)."""
         weight, bias = stack_linears(self.gate_proj, self.up_proj)
         self.gate_up_weight, self.gate_up_bias = weight, bias
 
+    def pack(self) -> None:
+        """oneDNN-packed copies of the fused gate/up and the down projection (after ``fuse``)."""
+        assert self.gate_up_weight is not None
+        self.gate_up_packed = pack(self.gate_up_weight)
+        self.down_packed = pack(self.down_proj.weight)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [..., C]
         if self.gate_up_weight is not None:
-            gate_up = F.linear(x, self.gate_up_weight, self.gate_up_bias)  # [..., 2I]
+            gate_up = linear(x, self.gate_up_packed, self.gate_up_weight, self.gate_up_bias)
             gate, up = gate_up.chunk(2, dim=-1)  # [..., I] each
         else:
             gate, up = self.gate_proj(x), self.up_proj(x)
-        return self.down_proj(F.silu(gate) * up)
+        down = self.down_proj
+        return linear(F.silu(gate) * up, self.down_packed, down.weight, down.bias)
 
 
 class DecoderLayer(nn.Module):
@@ -233,6 +256,7 @@ class DecoderModel(nn.Module):
             self.lm_head.weight = self.model.embed_tokens.weight
         inv_freq = inv_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
         self.register_buffer("inv_freq", inv_freq, persistent=False)  # [D/2] fp32
+        self.lm_head_packed: torch.Tensor | None = None
 
     def fuse_projections(self) -> DecoderModel:
         """Stack q/k/v and gate/up weights for inference: fewer, larger matmuls per layer."""
@@ -240,6 +264,25 @@ class DecoderModel(nn.Module):
             cast(DecoderLayer, layer).self_attn.fuse()
             cast(DecoderLayer, layer).mlp.fuse()
         return self
+
+    def pack_linears(self) -> DecoderModel:
+        """oneDNN-packed copies of every projection and the LM head, for inference on a CPU
+        (after ``fuse_projections``; where oneDNN cannot, they stay None: plain matmuls)."""
+        for layer in self.model.layers:
+            cast(DecoderLayer, layer).self_attn.pack()
+            cast(DecoderLayer, layer).mlp.pack()
+        self.lm_head_packed = pack(self.lm_head.weight)
+        return self
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        """``to``, ``float``, ``cuda``... move the parameters; packed copies of the old ones
+        would be stale, so they go (``pack_linears`` again to have them back)."""
+        for module in self.modules():
+            for name in ("qkv_packed", "o_packed", "gate_up_packed", "down_packed"):
+                if getattr(module, name, None) is not None:
+                    setattr(module, name, None)
+        self.lm_head_packed = None
+        return super()._apply(fn, recurse)
 
     def new_cache(self, num_slots: int, max_seq_len: int | None = None) -> KVCache:
         """A cache shaped for this model, on its device and in its dtype."""
@@ -262,7 +305,7 @@ class DecoderModel(nn.Module):
         for layer in self.model.layers:
             x = layer(x, batch, cache, cos, sin)
         x = self.model.norm(x[batch.logit_indices])  # [N, C]
-        return self.lm_head(x).float()  # [N, V]
+        return linear(x, self.lm_head_packed, self.lm_head.weight, None).float()  # [N, V]
 
     def forward_dense(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Whole sequences from position 0, causal, no cache (training, scoring).
