@@ -23,13 +23,16 @@ def test_bad_cpu_lists_are_refused_naming_the_flag(bad: str):
         parse_cpus(bad)
 
 
-def test_split_gives_the_verifier_most_and_the_draft_and_router_the_rest():
+def test_split_gives_the_draft_its_own_cpus_and_the_verifier_most():
     assert split({0}).verifier is None  # one CPU: nothing to split
-    two = split({0, 1})
-    assert (two.verifier, two.draft, two.router) == ({0}, {1}, {1})
-    eight = split(set(range(8)))
-    assert eight.verifier == set(range(6)) and eight.draft == {6, 7} == eight.router
-    assert "verifier 0-5, draft 6-7" in eight.describe()
+    two = split({0, 1})  # the router's bursts fit between the verifier's forwards
+    assert (two.verifier, two.draft, two.router) == ({0}, {1}, {0})
+    three = split({0, 1, 2})
+    assert (three.verifier, three.draft, three.router) == ({0}, {2}, {1})
+    sixteen = split(set(range(16)))
+    assert sixteen.verifier == set(range(13)) and sixteen.router == {13}
+    assert sixteen.draft == {14, 15}
+    assert "verifier 0-12, draft 14-15, router 13" in sixteen.describe()
 
 
 def test_pin_refuses_cpus_this_process_cannot_use():

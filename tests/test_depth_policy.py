@@ -435,3 +435,19 @@ def test_every_policy_returns_ints_within_bounds(name: str, max_depth: int):
         k, _, _ = play_round(policy, regime, rng, jitter=0.5)
         assert type(k) is int
         assert 0 <= k <= max_depth
+
+
+def test_goodput_learns_drafting_from_on_demand_rounds_and_discounts_it_by_ahead_hits():
+    policy = GoodputDepth()
+    observe(policy, k=4, accepted=4)  # the prefill's round: timings ignored
+    observe(policy, k=4, accepted=4, draft_ns=8 * MS)  # on demand: 2 ms per draft
+    before = policy.cost_model()
+    assert before is not None and before.draft_ns_per_token == pytest.approx(2 * MS)
+    hit = replace(observation(4, 4, 4, 0, 20 * MS, 22 * MS, 1, 0), ahead="hit")
+    policy.observe(hit)  # ready at once: says nothing about the cost of drafting
+    after = policy.cost_model()
+    assert after is not None and after.draft_ns_per_token == pytest.approx(2 * MS)
+    assert after.ahead_hit_rate == pytest.approx(1.0)  # the round before accepted everything
+    alpha = policy.alpha
+    assert after.round_ns(4, alpha) < after.round_ns(4, 0.0)  # drafting discounted by H·alpha^k
+    assert CostModel(MS, 0, 0, 0, 1.0).round_ns(3, 1.0) == pytest.approx(0.0)

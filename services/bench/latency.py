@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from specdec.bench.systems import BASELINE, REFERENCE, System, request_id
+from specdec.bench.systems import BASELINE, REFERENCE, System, pin_client, request_id
 from specdec.bench.workloads import Prompt
 from specdec.core.rounds import Tally
 
@@ -50,6 +50,7 @@ def run_latency(
     """Warm every system up on the first prompt, then time ``repeats`` interleaved passes."""
     out = LatencyRun(outputs={s.name: {} for s in systems})
     for system in systems:
+        pin_client(system.cpus)
         system.run(prompts[0][1], request_id("warmup", system.name))
         tick(system.name)
     step = 0
@@ -58,6 +59,7 @@ def run_latency(
             order = [systems[(step + i) % len(systems)] for i in range(len(systems))]
             step += 1
             for system in order:
+                pin_client(system.cpus)
                 run = system.run(ids, request_id("lat", system.name, prompt.id, rep))
                 out.samples.append(
                     Sample(system.name, prompt.id, rep, len(run.token_ids), run.elapsed_s)
@@ -66,6 +68,7 @@ def run_latency(
                 if run.counts is not None:
                     out.counts.setdefault(system.name, Tally()).merge(run.counts)
                 tick(system.name)
+    pin_client(None)
     return out
 
 
@@ -78,9 +81,11 @@ def run_ttft(
     for rep in range(repeats + 1):
         for i in range(len(systems)):
             system = systems[(rep + i) % len(systems)]
+            pin_client(system.cpus)
             ttft = system.run(prompt_ids, request_id("ttft", system.name, rep)).ttft_s
             if rep and ttft is not None:
                 out[system.name].append(ttft)
+    pin_client(None)
     return out
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import grpc
 
-from specdec.bench.systems import request_id
+from specdec.bench.systems import pin_client, request_id
 from specdec.v1 import generation_pb2, generation_pb2_grpc
 
 
@@ -55,8 +55,10 @@ def _client(
     end: float,
     out: Window,
     lock: threading.Lock,
+    cpus: frozenset[int] | None = None,
 ) -> None:
     """Send requests back to back until ``end``; record into a private window, then merge."""
+    pin_client(cpus)
     mine = Window()
     i = 0
     while time.perf_counter() < end:
@@ -91,15 +93,17 @@ def run_window(
     make_request: Callable[[int, int], generation_pb2.GenerateRequest],
     concurrency: int,
     seconds: float,
+    cpus: frozenset[int] | None = None,
 ) -> Window:
-    """``concurrency`` clients for ``seconds``; ``make_request(client, i)`` builds each request."""
+    """``concurrency`` clients for ``seconds`` (their threads on ``cpus``); ``make_request(client,
+    i)`` builds each request."""
     out, lock = Window(), threading.Lock()
     start = time.perf_counter()
     end = start + seconds
     threads = [
         threading.Thread(
             target=_client,
-            args=(stub, lambda i, c=c: make_request(c, i), start, end, out, lock),
+            args=(stub, lambda i, c=c: make_request(c, i), start, end, out, lock, cpus),
             daemon=True,
         )
         for c in range(concurrency)
@@ -149,9 +153,10 @@ def run_load(
     seconds: float,
     slices: int = 2,
     tick: Callable[[str], None] = lambda _label: None,
+    cpus: frozenset[int] | None = None,
 ) -> list[dict[str, Any]]:
     """Every system at every concurrency; ``systems`` maps a name to the router to send to and
-    the request fields."""
+    the request fields; the clients' threads run on ``cpus``."""
     points = []
     for n in concurrency:
         windows: dict[str, list[Window]] = {name: [] for name in systems}
@@ -171,7 +176,7 @@ def run_load(
                     )
 
                 stub = systems[name][0]
-                windows[name].append(run_window(stub, make, n, seconds / slices))
+                windows[name].append(run_window(stub, make, n, seconds / slices, cpus))
                 tick(f"{name} x{n}")
         points += [point(name, n, w) for name, w in windows.items()]
     return points

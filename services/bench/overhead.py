@@ -23,7 +23,14 @@ from typing import Any
 
 import grpc
 
-from specdec.bench.systems import IN_PROCESS, InProcess, System, pipeline_system, request_id
+from specdec.bench.systems import (
+    IN_PROCESS,
+    InProcess,
+    System,
+    pin_client,
+    pipeline_system,
+    request_id,
+)
 from specdec.core.model_config import load_config
 from specdec.router.redis_server import free_loopback_port
 from specdec.up import start_services
@@ -96,10 +103,11 @@ def run_overhead(
         try:
             stub = generation_pb2_grpc.GenerationStub(channel)
             context = len(prompt) + max_tokens + 1
+            client = frozenset(services.layout.router or ())
             systems: list[System] = [
-                pipeline_system(stub, max_tokens, k=0),
-                pipeline_system(stub, max_tokens, k=4),
-                pipeline_system(stub, max_tokens, k=4, ahead=False),
+                pipeline_system(stub, max_tokens, k=0, cpus=client),
+                pipeline_system(stub, max_tokens, k=4, cpus=client),
+                pipeline_system(stub, max_tokens, k=4, ahead=False, cpus=client),
                 *InProcess(tiny, tiny, context).systems([4], max_tokens),
             ]
             times = _measure(systems, prompt, requests, tick)
@@ -116,19 +124,23 @@ def _measure(
 ) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {s.name: [] for s in systems}
     for system in systems:  # warm-up
+        pin_client(system.cpus)
         system.run(prompt, request_id("overhead-warmup", system.name))
     for i in range(requests):
         for j in range(len(systems)):
             system = systems[(i + j) % len(systems)]
+            pin_client(system.cpus)
             times[system.name].append(
                 _ms_per_round(system.run(prompt, request_id("overhead", system.name, i)))
             )
         tick("overhead")
+    pin_client(None)
     return times
 
 
 def _breakdown(system: System, prompt: list[int]) -> dict[str, float]:
     """Mean µs per round of each part of one request's critical path, from its stats."""
+    pin_client(system.cpus)
     run = system.run(prompt, request_id("overhead-parts", system.name))
     t = run.counts
     assert t is not None

@@ -106,6 +106,7 @@ class Routers:
     guarded: generation_pb2_grpc.GenerationStub | None
     layout: str
     one_process: Pipeline | None = None
+    client_cpus: frozenset[int] | None = None  # the router's CPUs: the bench's client runs there
 
 
 @contextmanager
@@ -133,7 +134,8 @@ def routers(cfg: BenchConfig, context: int, out: Path) -> Iterator[Routers]:
             services = _start(cfg, context, slots, out)
             guarded = stub(services.addresses[GUARD]) if GUARD in services.addresses else None
             layout = f"separate processes; {services.layout.describe()}"
-            yield Routers(stub(services.addresses["router"]), guarded, layout)
+            cpus = frozenset(services.layout.router) if services.layout.router else None
+            yield Routers(stub(services.addresses["router"]), guarded, layout, None, cpus)
     except grpc.RpcError as exc:  # e.g. no router at --addr, or a prompt it will not take
         raise SpecdecError(f"router: {exc.code().name}: {exc.details()}") from exc
     finally:
@@ -203,8 +205,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     with routers(cfg, context, out / "logs") as r:
         result["machine"]["pipeline_layout"] = r.layout
         if cfg.latency:
-            _latency(cfg, result, r.stub, prompts, in_process, target_cfg.eos_token_ids)
-            _ttft(cfg, result, r.stub, prompts[0][1], in_process)
+            _latency(cfg, result, r, prompts, in_process, target_cfg.eos_token_ids)
+            _ttft(cfg, result, r, prompts[0][1], in_process)
         if cfg.load:
             _load(cfg, result, r, [ids for _, ids in prompts])
     if cfg.overhead:
@@ -249,13 +251,13 @@ def latency_systems(
 def _latency(
     cfg: BenchConfig,
     result: dict[str, Any],
-    stub: generation_pb2_grpc.GenerationStub,
+    r: Routers,
     prompts: list[tuple[Prompt, list[int]]],
     in_process: InProcess,
     eos: tuple[int, ...],
 ) -> None:
     """All systems interleaved; acceptance, efficiency, costs and the round breakdown."""
-    systems = latency_systems(cfg, stub, in_process)
+    systems = latency_systems(cfg, r, in_process)
     if cfg.hf:
         peer = TransformersPeer(cfg.target, cfg.draft, eos, cfg.hf_assistant_tokens)
         systems += peer.systems(cfg.max_tokens)
@@ -405,19 +407,15 @@ def _ahead_rates(t: Tally) -> dict[str, Any]:
 
 
 def _ttft(
-    cfg: BenchConfig,
-    result: dict[str, Any],
-    stub: generation_pb2_grpc.GenerationStub,
-    prompt: list[int],
-    in_process: InProcess,
+    cfg: BenchConfig, result: dict[str, Any], r: Routers, prompt: list[int], in_process: InProcess
 ) -> None:
     """Time to first token on a short prompt: the pipeline (k = 0 and the default policy)
     against the in-process engine's prefill round (target-only: it prefills and decides the
     first token)."""
     short = prompt[:TTFT_PROMPT_TOKENS]
     systems = [
-        pipeline_system(stub, 2, k=0),
-        pipeline_system(stub, 2, policy=cfg.default_policy),
+        pipeline_system(r.stub, 2, k=0, cpus=r.client_cpus),
+        pipeline_system(r.stub, 2, policy=cfg.default_policy, cpus=r.client_cpus),
         *in_process.systems([], 2),
     ]
     times = latency.run_ttft(systems, short, cfg.ttft_repeats)
@@ -459,6 +457,7 @@ def _load(cfg: BenchConfig, result: dict[str, Any], r: Routers, prompts: list[li
             cfg.load_seconds,
             slices,
             lambda _label: bar.update(),
+            r.client_cpus,
         )
     result["load"] = {
         "points": points,

@@ -5,11 +5,15 @@ draft-ahead on or off), the engine in-process (speculative at a fixed k, or targ
 transformers peer (``hf_peer.py``). Each run is timed around the whole call, on the client's
 side: tokens/s is generated tokens ÷ that wall time, whatever each system counts internally;
 time to first token is the client's wait for the first token.
+The bench's own client thread runs where the router runs while it measures a pipeline system
+(as a client on that machine would compete with the router, not with the verifier), and
+anywhere while it measures the in-process engine (``pin_client``).
 Non-goals: sampling (greedy only); load (``load.py``).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -88,6 +92,17 @@ class System:
     k: int | None = None  # fixed depth; None for a policy or a peer
     policy: str | None = None  # adaptive depth policy, if any
     ahead: bool | None = None  # draft-ahead (pipeline systems that draft)
+    cpus: frozenset[int] | None = None  # where the bench's client runs for it; None: anywhere
+
+
+ALL_CPUS = frozenset(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+
+
+def pin_client(cpus: frozenset[int] | None) -> None:
+    """Run the calling thread on ``cpus`` (None: every CPU this process started with)."""
+    target = cpus or ALL_CPUS
+    if target and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, target)
 
 
 POLICY_ENUMS = {
@@ -120,6 +135,7 @@ def pipeline_system(
     k: int | None = None,
     policy: str | None = None,
     ahead: bool = True,
+    cpus: frozenset[int] | None = None,
 ) -> System:
     fields_ = pipeline_request(k, policy, ahead)
 
@@ -150,6 +166,7 @@ def pipeline_system(
         k=None if policy else (k or 0),
         policy=policy,
         ahead=ahead if drafting else None,
+        cpus=cpus,
     )
 
 
