@@ -230,21 +230,20 @@ def _model_info(path: str, model: Any) -> dict[str, Any]:
     }
 
 
-def latency_systems(
-    cfg: BenchConfig, stub: generation_pb2_grpc.GenerationStub, in_process: InProcess
-) -> list[System]:
+def latency_systems(cfg: BenchConfig, r: Routers, in_process: InProcess) -> list[System]:
     """Pipeline k = 0, every fixed k and policy (draft-ahead on), the default policy and one
     fixed k with draft-ahead off, and the in-process engine at every fixed k and target-only."""
-    systems = [pipeline_system(stub, cfg.max_tokens, k=0)]
-    systems += [pipeline_system(stub, cfg.max_tokens, k=k) for k in cfg.fixed_k]
+
+    def pipe(**kw: Any) -> System:
+        return pipeline_system(r.stub, cfg.max_tokens, cpus=r.client_cpus, **kw)
+
+    systems = [pipe(k=0)]
+    systems += [pipe(k=k) for k in cfg.fixed_k]
     policies = dict.fromkeys((*cfg.policies, cfg.default_policy))  # the headline needs it
-    systems += [pipeline_system(stub, cfg.max_tokens, policy=p) for p in policies]
+    systems += [pipe(policy=p) for p in policies]
     if cfg.ahead_off:
         k = min(cfg.fixed_k, key=lambda k: abs(k - COST_K))
-        systems.append(pipeline_system(stub, cfg.max_tokens, k=k, ahead=False))
-        systems.append(
-            pipeline_system(stub, cfg.max_tokens, policy=cfg.default_policy, ahead=False)
-        )
+        systems += [pipe(k=k, ahead=False), pipe(policy=cfg.default_policy, ahead=False)]
     return systems + in_process.systems(cfg.fixed_k, cfg.max_tokens)
 
 
