@@ -60,7 +60,8 @@ FROM base AS engine
 ENV NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-# A C compiler: Triton (torch.compile on CUDA) builds its small launcher stubs at run time.
+# A C compiler, for torch.compile and Triton's launcher stubs should a model be compiled (the
+# engine runs eagerly today; oneDNN and cuBLAS need no compiler).
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev \

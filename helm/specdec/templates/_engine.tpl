@@ -47,6 +47,9 @@ spec:
             {{- end }}
             - --device={{ $values.device }}
             - --slots={{ $values.slots }}
+            {{- if hasKey $values "aheadSlots" }}
+            - --ahead-slots={{ $values.aheadSlots }}
+            {{- end }}
             - --max-seq-len={{ $root.Values.generation.maxSeqLen }}
             {{- with $values.extraArgs }}
             {{- toYaml . | nindent 12 }}
