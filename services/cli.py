@@ -142,6 +142,13 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         help="router: outcomes of each round drafted ahead (default 1)",
     )
     p.add_argument(
+        "--ahead-max-in-flight",
+        type=int,
+        default=8,
+        help="router: requests in flight above which new ones start without draft-ahead "
+        "(under load the verifier is the bottleneck; default 8)",
+    )
+    p.add_argument(
         "--ahead-slots",
         type=int,
         default=64,
@@ -297,6 +304,7 @@ def _run_serve(args: argparse.Namespace) -> int:
                 max_depth=args.max_depth,
                 load_guard=args.load_guard,
                 draft_ahead=args.draft_ahead,
+                ahead_max_in_flight=args.ahead_max_in_flight,
                 **({"ahead_width": args.ahead_width} if args.ahead_width is not None else {}),
                 metrics_port=args.metrics_port,
                 max_context_tokens=args.max_seq_len,

@@ -156,7 +156,8 @@ def run_load(
     cpus: frozenset[int] | None = None,
 ) -> list[dict[str, Any]]:
     """Every system at every concurrency; ``systems`` maps a name to the router to send to and
-    the request fields; the clients' threads run on ``cpus``."""
+    the request fields; the clients' threads run on ``cpus`` (None: where the OS puts them; many
+    clients are real work, which the verifier's CPUs should not carry)."""
     points = []
     for n in concurrency:
         windows: dict[str, list[Window]] = {name: [] for name in systems}

@@ -456,7 +456,6 @@ def _load(cfg: BenchConfig, result: dict[str, Any], r: Routers, prompts: list[li
             cfg.load_seconds,
             slices,
             lambda _label: bar.update(),
-            r.client_cpus,
         )
     result["load"] = {
         "points": points,

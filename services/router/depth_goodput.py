@@ -13,8 +13,8 @@ and costs
 with d the draft time per drafted token (no draft call at k = 0), H the share of fully
 accepted rounds after which draft-ahead had the next proposal ready (see Estimates),
 v0 + v1 * (k + 1) the verifier forward time for k + 1 tokens, v1_eff = v1 * (1 + LOAD_SHARE *
-pressure) (see Load), and o the rest of the round (network, router). The policy picks argmax E(k) / T(k) over [0, max_depth],
-ties to the smaller k.
+pressure) (see Load), and o the rest of the round (network, router). The policy picks
+argmax E(k) / T(k) over [0, max_depth], ties to the smaller k.
 
 Estimates, all from this request's rounds only, recent rounds weighted more:
 
