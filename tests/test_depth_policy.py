@@ -223,7 +223,8 @@ def test_goodput_ignores_the_timings_of_the_prefill_round():
     observe(policy, k=4, accepted=4)
     model = policy.cost_model()
     assert model is not None
-    assert model.draft_ns_per_token == pytest.approx(MS)
+    # One depth seen: the prior splits its 4 ms of drafting into the call and the tokens.
+    assert model.draft_base_ns + 4 * model.draft_ns_per_token == pytest.approx(4 * MS)
     assert model.round_ns(4) == pytest.approx(4 * MS + 20 * MS + 4 * MS // 5 + 2 * MS)
 
 
@@ -251,8 +252,23 @@ def test_goodput_fits_verify_time_linear_in_tokens():
     # The weak slope prior (v1 = 5 % of v0) biases the fit by a few percent at most.
     assert model.verify_base_ns == pytest.approx(10 * MS, rel=0.05)
     assert model.verify_ns_per_token == pytest.approx(3 * MS, rel=0.05)
-    assert model.draft_ns_per_token == pytest.approx(MS)
+    assert model.draft_ns_per_token == pytest.approx(MS, rel=0.05)  # drafting: 1 ms a token
+    assert model.draft_base_ns == pytest.approx(0, abs=0.1 * MS)
     assert model.overhead_ns == pytest.approx(2 * MS)
+
+
+def test_goodput_separates_the_call_to_the_draft_from_its_tokens():
+    policy = GoodputDepth()
+    observe(policy, k=4, accepted=0)  # prefill round, timings ignored
+    for k in (4, 2, 6, 4, 1, 8):  # a 1 ms round trip plus 0.5 ms a token
+        observe(policy, k=k, accepted=0, draft_ns=MS + k * MS // 2)
+    model = policy.cost_model()
+    assert model is not None
+    assert model.draft_base_ns == pytest.approx(MS, rel=0.1)
+    assert model.draft_ns_per_token == pytest.approx(MS / 2, rel=0.1)
+    assert model.round_ns(0) == pytest.approx(
+        model.verify_base_ns + model.verify_ns_per_token + 2 * MS
+    )
 
 
 def test_goodput_assumes_a_small_verify_slope_from_a_single_depth():
@@ -442,12 +458,15 @@ def test_goodput_learns_drafting_from_on_demand_rounds_and_discounts_it_by_ahead
     observe(policy, k=4, accepted=4)  # the prefill's round: timings ignored
     observe(policy, k=4, accepted=4, draft_ns=8 * MS)  # on demand: 2 ms per draft
     before = policy.cost_model()
-    assert before is not None and before.draft_ns_per_token == pytest.approx(2 * MS)
+    assert before is not None
+    drafting = before.draft_base_ns + 4 * before.draft_ns_per_token
+    assert drafting == pytest.approx(8 * MS)
     hit = replace(observation(4, 4, 4, 0, 20 * MS, 22 * MS, 1, 0), ahead="hit")
     policy.observe(hit)  # ready at once: says nothing about the cost of drafting
     after = policy.cost_model()
-    assert after is not None and after.draft_ns_per_token == pytest.approx(2 * MS)
+    assert after is not None
+    assert after.draft_base_ns + 4 * after.draft_ns_per_token == pytest.approx(drafting)
     assert after.ahead_hit_rate == pytest.approx(1.0)  # the round before accepted everything
     alpha = policy.alpha
     assert after.round_ns(4, alpha) < after.round_ns(4, 0.0)  # drafting discounted by H·alpha^k
-    assert CostModel(MS, 0, 0, 0, 1.0).round_ns(3, 1.0) == pytest.approx(0.0)
+    assert CostModel(MS, 0, 0, 0, 1.0, MS).round_ns(3, 1.0) == pytest.approx(0.0)

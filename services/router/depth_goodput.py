@@ -8,9 +8,10 @@ commits, the verifier's own token included,
 
 and costs
 
-    T(k) = k * d * (1 - H * alpha^k)  +  v0 + v1_eff * (k + 1)  +  o   ns
+    T(k) = (c + k * d) * (1 - H * alpha^k)  +  v0 + v1_eff * (k + 1)  +  o   ns
 
-with d the draft time per drafted token (no draft call at k = 0), H the share of fully
+with c + k * d the time a round waits for k tokens drafted on demand (c: the call itself, a
+round trip to the draft replica; d per token; no call at k = 0), H the share of fully
 accepted rounds after which draft-ahead had the next proposal ready (see Estimates),
 v0 + v1 * (k + 1) the verifier forward time for k + 1 tokens, v1_eff = v1 * (1 + LOAD_SHARE *
 pressure) (see Load), and o the rest of the round (network, router). The policy picks
@@ -22,16 +23,19 @@ Estimates, all from this request's rounds only, recent rounds weighted more:
   accepted adds a successes and one failure if a < n (positions after the first rejection are
   not observed). The prior is PRIOR_ALPHA with PRIOR_WEIGHT pseudo-tokens and decays with the
   evidence (ACCEPT_DECAY per round that proposed anything), so useless drafts drive alpha to ~0.
-- d, o: decayed means (TIME_DECAY) of draft_ns / depth and of round_ns - draft_ns - verify_ns
-  (clamped at 0). d is learnt only from rounds whose proposal was drafted on demand: a proposal
-  drafted ahead cost nothing on the critical path, but how often one is ready falls as k grows
-  (the verification must accept every draft, and the draft must finish in time), so counting
-  hits as free drafting led the policy to ask for more than draft-ahead delivers (measured on
-  the demo pair: mean k 4.1 against 3.1, and 0.92× the throughput with draft-ahead on).
+- c, d: fitted like v0, v1 below, over the draft time at each depth, with the ridge prior
+  d = DRAFT_SLOPE_PRIOR * c. Only rounds whose proposal was drafted on demand count: a
+  proposal drafted ahead cost nothing on the critical path, but how often one is ready falls
+  as k grows (the verification must accept every draft, and the draft must finish in time), so
+  counting hits as free drafting led the policy to ask for more than draft-ahead delivers
+  (measured on the demo pair: mean k 4.1 against 3.1, and 0.92× the throughput with draft-ahead
+  on). The call's own cost is its own term because across processes it is not small (a round
+  trip, ~1 ms on two CPUs): folded into d it made every small k look dear per token.
+- o: decayed mean (TIME_DECAY) of round_ns - draft_ns - verify_ns (clamped at 0).
 - H: decayed hit rate of draft-ahead (ACCEPT_DECAY) over the rounds that follow a fully
   accepted round. Draft-ahead works first on the verification's likeliest outcome, every draft
   accepted, so the drafting of a round at depth k is skipped with probability about H·alpha^k:
-  its expected cost is k·d·(1 − H·alpha^k). Without draft-ahead H stays 0.
+  its expected cost is (c + k·d)·(1 − H·alpha^k). Without draft-ahead H stays 0.
 - v0, v1: weighted least squares over the decayed mean verify time at each number of verified
   tokens x = num_proposed + 1 (weights decay by VERIFY_DECAY per round), with a weak ridge prior
   v1 = VERIFY_SLOPE_PRIOR * v0. With one x seen the prior decides the slope (5 % of a step per
@@ -58,7 +62,7 @@ the object, one per request; the same observations always give the same depths.
 
 Non-goals: learning across requests (a new request starts from the prior); a model of
 proposers that return fewer tokens than asked (prompt lookup): such rounds only add less
-acceptance evidence; a fixed per-call draft cost (it lands in d at the depths used).
+acceptance evidence.
 """
 
 from __future__ import annotations
@@ -76,6 +80,8 @@ VERIFY_DECAY = 0.9  # per round, for the mean verify time at each token count
 VERIFY_SLOPE_PRIOR = 0.05  # v1 / v0 assumed until the data says otherwise
 VERIFY_PRIOR_WEIGHT = 0.02  # the slope prior weighs 1/50 of one observation...
 VERIFY_PRIOR_TOKENS = 5.0  # ...of a (k + 1) = 5 token verify
+DRAFT_SLOPE_PRIOR = 1.0  # d / c assumed until the data says otherwise (same prior weight)
+DRAFT_PRIOR_TOKENS = 1.0  # (a weaker prior than the verify fit: the split is less certain)
 LOAD_DECAY = 0.5  # verifier load moves fast: ~2 rounds
 LOAD_SHARE = 0.5  # share of the delay imposed on other sequences that this request pays
 EXPLORE_EVERY = 16  # rounds at k = 0 between probes
@@ -100,10 +106,14 @@ class CostModel:
     verify_ns_per_token: float  # v1 (v1_eff when built by the policy)
     overhead_ns: float  # o
     ahead_hit_rate: float = 0.0  # H: proposals ready after a fully accepted round
+    draft_base_ns: float = 0.0  # c: each call to the draft (a round trip), whatever k
 
     def round_ns(self, k: int, alpha: float = 0.0) -> float:
         verify = self.verify_base_ns + self.verify_ns_per_token * (k + 1)
-        drafting = k * self.draft_ns_per_token * (1.0 - self.ahead_hit_rate * alpha**k)
+        drafting = 0.0
+        if k:
+            on_demand = self.draft_base_ns + k * self.draft_ns_per_token
+            drafting = on_demand * (1.0 - self.ahead_hit_rate * alpha**k)
         return drafting + verify + self.overhead_ns
 
 
@@ -131,23 +141,25 @@ class _DecayedMean:
         self.value = prev + (x - prev) / self.weight
 
 
-class _VerifyCostFit:
-    """verify_ns ~ v0 + v1 * x (x = tokens verified), ridge-regularised towards v1 = rho * v0."""
+class _CostFit:
+    """y ~ b0 + b1 * x, ridge-regularised towards b1 = rho * b0 (verify time over tokens
+    verified; drafting time over tokens drafted)."""
 
-    def __init__(self) -> None:
+    def __init__(self, rho: float, prior_x: float) -> None:
+        self.rho, self.prior_x = rho, prior_x
         self._weight: dict[int, float] = {}  # x -> decayed sample weight
-        self._mean: dict[int, float] = {}  # x -> decayed mean verify_ns
+        self._mean: dict[int, float] = {}  # x -> decayed mean y
 
-    def add(self, x: int, verify_ns: float) -> None:
+    def add(self, x: int, y: float) -> None:
         for key in self._weight:
             self._weight[key] *= VERIFY_DECAY
         w = self._weight.get(x, 0.0) + 1.0
-        prev = self._mean.get(x, verify_ns)
+        prev = self._mean.get(x, y)
         self._weight[x] = w
-        self._mean[x] = prev + (verify_ns - prev) / w
+        self._mean[x] = prev + (y - prev) / w
 
     def fit(self) -> tuple[float, float] | None:
-        """(v0, v1), or None before any sample."""
+        """(b0, b1), or None before any sample."""
         if not self._weight:
             return None
         sw = swx = swxx = swy = swxy = 0.0
@@ -156,7 +168,7 @@ class _VerifyCostFit:
             sw, swx, swxx = sw + w, swx + w * x, swxx + w * x * x
             swy, swxy = swy + w * y, swxy + w * x * y
         # Normal equations of the data plus one prior row (v1 - rho * v0) * X_ref = 0.
-        rho, lam = VERIFY_SLOPE_PRIOR, VERIFY_PRIOR_WEIGHT * VERIFY_PRIOR_TOKENS**2
+        rho, lam = self.rho, VERIFY_PRIOR_WEIGHT * self.prior_x**2
         a00, a01, a11 = sw + lam * rho * rho, swx - lam * rho, swxx + lam
         det = a00 * a11 - a01 * a01  # > 0: the prior row is never parallel to a data row
         v0 = (swy * a11 - swxy * a01) / det
@@ -184,10 +196,10 @@ class GoodputDepth:
         self.initial_depth = initial_depth
         self._successes = PRIOR_ALPHA * PRIOR_WEIGHT
         self._failures = (1.0 - PRIOR_ALPHA) * PRIOR_WEIGHT
-        self._draft_ns_per_token = _DecayedMean(TIME_DECAY)
+        self._draft = _CostFit(DRAFT_SLOPE_PRIOR, DRAFT_PRIOR_TOKENS)
         self._overhead_ns = _DecayedMean(TIME_DECAY)
         self._pressure = _DecayedMean(LOAD_DECAY)
-        self._verify = _VerifyCostFit()
+        self._verify = _CostFit(VERIFY_SLOPE_PRIOR, VERIFY_PRIOR_TOKENS)
         self._ahead_hits = _DecayedMean(ACCEPT_DECAY)  # H
         self._last_full = False  # the last round accepted every draft
         self._rounds = 0  # rounds observed
@@ -201,13 +213,14 @@ class GoodputDepth:
     def cost_model(self) -> CostModel | None:
         """The current cost estimate, load penalty included; None until draft and verify times
         have both been measured."""
-        fit = self._verify.fit()
-        d, o, p = self._draft_ns_per_token.value, self._overhead_ns.value, self._pressure.value
-        if fit is None or d is None or o is None or p is None:
+        fit, drafting = self._verify.fit(), self._draft.fit()
+        o, p = self._overhead_ns.value, self._pressure.value
+        if fit is None or drafting is None or o is None or p is None:
             return None
         v0, v1 = fit
+        c, d = drafting
         hits = self._ahead_hits.value or 0.0
-        return CostModel(d, v0, v1 * (1.0 + LOAD_SHARE * p), o, hits)
+        return CostModel(d, v0, v1 * (1.0 + LOAD_SHARE * p), o, hits, c)
 
     def next_depth(self) -> int:
         cost = self.cost_model()
@@ -229,7 +242,7 @@ class GoodputDepth:
         if self._rounds == 1:  # prompt prefill on both sides: timings unlike any later round
             return
         if obs.depth > 0 and obs.ahead != AHEAD_HIT:
-            self._draft_ns_per_token.add(obs.draft_ns / obs.depth)
+            self._draft.add(obs.depth, obs.draft_ns)
         self._verify.add(obs.num_proposed + 1, obs.verify_ns)
         self._overhead_ns.add(max(obs.round_ns - obs.draft_ns - obs.verify_ns, 0))
         self._pressure.add(max(obs.verifier_active - 1, 0) + obs.verifier_queue)
