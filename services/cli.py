@@ -139,7 +139,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         "--ahead-width",
         type=int,
         default=None,
-        help="router: outcomes of each round drafted ahead (default 1)",
+        help="router: outcomes of each round drafted ahead (default 2)",
     )
     p.add_argument(
         "--ahead-max-in-flight",

@@ -44,7 +44,7 @@ from specdec.v1 import common_pb2, draft_pb2, generation_pb2
 
 log = logging.getLogger("specdec.router")
 
-DEFAULT_AHEAD_WIDTH = 1  # outcomes of each round drafted ahead (BENCHMARKS.md: wider lost)
+DEFAULT_AHEAD_WIDTH = 2  # outcomes of each round drafted ahead (BENCHMARKS.md)
 
 _METHODS = {"model": draft_pb2.PROPOSE_METHOD_MODEL, "ngram": draft_pb2.PROPOSE_METHOD_NGRAM}
 FINISH_NAMES = {
