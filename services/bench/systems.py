@@ -112,16 +112,15 @@ POLICY_ENUMS = {
 
 
 def pipeline_request(k: int | None, policy: str | None, ahead: bool = True) -> dict[str, Any]:
-    """GenerateRequest fields for k = 0 (no drafting), a fixed k, or a named policy."""
+    """GenerateRequest fields for k = 0 (no drafting), a fixed k, or a named policy; with
+    ``ahead`` the router decides draft-ahead as it does by default (on, unless too many
+    requests are in flight), without it draft-ahead is off."""
+    off = {} if ahead else {"draft_ahead": False}
     if policy is not None:
-        return {"depth_policy": POLICY_ENUMS[policy], "draft_ahead": ahead}
+        return {"depth_policy": POLICY_ENUMS[policy], **off}
     if not k:
         return {"draft_method": generation_pb2.DRAFT_METHOD_NONE}
-    return {
-        "depth_policy": generation_pb2.DEPTH_POLICY_FIXED,
-        "fixed_depth": k,
-        "draft_ahead": ahead,
-    }
+    return {"depth_policy": generation_pb2.DEPTH_POLICY_FIXED, "fixed_depth": k, **off}
 
 
 def pipeline_name(k: int | None, policy: str | None, ahead: bool = True) -> str:

@@ -35,7 +35,6 @@ class Proposal:
     # The drafter's distribution at each draft position when sampling, in whatever form its
     # verifier takes (engine tensors in process, wire messages in the router); None when greedy.
     probs: Any = None
-    draft_ns: int = 0  # time the round waited for it (0 when it was ready, drafted ahead)
     ahead: str = ""  # AHEAD_HIT, AHEAD_MISS, or "" when draft-ahead is off
 
     def __len__(self) -> int:
@@ -58,7 +57,6 @@ class Verdict:
     verifier_active: int = 1  # sequences open on the verifier, as it reported
     verifier_queue: int = 0  # steps waiting there, as it reported
     cached_prompt_tokens: int = 0  # (prefill) context tokens reused from a session's cache
-    reopened: bool = False  # the sequence moved to another replica; the drafts were dropped
 
 
 @dataclass(frozen=True)
@@ -83,7 +81,6 @@ class Round:
     verifier_queue: int
     batch_size: int = 1
     cached_prompt_tokens: int = 0
-    reopened: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.num_accepted <= self.num_proposed <= self.depth <= MAX_SPEC_DEPTH:

@@ -151,7 +151,7 @@ def _commit(
 ) -> tuple[tuple[int, ...], str | None]:
     """Append the verdict's tokens up to a stop token or the budget; return them and the
     finish reason (None while generation goes on)."""
-    accepted = [] if verdict.reopened else list(proposal.token_ids[: verdict.num_accepted])
+    accepted = list(proposal.token_ids[: verdict.num_accepted])
     room = budget.room(len(committed), generated)
     tokens = (accepted + [verdict.next_token_id])[:room]
     for i, token in enumerate(tokens):
@@ -175,7 +175,7 @@ def _round(
     timings: tuple[int, int, int],
 ) -> Round:
     """The round record; ``timings`` are the loop's own: (draft_ns, rtt_ns, round_ns)."""
-    proposed = 0 if verdict.reopened else len(proposal)
+    proposed = len(proposal)
     draft_ns, rtt_ns, round_ns = timings
     return Round(
         index=index,
@@ -196,5 +196,4 @@ def _round(
         verifier_queue=verdict.verifier_queue,
         batch_size=verdict.batch_size,
         cached_prompt_tokens=verdict.cached_prompt_tokens,
-        reopened=verdict.reopened,
     )

@@ -14,6 +14,7 @@ requests meanwhile.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -54,10 +55,24 @@ class _Dispatch(Generic[R]):
         return await self.handler.step(msg.step, span)
 
 
-def _span(context: grpc.aio.ServicerContext, name: str) -> trace.Span:
-    return trace.get_tracer("specdec.serving").start_span(
+@contextlib.asynccontextmanager
+async def _scope(
+    context: grpc.aio.ServicerContext, handler: StreamHandler[Any], name: str
+) -> AsyncIterator[trace.Span]:
+    """The stream's server span; a failure ends the call with its status; ``close`` always."""
+    span = trace.get_tracer("specdec.serving").start_span(
         name, context=extract_context(context.invocation_metadata()), kind=trace.SpanKind.SERVER
     )
+    try:
+        yield span
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        span.record_exception(exc)
+        await abort_with(context, exc, name)
+    finally:
+        span.end()
+        handler.close()
 
 
 async def serve_stream(
@@ -67,21 +82,12 @@ async def serve_stream(
     span_name: str,
 ) -> AsyncIterator[R]:
     """Answer each message in turn."""
-    span = _span(context, span_name)
     dispatch = _Dispatch(handler)
-    try:
+    async with _scope(context, handler, span_name) as span:
         async for msg in requests:
             answer = await dispatch(msg, span)
             if answer is not None:
                 yield answer
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
-        span.record_exception(exc)
-        await abort_with(context, exc, span_name)
-    finally:
-        span.end()
-        handler.close()
 
 
 class _End:
@@ -100,10 +106,9 @@ async def serve_duplex(
 ) -> AsyncIterator[R]:
     """Send whatever lands in ``outbox`` (answers and unasked messages alike) until the
     requests end."""
-    span = _span(context, span_name)
     dispatch = _Dispatch(handler)
 
-    async def read() -> None:
+    async def read(span: trace.Span) -> None:
         try:
             async for msg in requests:
                 answer = await dispatch(msg, span)
@@ -114,18 +119,12 @@ async def serve_duplex(
         else:
             outbox.put_nowait(_End())
 
-    reader = asyncio.get_running_loop().create_task(read())
-    try:
-        while not isinstance(item := await outbox.get(), _End):
-            yield item
-        if item.error is not None:
-            raise item.error
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
-        span.record_exception(exc)
-        await abort_with(context, exc, span_name)
-    finally:
-        reader.cancel()
-        span.end()
-        handler.close()
+    async with _scope(context, handler, span_name) as span:
+        reader = asyncio.get_running_loop().create_task(read(span))
+        try:
+            while not isinstance(item := await outbox.get(), _End):
+                yield item
+            if item.error is not None:
+                raise item.error
+        finally:
+            reader.cancel()

@@ -97,6 +97,12 @@ class _Later(Awaitable[Verdict]):
         return self.read(*self.args).__await__()
 
 
+def _head(proposal: Proposal, k: int, ahead: str) -> Proposal:
+    """The first ``k`` drafts (and their distributions), marked with where they came from."""
+    probs = proposal.probs[:k] if proposal.probs else None
+    return Proposal(proposal.token_ids[:k], probs, ahead)
+
+
 class StreamVerifier:
     """The verifier port: one Verify stream, moved to another replica when its replica fails."""
 
@@ -255,9 +261,7 @@ class StreamDrafter:
         if self.width:
             hit = self.cache.take(committed)
             if hit is not None and len(hit):
-                return Proposal(
-                    hit.token_ids[:k], hit.probs[:k] if hit.probs else None, 0, AHEAD_HIT
-                )
+                return _head(hit, k, AHEAD_HIT)
         future: asyncio.Future[Proposal] = asyncio.get_running_loop().create_future()
         self._want = (committed, future)
         try:
@@ -269,10 +273,7 @@ class StreamDrafter:
             return NO_PROPOSAL
         finally:
             self._want = None
-        ahead = AHEAD_MISS if self.width else ""
-        return Proposal(
-            proposal.token_ids[:k], proposal.probs[:k] if proposal.probs else None, 0, ahead
-        )
+        return _head(proposal, k, AHEAD_MISS if self.width else "")
 
     async def verifying(self, committed: Sequence[int], proposal: Proposal) -> None:
         if proposal.ahead == AHEAD_HIT and self.available:
