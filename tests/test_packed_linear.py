@@ -28,8 +28,10 @@ def test_packed_linear_matches_f_linear(dtype, rows):
     if packed is None:
         pytest.skip("oneDNN is not available here")
     tol = 1e-4 if dtype == torch.float32 else 5e-2
-    assert linear(x, packed, weight, bias).float().allclose(
-        F.linear(x, weight, bias).float(), atol=tol, rtol=tol
+    assert (
+        linear(x, packed, weight, bias)
+        .float()
+        .allclose(F.linear(x, weight, bias).float(), atol=tol, rtol=tol)
     )
     assert linear(x, None, weight, bias).equal(F.linear(x, weight, bias))  # the fallback
     assert pack(weight[:8]) is None  # small weights stay plain
