@@ -144,9 +144,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--ahead-max-in-flight",
         type=int,
-        default=8,
-        help="router: requests in flight above which new ones start without draft-ahead "
-        "(under load the verifier is the bottleneck; default 8)",
+        default=1,
+        help="router: requests in flight above which draft-ahead pauses, round by round "
+        "(default 1: it pays while a request has the pipeline to itself)",
     )
     p.add_argument(
         "--ahead-slots",

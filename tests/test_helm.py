@@ -489,6 +489,8 @@ def test_router_args(default: Rendered) -> None:
     assert (args["policy"], args["max-depth"], args["max-seq-len"]) == ("goodput", "8", "2048")
     assert args["metrics-port"] == "9090" and args["listen"] == "0.0.0.0:50051"
     assert "load-guard" not in args  # off by default
+    assert "no-draft-ahead" not in args  # on by default
+    assert (args["ahead-width"], args["ahead-max-in-flight"]) == ("2", "1")
     mounts = default.container("router")["volumeMounts"]
     assert {"name": "models", "mountPath": "/models", "readOnly": True} in mounts
     for component, model in (("draft", "/models/draft"), ("verifier", "/models/target")):

@@ -124,6 +124,26 @@ def test_eight_concurrent_requests_are_each_exact(pipeline, reference):
     assert pipeline.wait_idle() == 0
 
 
+def test_draft_ahead_pauses_above_the_in_flight_limit_and_changes_no_token(pipeline, reference):
+    deps = pipeline.router_deps
+    saved, deps.ahead_max_in_flight = deps.ahead_max_in_flight, 0
+    try:
+        tokens, _, last = run(pipeline, prompt_text=PROMPTS[0], max_tokens=24, draft_ahead=True)
+        assert tokens == reference(PROMPTS[0], 24)
+        assert last.stats.ahead_hits == last.stats.ahead_misses == 0  # never asked ahead
+        # Eight at once over a limit of three: requests pause and resume draft-ahead round by
+        # round as the others start and finish.
+        deps.ahead_max_in_flight = 3
+        prompts = [f"{p} # pause {i}" for i, p in enumerate(PROMPTS * 2)]
+        with ThreadPoolExecutor(8) as pool:
+            runs = list(pool.map(lambda p: run(pipeline, prompt_text=p, max_tokens=24), prompts))
+    finally:
+        deps.ahead_max_in_flight = saved
+    for prompt, (tokens, _, _) in zip(prompts, runs, strict=True):
+        assert tokens == reference(prompt, 24)
+    assert pipeline.wait_idle() == 0
+
+
 class FlippingGuard(LoadGuard):
     """A load guard that switches every request between plain decoding and speculation on each
     of its rounds, starting plain: requests switch arms as often as possible, and every request

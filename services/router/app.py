@@ -40,7 +40,7 @@ class RouterConfig:
     load_guard: bool = False  # opt-in: measure under concurrency whether speculation pays
     draft_ahead: bool = True  # the draft works on each round's likeliest outcomes meanwhile
     ahead_width: int = DEFAULT_AHEAD_WIDTH  # outcomes drafted ahead per round
-    ahead_max_in_flight: int = 8  # above this many requests in flight, new ones start without
+    ahead_max_in_flight: int = 1  # above this many requests in flight, draft-ahead pauses
     max_context_tokens: int = 2048  # prompt + output (must not exceed the verifiers')
     max_output_tokens: int = 4096  # largest max_tokens accepted
     session_ttl_s: int = 3600

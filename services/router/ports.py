@@ -222,11 +222,14 @@ class StreamDrafter:
         open_msg: draft_pb2.OpenDraft,
         timeout_s: float,
         metadata: tuple,
+        ahead_now: Callable[[], bool] = lambda: True,
     ) -> None:
         self.pool, self.preferred = pool, preferred
         self.open_msg = open_msg  # prompt set at start()
         self.timeout_s, self.metadata = timeout_s, metadata
         self.width = open_msg.ahead.width  # outcomes drafted ahead; 0: draft-ahead off
+        self.ahead_now = ahead_now  # asked before every step: False pauses draft-ahead (load)
+        self._asked_ahead = False  # the last step asked the draft to work ahead
         self.cache = SpeculationCache()
         self.replica: Replica | None = None
         self.fell_back = False  # the draft failed mid-request
@@ -247,6 +250,7 @@ class StreamDrafter:
             self._call = self.replica.stub.Propose(metadata=self.metadata)
             self.replica.open_streams += 1
             self.open_msg.prompt_token_ids[:] = context
+            self.open_msg.ahead.width = self._width_now()
             await self._call.write(draft_pb2.ProposeRequest(open=self.open_msg))
         except Exception as exc:
             await self._fail(exc)
@@ -258,7 +262,8 @@ class StreamDrafter:
         self._depth = k
         if not self.available:
             return NO_PROPOSAL
-        if self.width:
+        asked_ahead = self._asked_ahead
+        if asked_ahead:
             hit = self.cache.take(committed)
             if hit is not None and len(hit):
                 return _head(hit, k, AHEAD_HIT)
@@ -273,7 +278,7 @@ class StreamDrafter:
             return NO_PROPOSAL
         finally:
             self._want = None
-        return _head(proposal, k, AHEAD_MISS if self.width else "")
+        return _head(proposal, k, AHEAD_MISS if asked_ahead else "")
 
     async def verifying(self, committed: Sequence[int], proposal: Proposal) -> None:
         if proposal.ahead == AHEAD_HIT and self.available:
@@ -292,13 +297,18 @@ class StreamDrafter:
                 self.replica.open_streams -= 1
             await _end(call)
 
+    def _width_now(self) -> int:
+        width = self.width if self.width and self.ahead_now() else 0
+        self._asked_ahead = width > 0
+        return width
+
     async def _send(self, committed: Sequence[int], depth: int = 0, verifying: int = 0) -> None:
         step = draft_pb2.ProposeStep(
             position=self._known,
             token_ids=committed[self._known :],
             depth=depth,
             verifying=verifying,
-            ahead=draft_pb2.AheadSettings(width=self.width, depth=self._depth),
+            ahead=draft_pb2.AheadSettings(width=self._width_now(), depth=self._depth),
         )
         self._known = len(committed)
         await self._call.write(draft_pb2.ProposeRequest(step=step))
