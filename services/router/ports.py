@@ -58,11 +58,15 @@ async def _status_error(call: Any, address: str) -> Exception:
 
 
 async def _end(call: Any) -> None:
-    """Close our side of a stream and cancel it; a stream that already failed may refuse the
-    close in several ways (grpc's ``ExecuteBatchError`` among them), none of which matters."""
-    with contextlib.suppress(Exception):
-        await call.done_writing()
-    call.cancel()
+    """Close our side of a stream and cancel it, even when the close is cancelled itself (the
+    replica frees the sequence's slot when its stream ends); a stream that already failed may
+    refuse the close in several ways (grpc's ``ExecuteBatchError`` among them), none of which
+    matters."""
+    try:
+        with contextlib.suppress(Exception):
+            await call.done_writing()
+    finally:
+        call.cancel()
 
 
 def _verdict(reply: verifier_pb2.VerifyResponse) -> Verdict:

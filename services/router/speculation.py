@@ -17,6 +17,7 @@ does not change.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -214,11 +215,13 @@ async def _generate(
             if detok.stopped:
                 break
     finally:
-        await rounds.aclose()
-        if guard is not None:
-            guard.leave(setup.adaptive)
-        await setup.verifier.close()
-        await setup.drafter.close()
+        try:
+            await rounds.aclose()
+        finally:
+            if guard is not None:
+                guard.leave(setup.adaptive)
+            # Both streams end whatever happens here: each holds a slot on its replica.
+            await asyncio.gather(setup.verifier.close(), setup.drafter.close())
     stats = _stats(tally, req, setup, started, first_token_ns)
     _save_session(tally, list(req.prompt_ids) + tokens, req, deps, setup)
     span.set_attributes(
