@@ -1,8 +1,9 @@
 """Errors specdec raises on purpose, each one a distinct type a service maps to a gRPC status.
 
 Nothing here knows gRPC: the services translate (``InvalidRequest`` to INVALID_ARGUMENT,
-``OutOfSlots`` to RESOURCE_EXHAUSTED, ``Unavailable`` to UNAVAILABLE, ``CheckpointError`` to a
-failed start-up).
+``OutOfSlots`` to RESOURCE_EXHAUSTED, ``Unavailable`` to UNAVAILABLE, ``Unauthenticated`` to
+UNAUTHENTICATED, ``CheckpointError`` to a failed start-up). ``retry_after_s``, when set, tells the
+caller how long to wait before trying again (sent as a ``google.rpc.RetryInfo`` detail).
 """
 
 from __future__ import annotations
@@ -10,6 +11,10 @@ from __future__ import annotations
 
 class SpecdecError(Exception):
     """Base class of every error specdec raises on purpose."""
+
+    def __init__(self, message: str = "", retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class InvalidRequest(SpecdecError, ValueError):
@@ -21,11 +26,15 @@ class InvalidRequest(SpecdecError, ValueError):
 
 
 class OutOfSlots(SpecdecError):
-    """Every KV-cache slot is taken; retry later or on another replica."""
+    """Every KV-cache slot is taken (or the queue for them is full); retry later."""
 
 
 class Unavailable(SpecdecError):
     """A replica this request needs is gone or not ready."""
+
+
+class Unauthenticated(SpecdecError):
+    """The caller sent no credentials, or ones this deployment does not know."""
 
 
 class CheckpointError(SpecdecError):
