@@ -60,6 +60,7 @@ class Request:
     fixed_depth: int
     draft_method: str | None  # "model", "ngram", "none"; None: the server's default
     draft_ahead: bool | None = None  # None: the server's default
+    identity: str = ""  # the caller, from its API key ("" without API keys): owns its sessions
 
 
 def parse_request(
