@@ -4,6 +4,9 @@ Model drafting for every open stream goes through one ``engine.draft_engine.Draf
 demand (a step the router waits for) and ahead (draft-ahead on the verification in flight).
 Its forwards are small, so the scheduler runs them all on the event loop, and the stream
 handlers call in directly. Prompt-lookup drafting needs no model and answers at once.
+
+A forward that raises is run again in halves (the scheduler splits it) until the cursor at
+fault fails alone: its step's caller gets the error, every other cursor goes on.
 Non-goals: the wire (``server.py``).
 """
 
@@ -14,7 +17,14 @@ from dataclasses import dataclass
 
 from specdec.core.errors import InvalidRequest
 from specdec.core.limits import MAX_SPEC_DEPTH
-from specdec.engine.draft_engine import NO_AHEAD, Ahead, AheadSink, DraftEngine, DraftSequence
+from specdec.engine.draft_engine import (
+    NO_AHEAD,
+    Ahead,
+    AheadSink,
+    DraftEngine,
+    DraftSequence,
+    Forward,
+)
 from specdec.engine.proposer import Proposal
 from specdec.engine.proposer_draft import DEFAULT_TOP_M, DEFAULT_TOP_MASS
 from specdec.engine.proposer_ngram import NgramProposer
@@ -37,6 +47,33 @@ class LookupSequence:
 Sequence = DraftSequence | LookupSequence
 
 
+class _Forward:
+    """The engine's ``Forward``, as the scheduler runs it: splittable, and when it fails, the
+    steps waiting on its cursors get the error."""
+
+    def __init__(self, core: DraftCore, forward: Forward) -> None:
+        self.core, self.forward = core, forward
+        self.cost = forward.cost
+
+    def run(self) -> None:
+        self.forward.run()
+
+    def finish(self, elapsed_ns: int) -> None:
+        self.forward.finish(elapsed_ns)
+
+    def fail(self, exc: Exception) -> None:
+        self.forward.fail(exc)  # its cursors are dropped
+        for job in self.forward.jobs:
+            _, future = self.core._waiting.pop(id(job), (None, None))
+            if future is not None and not future.done():
+                future.set_exception(exc)
+
+    def split(self) -> list[_Forward]:
+        jobs, engine = self.forward.jobs, self.forward.engine
+        half = (len(jobs) + 1) // 2
+        return [_Forward(self.core, Forward(engine, part)) for part in (jobs[:half], jobs[half:])]
+
+
 class DraftCore:
     """Owns the draft model (optional: a replica may serve prompt lookup only)."""
 
@@ -54,14 +91,21 @@ class DraftCore:
         self.engine = DraftEngine(runner, vocab_limit, top_m, top_mass) if runner else None
         self.active_sequences = 0
         self.scheduler: Scheduler | None = None
+        # The futures of steps waiting on a cursor, by id of the engine's job drafting it.
+        self._waiting: dict[int, tuple[object, asyncio.Future[Proposal]]] = {}
 
     def start(self) -> None:
         engine = self.engine
         if engine is None:
             return
         # Draft forwards are small: none leaves the event loop (see the module docstring).
-        self.scheduler = Scheduler(engine.next_forward, "draft", inline_max_cost=1 << 62)
+        self.scheduler = Scheduler(self._next_forward, "draft", inline_max_cost=1 << 62)
         engine.on_work = self.scheduler.wake
+
+    def _next_forward(self) -> _Forward | None:
+        assert self.engine is not None
+        forward = self.engine.next_forward()
+        return _Forward(self, forward) if forward is not None else None
 
     async def stop(self) -> None:
         if self.scheduler is not None:
@@ -118,7 +162,17 @@ class DraftCore:
         assert self.engine is not None
         on_proposal = future.set_result if depth else None
         self.engine.step(seq, committed, depth, verifying, ahead, on_proposal)
-        return future if depth else None
+        if not depth:
+            return None
+        if not future.done() and seq.current is not None:  # the job that will answer
+            key = id(seq.current)
+            self._waiting[key] = (seq.current, future)
+            future.add_done_callback(lambda done: self._forget(key, done))
+        return future
+
+    def _forget(self, key: int, future: asyncio.Future[Proposal]) -> None:
+        if self._waiting.get(key, (None, None))[1] is future:
+            del self._waiting[key]
 
     def close(self, seq: Sequence) -> None:
         self.active_sequences -= 1

@@ -54,11 +54,13 @@ class VerifyItem:
 
 def verify_batch(
     runner: ModelRunner, items: Sequence[VerifyItem]
-) -> list[VerifyResult | InvalidRequest]:
+) -> list[VerifyResult | Exception]:
     """One target forward for all items; commits each item's accepted drafts and next token.
 
-    An item whose drafts the acceptance rule refuses (malformed draft probabilities) gets the
-    ``InvalidRequest`` in its place and is left as it was: it fails alone, its batch-mates go on.
+    An item whose drafts the acceptance rule refuses (malformed draft probabilities:
+    ``InvalidRequest``) or whose acceptance raises anything else gets the exception in its place
+    and is left as it was: it fails alone, its batch-mates go on. If the forward itself raises,
+    nothing was committed, so the caller may run the same items again (apart).
     """
     chunks = []
     for item in items:
@@ -66,13 +68,13 @@ def verify_batch(
         drafts = item.proposal.draft_token_ids
         chunks.append(Chunk(item.seq.slot, feed + drafts, len(item.seq.cached), len(drafts) + 1))
     all_logits = runner.step(chunks)  # per item [K+1, V]
-    results: list[VerifyResult | InvalidRequest] = []
+    results: list[VerifyResult | Exception] = []
     for item, chunk, logits in zip(items, chunks, all_logits, strict=True):
         seq, proposal = item.seq, item.proposal
         n = len(seq.committed)
         try:
             result = _accept(proposal, logits, seq.params, seq.seed, n)
-        except InvalidRequest as exc:
+        except Exception as exc:
             runner.cache.rollback_to(seq.slot, len(seq.cached))
             results.append(exc)
             continue

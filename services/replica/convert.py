@@ -1,7 +1,10 @@
 """Protobuf ↔ engine types for the draft and verifier services (imports torch).
 
 Validation of what crosses the wire lives here too: token ids in the vocabulary, sparse
-distributions well-formed, sizes bounded. Errors name the field.
+distributions well-formed (finite, non-negative probabilities summing to 1, distinct ids, each
+draft token among its row's ids with a positive probability), sizes bounded. Errors name the
+field. Everything a step carries is checked here, at the stream's edge, before the step joins
+a batch: a bad step fails its own stream, never its batch-mates'.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import torch
 from specdec.core.errors import InvalidRequest
 from specdec.core.limits import MAX_SPARSE_WIDTH, MAX_SPEC_DEPTH
 from specdec.engine.proposer import Proposal
+from specdec.engine.rejection import DRAFT_PROBS_SUM_TOL
 from specdec.engine.sampling import SamplingParams
 from specdec.v1 import common_pb2
 
@@ -80,12 +84,13 @@ def proposal_from_proto(
     # Rows are built as flat Python arrays and become tensors once: per-row tensor calls cost
     # more than the whole conversion at a few hundred ids per row.
     flat_ids, flat_probs = array("q"), array("f")
-    for dist in draft_probs:
+    for i, (draft, dist) in enumerate(zip(drafts, draft_probs, strict=True)):
         row_ids = list(dist.token_ids)
         n = len(row_ids)
         if n != len(dist.probs):
-            raise InvalidRequest("draft_probs", "token_ids and probs differ in length")
+            raise InvalidRequest("draft_probs", f"row {i}: token_ids and probs differ in length")
         check_token_ids([max(row_ids)], vocab_size, "draft_probs")  # n >= 1: checked above
+        _check_row(i, draft, row_ids, dist.probs)
         if n < width:  # pad with p = 0 and ids absent from the row: no real id may repeat
             taken = set(row_ids)
             free = (i for i in range(min(vocab_size, 2 * width + 1)) if i not in taken)
@@ -96,3 +101,20 @@ def proposal_from_proto(
     ids = torch.frombuffer(flat_ids, dtype=torch.int64).view(len(drafts), width)  # [K, M]
     probs = torch.frombuffer(flat_probs, dtype=torch.float32).view(len(drafts), width)  # [K, M]
     return Proposal(drafts, ids, probs)
+
+
+def _check_row(i: int, draft: int, row_ids: list[int], row_probs: Sequence[float]) -> None:
+    """Row ``i`` of a step's draft distributions is one the acceptance rule can use."""
+    if len(set(row_ids)) != len(row_ids):
+        raise InvalidRequest("draft_probs", f"row {i}: token ids must be distinct")
+    total = sum(row_probs)  # inf or NaN anywhere fails the sum check
+    if not abs(total - 1.0) <= DRAFT_PROBS_SUM_TOL or min(row_probs) < 0.0:
+        raise InvalidRequest(
+            "draft_probs",
+            f"row {i}: probabilities must be finite, >= 0 and sum to 1 (sum {total:.6g})",
+        )
+    if not any(t == draft and p > 0.0 for t, p in zip(row_ids, row_probs, strict=True)):
+        raise InvalidRequest(
+            "draft_probs",
+            f"row {i}: draft token {draft} needs a positive probability among the row's ids",
+        )

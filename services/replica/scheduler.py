@@ -10,6 +10,10 @@ its stream handler without a thread hand-off, which on a small CPU costs ~0.2 ms
 Large ones (long prefills) run on one worker thread, so the loop keeps answering health checks
 and decoding the next messages meanwhile. After each batch the scheduler yields once, so the
 handlers send their answers before the next batch starts.
+
+One bad item never costs its batch-mates their answers: when a batch's ``run`` raises, the
+scheduler splits it in halves (``split``) and runs each half on its own, down to the single
+item that fails, which alone gets the error (``fail``).
 Non-goals: priorities between requests, preemption (a core decides what its next batch holds).
 """
 
@@ -24,6 +28,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
+
+from specdec.core.errors import InvalidRequest
 
 R = TypeVar("R")
 log = logging.getLogger("specdec.scheduler")
@@ -47,7 +53,11 @@ class Batch(Protocol):
         ...
 
     def fail(self, exc: Exception) -> None:
-        """``run`` raised (a bug): fail every item of the batch."""
+        """``run`` raised for this batch of one item (or one that cannot be split): fail it."""
+        ...
+
+    def split(self) -> list[Batch]:
+        """The batch as two halves to run apart (fewer than two parts: it is one item)."""
         ...
 
 
@@ -105,7 +115,6 @@ class Scheduler:
         self._worker.shutdown(wait=True)
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             while self._calls:
                 fn, future = self._calls.popleft()
@@ -116,18 +125,28 @@ class Scheduler:
                     self._wake.clear()
                     await self._wake.wait()
                 continue
-            start = time.perf_counter_ns()
-            try:
-                if batch.cost > self._inline_max_cost:
-                    await loop.run_in_executor(self._worker, batch.run)
-                else:
-                    batch.run()
-            except Exception as exc:  # a bug: fail the batch, keep serving
-                log.exception("a batch of cost %d failed", batch.cost)
-                batch.fail(exc)
-            else:
-                batch.finish(time.perf_counter_ns() - start)
+            await self._execute(batch)
             await asyncio.sleep(0)  # let the handlers send their answers first
+
+    async def _execute(self, batch: Batch) -> None:
+        """Run ``batch``; when it raises, run its halves apart so only the culprit fails."""
+        start = time.perf_counter_ns()
+        try:
+            if batch.cost > self._inline_max_cost:
+                await asyncio.get_running_loop().run_in_executor(self._worker, batch.run)
+            else:
+                batch.run()
+        except Exception as exc:
+            parts = batch.split() if hasattr(batch, "split") else []
+            if len(parts) < 2:
+                _log_item_failure(exc)
+                batch.fail(exc)
+                return
+            log.info("a batch of cost %d failed (%s); running its halves apart", batch.cost, exc)
+            for part in parts:
+                await self._execute(part)
+        else:
+            batch.finish(time.perf_counter_ns() - start)
 
 
 def _settle(future: asyncio.Future[Any], fn: Callable[[], Any]) -> None:
@@ -137,6 +156,14 @@ def _settle(future: asyncio.Future[Any], fn: Callable[[], Any]) -> None:
         future.set_result(fn())
     except Exception as exc:
         future.set_exception(exc)
+
+
+def _log_item_failure(exc: Exception) -> None:
+    """A caller's bad input is routine (INFO); anything else is a bug (ERROR, traceback)."""
+    if isinstance(exc, InvalidRequest):
+        log.info("an item failed alone: %s", exc)
+    else:
+        log.error("an item failed alone", exc_info=exc)
 
 
 def _log_failure(future: asyncio.Future[Any]) -> None:

@@ -3,10 +3,11 @@
 Every step of every open stream (the prefill that opens a sequence included) joins a queue; the
 scheduler takes what is queued, up to a token budget, as one target forward
 (``engine.sequence.verify_batch``). A sequence whose drafts the acceptance rule refuses fails
-alone; its batch-mates go on. Opening and closing sequences runs on the scheduler between
-batches. A request with a session id parks its slot when it ends, so a follow-up turn whose
-prompt extends the conversation prefills only the new tokens; parked slots are evicted least
-recently used first when a new sequence needs one.
+alone; its batch-mates go on, and so do they when the forward itself raises (the scheduler
+runs the batch's halves apart until the culprit fails on its own). Opening and closing
+sequences runs on the scheduler between batches. A request with a session id parks its slot
+when it ends, so a follow-up turn whose prompt extends the conversation prefills only the new
+tokens; parked slots are evicted least recently used first when a new sequence needs one.
 Non-goals: the wire (``server.py``), preemption of running sequences.
 """
 
@@ -54,7 +55,7 @@ class _VerifyBatch:
         self.queued = queued
         self.cost = sum(q.cost for q in queued)
         self.started_ns = time.perf_counter_ns()
-        self.results: list[VerifyResult | InvalidRequest] = []
+        self.results: list[VerifyResult | Exception] = []
 
     def run(self) -> None:
         self.results = verify_batch(self.runner, [q.item for q in self.queued])
@@ -73,6 +74,11 @@ class _VerifyBatch:
         for q in self.queued:
             if not q.future.done():
                 q.future.set_exception(exc)
+
+    def split(self) -> list[_VerifyBatch]:
+        live = [q for q in self.queued if not q.future.done()]
+        half = (len(live) + 1) // 2
+        return [_VerifyBatch(self.runner, part) for part in (live[:half], live[half:]) if part]
 
 
 class VerifierCore:
