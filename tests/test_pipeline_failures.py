@@ -92,7 +92,7 @@ def test_verifier_dying_mid_request_fails_over_with_the_same_output(model_dir, r
         p.close()
 
 
-def test_more_requests_than_slots_is_resource_exhausted_not_a_crash(model_dir):
+def test_more_requests_than_slots_wait_their_turn_not_a_crash(model_dir):
     p = Pipeline(str(model_dir / "target"), str(model_dir / "draft_close"), slots=2).start()
     try:
         barrier = threading.Barrier(4)
@@ -111,8 +111,7 @@ def test_more_requests_than_slots_is_resource_exhausted_not_a_crash(model_dir):
 
         with ThreadPoolExecutor(4) as pool:
             outcomes = list(pool.map(one, range(4)))
-        assert "RESOURCE_EXHAUSTED" in outcomes, outcomes
-        assert set(outcomes) <= {"ok", "RESOURCE_EXHAUSTED"}
+        assert outcomes == ["ok"] * 4  # the router's queue (test_admission.py has the details)
         # The replica still serves afterwards, and nothing leaked.
         assert collect(
             p.client().Generate(generation_pb2.GenerateRequest(prompt_text=PROMPT, max_tokens=5))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import logging
 import socket
 import struct
@@ -26,10 +27,19 @@ from specdec.router.redis_server import (
     redis_url,
     redis_url_from_env,
 )
-from specdec.router.sessions import SessionRecord, SessionStore, extends, hash_tokens
+from specdec.router.sessions import (
+    SessionKeys,
+    SessionRecord,
+    SessionStore,
+    extends,
+    pack_tokens,
+)
 
 unit = pytest.mark.unit
 service = pytest.mark.service
+
+SECRET = b"0123456789abcdef0123456789abcdef"
+KEYS = SessionKeys(SECRET)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +69,7 @@ def record(
         "verifier": "10.0.0.7:50052",
         "draft": "10.0.0.9:50051",
         "committed_len": len(tokens),
-        "prefix_hash": hash_tokens(tokens),
+        "prefix_hash": KEYS.prefix(tokens),
         "draft_tokens": 40,
         "accepted_tokens": 31,
         "updated_unix_s": 1_700_000_000.5,
@@ -76,17 +86,34 @@ def closed_port_url() -> str:
 
 
 @unit
-def test_hash_tokens_is_blake2b_of_little_endian_uint32() -> None:
+def test_prefix_hash_is_hmac_sha256_of_little_endian_uint32() -> None:
     ids = [0, 1, 255, 65_536, 2**32 - 1]
-    expected = hashlib.blake2b(struct.pack("<5I", *ids), digest_size=32).hexdigest()
-    assert hash_tokens(ids) == expected
-    assert hash_tokens(tuple(ids)) == expected
+    assert pack_tokens(ids) == struct.pack("<5I", *ids)
+    expected = hmac.new(SECRET, struct.pack("<5I", *ids), hashlib.sha256).hexdigest()
+    assert KEYS.prefix(ids) == expected
+    assert KEYS.prefix(tuple(ids)) == expected
     assert len(expected) == 64
-    assert hash_tokens([1, 2]) != hash_tokens([1, 2, 0])  # the length is part of the input
-    assert hash_tokens([]) == hashlib.blake2b(b"", digest_size=32).hexdigest()
+    assert KEYS.prefix([1, 2]) != KEYS.prefix([1, 2, 0])  # the length is part of the input
+    assert KEYS.prefix(ids) != SessionKeys(b"another secret of 32 bytes......").prefix(ids)
     for bad in ([-1], [2**32]):
         with pytest.raises(OverflowError):
-            hash_tokens(bad)
+            KEYS.prefix(bad)
+
+
+@unit
+def test_session_keys_separate_identities_and_need_a_real_secret(tmp_path) -> None:
+    key = KEYS.session("alice", "chat-1")
+    assert key == hmac.new(SECRET, b"alice\0chat-1", hashlib.sha256).hexdigest()
+    assert key != KEYS.session("bob", "chat-1")
+    assert KEYS.owner("alice") != KEYS.owner("bob")
+    secret_file = tmp_path / "secret"
+    secret_file.write_bytes(SECRET + b"\n")
+    assert SessionKeys.from_file(str(secret_file)).session("alice", "chat-1") == key
+    assert SessionKeys.from_file(None).session("alice", "chat-1") != key  # random per process
+    with pytest.raises(ValueError, match="at least"):
+        SessionKeys(b"short")
+    with pytest.raises(ValueError, match="cannot read"):
+        SessionKeys.from_file(str(tmp_path / "missing"))
 
 
 @unit
@@ -110,15 +137,15 @@ def test_record_json_round_trip_and_old_or_new_versions() -> None:
 def test_extends_needs_the_committed_prefix_and_at_least_one_new_token() -> None:
     committed = (5, 6, 7, 8)
     rec = record(tokens=committed)
-    assert extends(rec, [5, 6, 7, 8, 9])
-    assert extends(rec, (5, 6, 7, 8, 9, 10, 11))
-    assert not extends(rec, [5, 6, 7, 8])  # equal: nothing new to prefill
-    assert not extends(rec, [5, 6, 7])  # shorter: the conversation was edited
-    assert not extends(rec, [5, 6, 0, 8, 9])  # a different prefix
-    assert not extends(rec, [])
+    assert extends(rec, [5, 6, 7, 8, 9], KEYS)
+    assert extends(rec, (5, 6, 7, 8, 9, 10, 11), KEYS)
+    assert not extends(rec, [5, 6, 7, 8], KEYS)  # equal: nothing new to prefill
+    assert not extends(rec, [5, 6, 7], KEYS)  # shorter: the conversation was edited
+    assert not extends(rec, [5, 6, 0, 8, 9], KEYS)  # a different prefix
+    assert not extends(rec, [], KEYS)
     empty = record(tokens=())
     assert empty.committed_len == 0
-    assert not extends(empty, [1, 2, 3])  # nothing committed: nothing to reuse
+    assert not extends(empty, [1, 2, 3], KEYS)  # nothing committed: nothing to reuse
 
 
 @unit
@@ -161,6 +188,46 @@ def test_put_then_get_round_trip_through_redis(url: str, prefix: str) -> None:
             assert reader.read_errors == 0
 
     asyncio.run(scenario())
+
+
+@service
+def test_an_identity_keeps_at_most_its_cap_of_sessions_the_oldest_go(url: str, prefix: str) -> None:
+    async def scenario() -> SessionStore:
+        async with SessionStore(url, key_prefix=prefix, max_per_identity=3) as store:
+            now = time.time()
+            for i in range(5):
+                store.put(record(f"a{i}", owner="A", updated_unix_s=now + i))
+            store.put(record("b0", owner="B", updated_unix_s=now))
+            assert await store.flush(timeout_s=2.0)
+            store.put(record("a5", owner="A", updated_unix_s=now + 5))  # a later batch
+            assert await store.flush(timeout_s=2.0)
+            assert [await store.get(f"a{i}") is not None for i in range(6)] == [
+                False, False, False, True, True, True
+            ]  # fmt: skip
+            assert await store.get("b0") is not None  # another identity's count is its own
+            return store
+
+    store = asyncio.run(scenario())
+    assert store.sessions_capped == 3 and store.writes_ok == 7
+
+
+@unit
+def test_external_redis_auth_and_tls_come_from_the_url() -> None:
+    """``rediss://user:password@host`` (with a private CA as a query parameter) is understood
+    by ``redis.asyncio.from_url``, which ``SessionStore`` uses: TLS connections, AUTH."""
+
+    async def scenario() -> dict[str, object]:
+        store = SessionStore("rediss://specdec:s3cret@redis.example:6380/2?ssl_ca_certs=/ca.pem")
+        pool = store._client.connection_pool
+        kwargs = dict(pool.connection_kwargs, cls=pool.connection_class.__name__)
+        await store.close()
+        return kwargs
+
+    kwargs = asyncio.run(scenario())
+    assert kwargs["cls"] == "SSLConnection"
+    assert (kwargs["username"], kwargs["password"]) == ("specdec", "s3cret")
+    assert (kwargs["host"], kwargs["port"], kwargs["db"]) == ("redis.example", 6380, 2)
+    assert kwargs["ssl_ca_certs"] == "/ca.pem"
 
 
 @service

@@ -6,6 +6,13 @@ cache), opens the verifier and draft ports (``ports.py``), runs the one speculat
 out as text. The rounds' record feeds the statistics, metrics, the trace and (through the
 policy) the load guard; the session store gets the final state.
 
+Admission (``admission.py``): a request first waits for a verifier slot in the router's queue;
+its wait is in the stats (``queue_ns``). A verifier that still refuses the open for want of a slot
+(another router took it) sends the request back to wait, never to fail within the queue timeout.
+
+Sessions belong to the caller identity: the Redis record and the session id sent to the replicas
+are keyed by ``SessionKeys.session(identity, session_id)`` (``sessions.py``).
+
 Under concurrency the router's ``LoadGuard`` may overrule an adaptive policy with k = 0 for a
 while, when it has measured that speculation no longer pays at this load.
 
@@ -20,25 +27,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import secrets
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from specdec.core.depth import DepthPolicy
+from specdec.core.errors import OutOfSlots
 from specdec.core.rounds import Round, Tally
 from specdec.core.speculation import Budget, Drafter, NoDrafter, speculate
 from specdec.core.tokenizer import Tokenizer
+from specdec.router.admission import Admission, Ticket
 from specdec.router.depth_policy import make_policy
 from specdec.router.detokenize import Detokenizer
 from specdec.router.load_guard import GuardedPolicy, LoadGuard
 from specdec.router.ports import StreamDrafter, StreamVerifier
 from specdec.router.replicas import ReplicaPool
 from specdec.router.request import Limits, Request
-from specdec.router.sessions import SessionRecord, SessionStore, extends, hash_tokens
+from specdec.router.sessions import SessionKeys, SessionRecord, SessionStore, extends
 from specdec.serving import metrics
 from specdec.serving.telemetry import inject_metadata
 from specdec.v1 import common_pb2, draft_pb2, generation_pb2
@@ -79,6 +89,8 @@ class RouterDeps:
     ahead_max_in_flight: int = 1
     in_flight: int = 0
     guard: LoadGuard | None = None  # None: adaptive policies are never overruled
+    admission: Admission | None = None  # None: no queue (a full verifier refuses at once)
+    session_keys: SessionKeys = field(default_factory=lambda: SessionKeys(secrets.token_bytes(32)))
 
 
 async def generate(
@@ -95,16 +107,25 @@ async def generate(
         kind=trace.SpanKind.SERVER,
         attributes=_request_attributes(req, deps),
     )
-    deps.in_flight += 1
+    started = time.perf_counter_ns()
+    ticket: Ticket | None = None
     try:
-        async for response in _generate(req, deps, span):
-            yield response
+        if deps.admission is not None:
+            ticket = await deps.admission.admit(req.identity)
+            span.set_attribute("specdec.queue_ns", ticket.queued_ns)
+        deps.in_flight += 1
+        try:
+            async for response in _generate(req, deps, span, started, ticket):
+                yield response
+        finally:
+            deps.in_flight -= 1
     except BaseException as exc:
         span.record_exception(exc)
         span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
         raise
     finally:
-        deps.in_flight -= 1
+        if ticket is not None and deps.admission is not None:
+            deps.admission.release(ticket)
         span.end()
 
 
@@ -131,6 +152,7 @@ class _Setup:
     policy: DepthPolicy
     ahead: bool
     adaptive: bool  # the load guard may overrule its k
+    session: str  # the session's key (SessionKeys.session); "": no session
 
 
 async def _setup(req: Request, deps: RouterDeps, span: trace.Span) -> _Setup:
@@ -139,8 +161,10 @@ async def _setup(req: Request, deps: RouterDeps, span: trace.Span) -> _Setup:
     sampling = common_pb2.SamplingParams(
         temperature=req.temperature, top_k=req.top_k, top_p=req.top_p
     )
-    record = await deps.sessions.get(req.session_id) if deps.sessions and req.session_id else None
-    affinity = record if record is not None and extends(record, req.prompt_ids) else None
+    keys = deps.session_keys
+    session = keys.session(req.identity, req.session_id) if req.session_id else ""
+    record = await deps.sessions.get(session) if deps.sessions and session else None
+    affinity = record if record is not None and extends(record, req.prompt_ids, keys) else None
     method = req.draft_method or ("model" if len(deps.drafts) else "none")
     drafting = method != "none" and len(deps.drafts) > 0
     name = req.policy or deps.default_policy
@@ -156,7 +180,7 @@ async def _setup(req: Request, deps: RouterDeps, span: trace.Span) -> _Setup:
         affinity.verifier if affinity else None,
         sampling,
         seed,
-        req.session_id,
+        session,
         req.request_id,
         deps.verify_timeout_s,
         metadata,
@@ -180,26 +204,50 @@ async def _setup(req: Request, deps: RouterDeps, span: trace.Span) -> _Setup:
             metadata,
             ahead_now=lambda: deps.in_flight <= deps.ahead_max_in_flight,
         )
-    return _Setup(verifier, drafter, policy, ahead, adaptive)
+    return _Setup(verifier, drafter, policy, ahead, adaptive, session)
+
+
+async def _end(setup: _Setup, rounds: AsyncGenerator[Round, None], guard: LoadGuard | None) -> None:
+    """End the loop and both streams whatever happens: each stream holds a slot on its replica."""
+    try:
+        await rounds.aclose()
+    finally:
+        if guard is not None:
+            guard.leave(setup.adaptive)
+        await asyncio.gather(setup.verifier.close(), setup.drafter.close())
+
+
+async def _first_round(
+    req: Request, deps: RouterDeps, span: trace.Span, ticket: Ticket | None, budget: Budget
+) -> tuple[_Setup, AsyncGenerator[Round, None], Round | None]:
+    """Open the request's streams and run its first round. An admitted request whose verifier is
+    full anyway (another router took the slot) waits for a slot and opens again."""
+    while True:
+        setup = await _setup(req, deps, span)
+        if deps.guard is not None:
+            deps.guard.enter(setup.adaptive)
+        rounds = speculate(req.prompt_ids, budget, setup.drafter, setup.verifier, setup.policy)
+        try:
+            return setup, rounds, await anext(rounds, None)
+        except BaseException as exc:
+            await _end(setup, rounds, deps.guard)
+            if not isinstance(exc, OutOfSlots) or ticket is None or deps.admission is None:
+                raise
+        await deps.admission.wait_for_slot(ticket)
 
 
 async def _generate(
-    req: Request, deps: RouterDeps, span: trace.Span
+    req: Request, deps: RouterDeps, span: trace.Span, started: int, ticket: Ticket | None
 ) -> AsyncIterator[generation_pb2.GenerateResponse]:
-    started = time.perf_counter_ns()
-    setup = await _setup(req, deps, span)
     budget = Budget(req.max_tokens, deps.limits.max_context_tokens, deps.eos_token_ids)
+    setup, rounds, rnd = await _first_round(req, deps, span, ticket, budget)
     tally = Tally()
     tokens: list[int] = []
     first_token_ns = 0
     detok = Detokenizer(deps.tokenizer, req.stop)
     finish = generation_pb2.FINISH_REASON_LENGTH
-    guard = deps.guard
-    if guard is not None:
-        guard.enter(setup.adaptive)
-    rounds = speculate(req.prompt_ids, budget, setup.drafter, setup.verifier, setup.policy)
     try:
-        async for rnd in rounds:
+        while rnd is not None:
             tally.add(rnd)
             tokens += rnd.token_ids
             if rnd.index == 0:
@@ -214,15 +262,11 @@ async def _generate(
                 yield generation_pb2.GenerateResponse(text=text, token_ids=rnd.token_ids)
             if detok.stopped:
                 break
+            rnd = await anext(rounds, None)
     finally:
-        try:
-            await rounds.aclose()
-        finally:
-            if guard is not None:
-                guard.leave(setup.adaptive)
-            # Both streams end whatever happens here: each holds a slot on its replica.
-            await asyncio.gather(setup.verifier.close(), setup.drafter.close())
+        await _end(setup, rounds, deps.guard)
     stats = _stats(tally, req, setup, started, first_token_ns)
+    stats.queue_ns = ticket.queued_ns if ticket is not None else 0
     _save_session(tally, list(req.prompt_ids) + tokens, req, deps, setup)
     span.set_attributes(
         {
@@ -311,19 +355,20 @@ def _save_session(
     tally: Tally, committed: list[int], req: Request, deps: RouterDeps, setup: _Setup
 ) -> None:
     verifier = setup.verifier.replica
-    if deps.sessions is None or not req.session_id or verifier is None:
+    if deps.sessions is None or not setup.session or verifier is None:
         return
     drafter = setup.drafter
     draft = drafter.replica if isinstance(drafter, StreamDrafter) else None
     deps.sessions.put(
         SessionRecord(
-            session_id=req.session_id,
+            session_id=setup.session,
             verifier=verifier.address,
             draft=draft.address if draft else None,
             committed_len=len(committed),
-            prefix_hash=hash_tokens(committed),
+            prefix_hash=deps.session_keys.prefix(committed),
             draft_tokens=tally.draft_tokens,
             accepted_tokens=tally.accepted_tokens,
             updated_unix_s=time.time(),
+            owner=deps.session_keys.owner(req.identity),
         )
     )

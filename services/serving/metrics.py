@@ -2,8 +2,10 @@
 
 Each service exposes ``/metrics`` on its own port (``--metrics-port``). The router counts
 speculation (drafts, draft tokens, accepted tokens, accepted per position), latencies (time to
-first token, inter-token latency), the depth it chose, the load guard's epochs by arm, and
-request outcomes; draft and verifier report their queue depth and KV-cache slots in use.
+first token, inter-token latency), the depth it chose, the load guard's epochs by arm,
+request outcomes, and its admission queue (requests waiting for a verifier slot, and how long
+each waited, like vLLM's ``num_requests_waiting`` and ``request_queue_time_seconds``); draft
+and verifier report their queue depth and KV-cache slots in use.
 """
 
 from __future__ import annotations
@@ -44,6 +46,14 @@ GUARD_EPOCHS = Counter(
     ["arm"],
 )
 REQUESTS = Counter("specdec_requests", "Finished requests by gRPC status", ["status"])
+QUEUE_WAITING = Gauge(
+    "specdec_num_requests_waiting", "Requests waiting in the router's queue for a verifier slot"
+)
+QUEUE_TIME = Histogram(
+    "specdec_request_queue_time_seconds",
+    "Time a request waited in the router's queue for a verifier slot",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
 QUEUE_DEPTH = Gauge("specdec_queue_depth", "Work items waiting for a batched forward", ["role"])
 SLOTS_IN_USE = Gauge("specdec_kv_slots_in_use", "KV-cache slots held by active sequences", ["role"])
 
