@@ -71,7 +71,8 @@ class _Forward:
     def split(self) -> list[_Forward]:
         jobs, engine = self.forward.jobs, self.forward.engine
         half = (len(jobs) + 1) // 2
-        return [_Forward(self.core, Forward(engine, part)) for part in (jobs[:half], jobs[half:])]
+        parts = (jobs[:half], jobs[half:])
+        return [_Forward(self.core, Forward(engine, part)) for part in parts if part]
 
 
 class DraftCore:

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 import grpc
 from opentelemetry import trace
 
+from specdec.core.limits import check_prompt
 from specdec.draft.core import DraftCore, Sequence
 from specdec.engine.draft_engine import Ahead
 from specdec.engine.proposer import Proposal
@@ -48,7 +49,8 @@ class _ProposeStream:
         self.outbox: asyncio.Queue[draft_pb2.ProposeResponse] = asyncio.Queue()
 
     async def open(self, msg: draft_pb2.OpenDraft, span: trace.Span) -> None:
-        prompt = check_token_ids(msg.prompt_token_ids, self.servicer.vocab_size, "prompt")
+        prompt = list(msg.prompt_token_ids)
+        check_prompt(prompt, self.servicer.vocab_size, self.core.max_seq_len)
         params = sampling_from_proto(msg.sampling)
         ngram = msg.method == draft_pb2.PROPOSE_METHOD_NGRAM
         self.seq = self.core.open(prompt, params, msg.seed, ngram, _ahead(msg.ahead), self._send)
