@@ -2,7 +2,11 @@
 
 Starts a verifier, a draft replica and a router as child processes (``specdec serve ...``) and
 an embedded Redis (or uses ``REDIS_URL``), waits until each reports SERVING on the standard
-health service, prints one ready line, and stops everything on Ctrl-C or SIGTERM. On a machine
+health service, prints one ready line, and stops everything on Ctrl-C or SIGTERM. Meanwhile it
+supervises them (``supervisor.py``): a child that dies (Redis included) is started again on the
+same address, with one line on the console, and the router keeps serving (a dead draft
+means k = 0, a dead verifier UNAVAILABLE with a retry hint). No child outlives ``up``, even a
+kill -9 of it: each gets the Linux parent-death signal (``serving.parent_death``). On a machine
 with two CPUs or more the services get disjoint CPU sets (``serving.cpus.split``: most for the
 verifier, the rest for the draft and the router), so the draft drafting ahead never steals the
 verifier's cores; the ready line says which.
@@ -16,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,8 +28,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from specdec.core.errors import Unavailable
-from specdec.router.redis_server import free_loopback_port, redis_url
+from specdec.router.redis_server import EmbeddedRedis, free_loopback_port, redis_url_from_env
 from specdec.serving.cpus import Layout, format_cpus, split, usable
+from specdec.serving.parent_death import die_with_parent
+from specdec.supervisor import GiveUp, Supervisor
 
 DEMO_TARGET = Path("models/demo-target")
 DEMO_DRAFT = Path("models/demo-draft")
@@ -55,24 +62,31 @@ class Services:
     layout: Layout
     addresses: dict[str, str] = field(default_factory=dict)  # name -> host:port
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    commands: dict[str, list[str]] = field(default_factory=dict)  # name -> how to start it
     log_dir: Path | None = None  # children write their logs here (else to this terminal)
 
     def serve(self, role: str, *args: str, name: str | None = None) -> None:
-        """Start ``specdec serve ROLE ARGS`` in its own session (Ctrl-C reaches only us)."""
+        """Start ``specdec serve ROLE ARGS`` in its own session (Ctrl-C reaches only us), bound
+        to this process's life (``parent_death``: call from the main thread)."""
         name = name or role
-        cmd = [sys.executable, "-m", "specdec.cli", "serve", role, *args]
+        self.commands[name] = [sys.executable, "-m", "specdec.cli", "serve", role, *args]
+        self.start(name)
+
+    def start(self, name: str) -> None:
+        """Start ``name`` (again: on the same address, after it died)."""
         out = None
         if self.log_dir is not None:
             out = (self.log_dir / f"{name}.log").open("ab")
         self.procs[name] = subprocess.Popen(
-            cmd, start_new_session=True, stdout=out, stderr=subprocess.STDOUT if out else None
+            self.commands[name],
+            start_new_session=True,
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+            preexec_fn=die_with_parent(),
         )
 
     def wait(self, name: str, timeout_s: float) -> None:
         wait_serving(self.addresses[name], self.procs[name], timeout_s)
-
-    def alive(self) -> bool:
-        return all(p.poll() is None for p in self.procs.values())
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> list[str]:
         """SIGTERM everything, SIGKILL what has not stopped within ``timeout_s`` (one budget for
@@ -174,7 +188,7 @@ def up(
         stopping = True
 
     signal.signal(signal.SIGTERM, stop)
-    with redis_url() as url:
+    with _redis() as (url, redis_server):
         services: Services | None = None
         try:
             print("loading models ...", flush=True)
@@ -187,9 +201,14 @@ def up(
                 f"specdec generate --addr {listen} 'def fib(n):'  (Ctrl-C stops)",
                 flush=True,
             )
-            while not stopping and services.alive():
+            supervisor = _supervise(services, redis_server)
+            while not stopping:
+                supervisor.check()
                 time.sleep(0.2)
-            return 1 if not stopping else 0
+            return 0
+        except GiveUp as exc:
+            print(f"specdec: {exc}", flush=True)
+            return 1
         except KeyboardInterrupt:
             return 0
         finally:
@@ -197,6 +216,36 @@ def up(
                 for name in services.stop():
                     print(f"specdec: the {name} did not stop on SIGTERM; killed", flush=True)
             print("specdec stopped", flush=True)
+
+
+@contextlib.contextmanager
+def _redis() -> Iterator[tuple[str, EmbeddedRedis | None]]:
+    """``REDIS_URL`` when set (not ours to restart), else an embedded Redis run for the block."""
+    external = redis_url_from_env()
+    if external is not None:
+        yield external, None
+        return
+    with EmbeddedRedis() as server:
+        yield server.url, server
+
+
+def _supervise(services: Services, redis_server: EmbeddedRedis | None) -> Supervisor:
+    """Every child restarted when it dies: the services and the embedded Redis."""
+    supervisor = Supervisor(lambda line: print(line, flush=True))
+    for name in services.procs:
+        supervisor.watch(
+            name,
+            lambda name=name: services.procs[name].poll(),  # type: ignore[misc]
+            lambda name=name: services.start(name),  # type: ignore[misc]
+        )
+    if redis_server is not None:
+        process = lambda: redis_server.process  # noqa: E731
+        supervisor.watch(
+            "redis",
+            lambda: process().poll() if process() is not None else 1,  # type: ignore[union-attr]
+            redis_server.restart,
+        )
+    return supervisor
 
 
 def _cpus(cpus: set[int] | None) -> list[str]:

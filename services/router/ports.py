@@ -26,7 +26,7 @@ import grpc
 from specdec.core.errors import OutOfSlots, Unavailable
 from specdec.core.rounds import AHEAD_HIT, AHEAD_MISS, NO_PROPOSAL, Proposal, Verdict
 from specdec.core.spec_cache import SpeculationCache
-from specdec.router.replicas import Replica, ReplicaPool
+from specdec.router.replicas import RETRY_AFTER_S, Replica, ReplicaPool
 from specdec.v1 import common_pb2, draft_pb2, verifier_pb2
 
 log = logging.getLogger("specdec.router")
@@ -204,7 +204,10 @@ class StreamVerifier:
         await self.close()
         try:
             if len(self._tried) > VERIFIER_RETRIES:
-                raise Unavailable(f"verifiers failed {len(self._tried)} times for this request")
+                raise Unavailable(
+                    f"verifiers failed {len(self._tried)} times for this request",
+                    retry_after_s=RETRY_AFTER_S,
+                )
             await self._open(committed, proposal)
         except Unavailable:
             if full:  # every replica tried is full: the client should retry later

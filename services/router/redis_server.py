@@ -28,6 +28,8 @@ from types import TracebackType
 
 import redis
 
+from specdec.serving.parent_death import die_with_parent
+
 REDIS_URL_ENV = "REDIS_URL"
 # Unix socket paths are limited to ~107 bytes; mkdtemp under /tmp keeps well inside that.
 _SOCKET_NAME = "redis.sock"
@@ -83,20 +85,42 @@ class EmbeddedRedis:
             self.url = f"redis://127.0.0.1:{port}/0"
             listen = ["--port", str(port), "--bind", "127.0.0.1"]
         args = [str(binary), *listen, "--dir", str(self.workdir), "--logfile", str(self.log_path)]
-        args += ["--save", "", "--appendonly", "no", "--daemonize", "no"]
+        self._args = args + ["--save", "", "--appendonly", "no", "--daemonize", "no"]
+        self._startup_timeout_s = startup_timeout_s
+        self._running: list[subprocess.Popen[bytes]] = []  # the current process, for _stop
+        self._finalizer = weakref.finalize(self, _stop, self._running, self.workdir)
         try:
-            with open(self.workdir / "stderr.log", "wb") as stderr:
-                self.process: subprocess.Popen[bytes] | None = subprocess.Popen(
-                    args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr
-                )
-        except OSError:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-            raise
-        self._finalizer = weakref.finalize(self, _stop, self.process, self.workdir)
-        try:
-            self._wait_ready(startup_timeout_s)
+            self._spawn()
         except BaseException:
             self.close()
+            raise
+
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        return self._running[0] if self._running else None
+
+    def restart(self) -> None:
+        """Start the server again at the same address (after it died; a running one is stopped
+        first). It comes back empty: sessions are a cache, and losing them loses only affinity."""
+        _stop(self._running, None)
+        self._spawn()
+
+    def _spawn(self) -> None:
+        """Start the process (bound to this one's life: ``parent_death``) and wait for PING;
+        on failure no process is left (the folder stays)."""
+        with open(self.workdir / "stderr.log", "wb") as stderr:
+            process = subprocess.Popen(
+                self._args,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                preexec_fn=die_with_parent(),
+            )
+        self._running[:] = [process]
+        try:
+            self._wait_ready(self._startup_timeout_s)
+        except BaseException:
+            _stop(self._running, None)
             raise
 
     @property
@@ -139,7 +163,6 @@ class EmbeddedRedis:
     def close(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL after 5 s) and delete its folder. Idempotent."""
         self._finalizer()
-        self.process = None
 
     def __enter__(self) -> EmbeddedRedis:
         return self
@@ -156,16 +179,20 @@ class EmbeddedRedis:
         return f"EmbeddedRedis(url={self.url!r}, pid={self.pid})"
 
 
-def _stop(process: subprocess.Popen[bytes], workdir: Path) -> None:
-    """Finalizer body: holds no reference to the EmbeddedRedis, so it can collect it."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    shutil.rmtree(workdir, ignore_errors=True)
+def _stop(running: list[subprocess.Popen[bytes]], workdir: Path | None) -> None:
+    """Stop the process in ``running`` (SIGTERM, then SIGKILL after 5 s) and delete ``workdir``
+    (None: keep it). Holds no reference to the EmbeddedRedis, so the finalizer can collect it."""
+    for process in running:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+    running.clear()
+    if workdir is not None:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,303 @@
+"""Faults on purpose against a real ``specdec up``: kill -9 its draft, its verifier, its Redis and
+itself, under concurrent greedy clients, and see who notices.
+
+One ``specdec up`` (tiny models, loopback) serves the module; the last test kills ``up`` itself.
+Promises checked: a dead draft costs no request and changes no output (k = 0 meanwhile), and
+drafting resumes by itself; a dead verifier fails requests only with UNAVAILABLE and a retry
+hint, and serving resumes by itself; a dead Redis is restarted and reported, requests go on; a
+dead ``up`` leaves no child running. Each comes back within ``RECOVERY_S`` of its kill.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+import redis
+
+from specdec.serving.errors import retry_after_s
+from specdec.supervisor import GiveUp, Supervisor
+from specdec.v1 import generation_pb2, generation_pb2_grpc
+
+pytestmark = pytest.mark.e2e
+
+RECOVERY_S = 20.0  # drafting / serving again within this long of a kill (measured: 2-4 s)
+PROMPTS = ["def add(a, b):", "for i in range(10):", "class Point:", "import os\n"]
+MAX_TOKENS = 40
+CLIENTS = 8
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _children(pid: int) -> list[int]:
+    """Every descendant of ``pid``."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            kids = [int(k) for k in (task / "children").read_text().split()]
+        except OSError:
+            continue
+        for kid in kids:
+            found += [kid, *_children(kid)]
+    return found
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting for a parent (or init) to reap it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _role(pid: int) -> str | None:
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    if any(b"redis-server" in a for a in args):  # it rewrites its title: "redis-server unix..."
+        return "redis"
+    if b"serve" in args:
+        return args[args.index(b"serve") + 1].decode()
+    return None
+
+
+@dataclass
+class Up:
+    """A ``specdec up`` child process, its console read line by line in a thread."""
+
+    process: subprocess.Popen[str]
+    address: str
+    lines: list[str] = field(default_factory=list)
+
+    def read_console(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line)
+
+    def wait_line(self, text: str, timeout_s: float) -> str:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for line in self.lines:
+                if text in line:
+                    return line
+            time.sleep(0.05)
+        raise AssertionError(f"no {text!r} on up's console:\n{''.join(self.lines[-40:])}")
+
+    def pids(self) -> dict[str, int]:
+        """Role -> pid of the running children (draft, verifier, router, redis)."""
+        roles = {pid: _role(pid) for pid in _children(self.process.pid) if _running(pid)}
+        return {role: pid for pid, role in roles.items() if role}
+
+    def kill(self, role: str) -> int:
+        pid = self.pids()[role]
+        os.kill(pid, signal.SIGKILL)
+        return pid
+
+
+@pytest.fixture(scope="module")
+def up(model_dir: Path) -> Iterator[Up]:
+    address = f"127.0.0.1:{_free_port()}"
+    cmd = [sys.executable, "-m", "specdec.cli", "up", "--listen", address, "--device", "cpu"]
+    cmd += ["--target", str(model_dir / "target"), "--draft", str(model_dir / "draft_close")]
+    process = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    running = Up(process, address)
+    threading.Thread(target=running.read_console, daemon=True).start()
+    try:
+        running.wait_line("specdec ready", 120)
+        yield running
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@dataclass
+class Result:
+    prompt: str
+    tokens: list[int]
+    stats: generation_pb2.GenerationStats
+
+
+def generate(stub: generation_pb2_grpc.GenerationStub, prompt: str, **fields: object) -> Result:
+    tokens: list[int] = []
+    stats = generation_pb2.GenerationStats()
+    request = generation_pb2.GenerateRequest(prompt_text=prompt, max_tokens=MAX_TOKENS, **fields)
+    for response in stub.Generate(request, timeout=60):
+        tokens += response.token_ids
+        if response.HasField("stats"):
+            stats = response.stats
+    return Result(prompt, tokens, stats)
+
+
+@dataclass
+class Load:
+    """``clients`` threads sending greedy requests in a loop until stopped."""
+
+    stub: generation_pb2_grpc.GenerationStub
+    clients: int
+    results: list[Result] = field(default_factory=list)
+    errors: list[grpc.RpcError] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+    threads: list[threading.Thread] = field(default_factory=list)
+
+    def __enter__(self) -> Load:
+        for i in range(self.clients):
+            self.threads.append(threading.Thread(target=self._client, args=(i,), daemon=True))
+            self.threads[-1].start()
+        return self
+
+    def _client(self, i: int) -> None:
+        n = i
+        while not self.stop.is_set():
+            prompt = PROMPTS[n % len(PROMPTS)]
+            n += 1
+            try:
+                self.results.append(generate(self.stub, prompt))
+            except grpc.RpcError as exc:
+                self.errors.append(exc)
+                time.sleep(retry_after_s(exc) or 0.05)  # as a well-behaved client would
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=90)
+
+
+@pytest.fixture(scope="module")
+def stub(up: Up) -> Iterator[generation_pb2_grpc.GenerationStub]:
+    with grpc.insecure_channel(up.address) as channel:
+        yield generation_pb2_grpc.GenerationStub(channel)
+
+
+@pytest.fixture(scope="module")
+def clean(stub: generation_pb2_grpc.GenerationStub) -> dict[str, list[int]]:
+    """Each prompt's greedy output before any fault (drafted: the draft is up)."""
+    results = [generate(stub, prompt) for prompt in PROMPTS]
+    assert all(r.stats.draft_tokens > 0 for r in results)
+    return {r.prompt: r.tokens for r in results}
+
+
+def wait_for(check: Callable[[], bool], timeout_s: float) -> float:
+    """Seconds until ``check()`` held (polled); fails after ``timeout_s``."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        if check():
+            return time.monotonic() - start
+        time.sleep(0.2)
+    raise AssertionError(f"not within {timeout_s} s")
+
+
+def test_draft_killed_under_load_fails_nothing_and_drafting_resumes(up, stub, clean):
+    with Load(stub, CLIENTS) as load:
+        wait_for(lambda: len(load.results) >= CLIENTS, 30)
+        old = up.kill("draft")
+        killed = time.monotonic()
+        up.wait_line("specdec: the draft exited (signal 9); restarting in 0.5 s (restart 1)", 10)
+        wait_for(lambda: generate(stub, PROMPTS[0]).stats.draft_tokens > 0, RECOVERY_S)
+        resumed_s = time.monotonic() - killed
+        done_before = len(load.results)
+        wait_for(lambda: len(load.results) >= done_before + CLIENTS, 30)
+    assert load.errors == [], [e.details() for e in load.errors]
+    assert all(r.tokens == clean[r.prompt] for r in load.results)
+    assert any(r.stats.draft_fallback or r.stats.draft_tokens == 0 for r in load.results)
+    assert up.pids()["draft"] != old
+    print(f"drafting again {resumed_s:.1f} s after the kill")
+
+
+def test_verifier_killed_fails_only_unavailable_with_a_hint_and_serving_resumes(up, stub, clean):
+    with Load(stub, CLIENTS // 2) as load:
+        wait_for(lambda: len(load.results) >= CLIENTS // 2, 30)
+        up.kill("verifier")
+        killed = time.monotonic()
+        up.wait_line("specdec: the verifier exited (signal 9); restarting", 10)
+
+        def serves() -> bool:
+            try:
+                return generate(stub, PROMPTS[1]).tokens == clean[PROMPTS[1]]
+            except grpc.RpcError:
+                return False
+
+        wait_for(serves, RECOVERY_S)
+        resumed_s = time.monotonic() - killed
+    assert load.errors, "the kill failed no request: it missed the load"
+    for error in load.errors:
+        assert error.code() == grpc.StatusCode.UNAVAILABLE, error.details()
+        assert retry_after_s(error) is not None, error.details()
+    assert all(r.tokens == clean[r.prompt] for r in load.results)
+    print(f"serving again {resumed_s:.1f} s after the kill; {len(load.errors)} UNAVAILABLE")
+
+
+def test_redis_killed_is_restarted_and_reported_and_requests_go_on(up, stub, clean):
+    router_args = Path(f"/proc/{up.pids()['router']}/cmdline").read_bytes().split(b"\0")
+    url = router_args[router_args.index(b"--redis-url") + 1].decode()
+    with Load(stub, 2) as load:
+        old = up.kill("redis")
+        up.wait_line("specdec: the redis exited (signal 9); restarting in 0.5 s (restart 1)", 10)
+        wait_for(lambda: "redis" in up.pids() and up.pids()["redis"] != old, RECOVERY_S)
+        client = redis.Redis.from_url(url)
+        try:
+            assert client.dbsize() == 0  # a fresh, empty server at the same address
+
+            def remembered() -> bool:
+                generate(stub, PROMPTS[2], session_id="after-restart")
+                return client.dbsize() > 0
+
+            wait_for(remembered, RECOVERY_S)
+        finally:
+            client.close()
+        wait_for(lambda: len(load.results) >= 4, 30)
+    assert load.errors == [], [e.details() for e in load.errors]
+    assert all(r.tokens == clean[r.prompt] for r in load.results)
+
+
+def test_kill_9_of_up_leaves_no_child_running(up):
+    children = up.pids()
+    assert set(children) == {"draft", "verifier", "router", "redis"}
+    up.process.kill()
+    up.process.wait()
+    wait_for(lambda: not any(_running(pid) for pid in children.values()), 5)
+
+
+def test_supervisor_backs_off_then_gives_up_on_a_child_that_keeps_dying():
+    said: list[str] = []
+    procs = [subprocess.Popen(["false"])]
+    supervisor = Supervisor(said.append, first_delay_s=0.01, max_delay_s=0.04, max_rapid=3)
+    supervisor.watch(
+        "draft", lambda: procs[-1].poll(), lambda: procs.append(subprocess.Popen(["false"]))
+    )
+    with pytest.raises(GiveUp, match="the draft exited \\(code 1\\) 4 times in a row"):
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            supervisor.check()
+            time.sleep(0.005)
+    assert said == [
+        "specdec: the draft exited (code 1); restarting in 0.01 s (restart 1)",
+        "specdec: the draft exited (code 1); restarting in 0.02 s (restart 2)",
+        "specdec: the draft exited (code 1); restarting in 0.04 s (restart 3)",
+    ]
