@@ -1,4 +1,4 @@
-"""The ``specdec`` command line: ``up``, ``serve ROLE``, ``generate``, ``bench``.
+"""The ``specdec`` command line: ``up``, ``serve ROLE``, ``generate``, ``bench``, ``hash-key``.
 
 Subcommands stay thin: parse flags, call the library, print. Errors a user can fix print one
 line and exit 2; no stack traces.
@@ -13,6 +13,12 @@ import sys
 from typing import Any
 
 from specdec.core.errors import SpecdecError
+from specdec.serving.security_args import (
+    add_client_arguments,
+    add_server_arguments,
+    peer_tls,
+    server_transport,
+)
 
 DEFAULT_ADDR = "127.0.0.1:50051"
 
@@ -59,12 +65,19 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-tokens", type=int, default=128, help="tokens to generate (default 128)")
     p.add_argument("--device", default=None, help="with --in-process: cpu, cuda, cuda:1 ...")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    add_client_arguments(p)
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run one service (for containers)")
     p.add_argument("role", choices=["router", "draft", "verifier"])
-    p.add_argument("--listen", default=None, help="host:port to listen on")
+    p.add_argument(
+        "--listen",
+        default=None,
+        help="host:port to listen on (default 127.0.0.1 and the role's port; another address "
+        "needs TLS or --insecure)",
+    )
+    add_server_arguments(p)
     p.add_argument(
         "--model",
         default=None,
@@ -149,6 +162,32 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         "(default 1: it pays while a request has the pipeline to itself)",
     )
     p.add_argument(
+        "--queue-max",
+        type=int,
+        default=256,
+        help="router: requests that may wait for a verifier slot; beyond, RESOURCE_EXHAUSTED "
+        "with a retry hint (default 256)",
+    )
+    p.add_argument(
+        "--queue-timeout-s",
+        type=float,
+        default=60.0,
+        help="router: the longest a request waits for a verifier slot (default 60)",
+    )
+    p.add_argument(
+        "--session-secret-file",
+        default=None,
+        help="router: file holding the secret sessions are keyed by (HMAC; every router of a "
+        "deployment needs the same one; default: random per process)",
+    )
+    p.add_argument(
+        "--max-sessions-per-identity",
+        type=int,
+        default=1000,
+        help="router: sessions one caller identity keeps in Redis; its oldest beyond are "
+        "dropped (default 1000)",
+    )
+    p.add_argument(
         "--ahead-slots",
         type=int,
         default=64,
@@ -186,6 +225,15 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     add_arguments(p)
 
 
+def _add_hash_key(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "hash-key",
+        help="print an --api-keys-file line for a key",
+        description="Print 'IDENTITY:sha256hex' for the key read from standard input.",
+    )
+    p.add_argument("identity", help="the caller the key stands for (owns its sessions)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="specdec", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -193,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     _add_up(sub)
     _add_bench(sub)
+    _add_hash_key(sub)
     return parser
 
 
@@ -251,26 +300,30 @@ def _run_serve(args: argparse.Namespace) -> int:
 
         if not args.model:
             raise SpecdecError("serve verifier needs --model DIR")
+        listen = args.listen or "127.0.0.1:50052"
         main(
             VerifierConfig(
                 args.model,
-                args.listen or "0.0.0.0:50052",
+                listen,
                 args.device,
                 args.slots,
                 args.max_seq_len,
                 metrics_port=args.metrics_port,
                 threads=args.threads,
                 dtype=args.dtype,
+                transport=server_transport(args, listen),
+                **_stream_limits(args),
             )
         )
     elif args.role == "draft":
         from specdec.draft.app import DraftConfig
         from specdec.draft.app import main as draft_main
 
+        listen = args.listen or "127.0.0.1:50053"
         draft_main(
             DraftConfig(
                 args.model,
-                args.listen or "0.0.0.0:50053",
+                listen,
                 args.device,
                 args.slots,
                 args.max_seq_len,
@@ -279,6 +332,8 @@ def _run_serve(args: argparse.Namespace) -> int:
                 threads=args.threads,
                 dtype=args.dtype,
                 ahead_slots=args.ahead_slots,
+                transport=server_transport(args, listen),
+                **_stream_limits(args),
             )
         )
     else:
@@ -292,12 +347,13 @@ def _run_serve(args: argparse.Namespace) -> int:
                 "serve router needs --model DIR and --verifiers HOST:PORT,... "
                 "(or --discover-verifiers SERVICE)"
             )
+        listen = args.listen or "127.0.0.1:50051"
         router_main(
             RouterConfig(
                 model=args.model,
                 verifiers=tuple(filter(None, args.verifiers.split(","))),
                 drafts=tuple(filter(None, args.drafts.split(","))),
-                listen=args.listen or "0.0.0.0:50051",
+                listen=listen,
                 draft_model=args.draft_model,
                 redis_url=args.redis_url or os.environ.get("REDIS_URL") or None,
                 default_policy=args.policy,
@@ -305,14 +361,39 @@ def _run_serve(args: argparse.Namespace) -> int:
                 load_guard=args.load_guard,
                 draft_ahead=args.draft_ahead,
                 ahead_max_in_flight=args.ahead_max_in_flight,
+                queue_max=args.queue_max,
+                queue_timeout_s=args.queue_timeout_s,
+                session_secret_file=args.session_secret_file,
+                max_sessions_per_identity=args.max_sessions_per_identity,
                 **({"ahead_width": args.ahead_width} if args.ahead_width is not None else {}),
                 metrics_port=args.metrics_port,
                 max_context_tokens=args.max_seq_len,
                 discover_namespace=args.discover_namespace,
                 discover_verifiers=args.discover_verifiers,
                 discover_drafts=args.discover_drafts,
+                transport=server_transport(args, listen),
+                peer_tls=peer_tls(args),
+                api_keys_file=args.api_keys_file,
             )
         )
+    return 0
+
+
+def _stream_limits(args: argparse.Namespace) -> dict[str, Any]:
+    """A replica's idle-stream timeout and per-connection cap, as config fields."""
+    limits: dict[str, Any] = {"max_streams_per_peer": args.max_streams_per_peer}
+    if args.stream_idle_s is not None:
+        limits["stream_idle_s"] = args.stream_idle_s
+    return limits
+
+
+def _run_hash_key(args: argparse.Namespace) -> int:
+    from specdec.serving.auth import hash_key
+
+    key = sys.stdin.readline().strip()
+    if not key:
+        raise SpecdecError("hash-key reads the key from standard input; got none")
+    print(f"{args.identity}:{hash_key(key)}")
     return 0
 
 
@@ -334,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run_serve(args)
         if args.command == "bench":
             return _run_bench(args, sys.argv[1:] if argv is None else argv)
+        if args.command == "hash-key":
+            return _run_hash_key(args)
         from specdec.up import up
 
         return up(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -16,7 +16,8 @@ from specdec.engine.local import DTYPES, default_device
 from specdec.engine.runner import ModelRunner
 from specdec.engine.threads import set_cpu_threads
 from specdec.replica.app import model_name, serve_replica, warm_up
-from specdec.serving.server import Running, run_service
+from specdec.replica.stream import DEFAULT_IDLE_S, StreamGuard
+from specdec.serving.server import Running, Transport, run_service
 from specdec.v1 import draft_pb2, draft_pb2_grpc
 
 log = logging.getLogger("specdec.draft")
@@ -34,6 +35,9 @@ class DraftConfig:
     threads: int | None = None  # CPU threads for torch; None: the container's CPU quota
     dtype: str | None = None  # float32, bfloat16, float16; None: see load_draft
     ahead_slots: int = 64  # more slots, for draft-ahead's branches (shared by all sequences)
+    transport: Transport = field(default_factory=Transport)  # TLS / mTLS, health port, reflection
+    stream_idle_s: float = DEFAULT_IDLE_S  # a Propose stream silent this long is ended
+    max_streams_per_peer: int = 0  # Propose streams one connection may hold; 0: no cap
 
 
 def build_core(cfg: DraftConfig) -> tuple[DraftCore, int]:
@@ -59,7 +63,14 @@ async def start(cfg: DraftConfig) -> Running:
     servicer = DraftServicer(core, name, vocab or (1 << 31))
     service = draft_pb2.DESCRIPTOR.services_by_name["Draft"]
     return await serve_replica(
-        "draft", cfg.listen, core, servicer, draft_pb2_grpc.add_DraftServicer_to_server, service
+        "draft",
+        cfg.listen,
+        core,
+        servicer,
+        draft_pb2_grpc.add_DraftServicer_to_server,
+        service,
+        cfg.transport,
+        StreamGuard(cfg.stream_idle_s, cfg.max_streams_per_peer),
     )
 
 

@@ -1,4 +1,8 @@
-"""Start-up both replicas share: warm the model up, start its scheduler, serve, mark SERVING."""
+"""Start-up both replicas share: warm the model up, start its scheduler, serve, mark SERVING.
+
+Both serve behind a ``StreamGuard`` (idle streams end, a cap per connection) on the
+``Transport`` their config names (mTLS in a deployment: only the router's certificate gets in).
+"""
 
 from __future__ import annotations
 
@@ -11,8 +15,9 @@ from google.protobuf.descriptor import ServiceDescriptor
 
 from specdec.engine.batch import Chunk
 from specdec.engine.runner import ModelRunner
+from specdec.replica.stream import StreamGuard
 from specdec.serving import metrics
-from specdec.serving.server import Running, start_service
+from specdec.serving.server import Running, Transport, start_service
 
 
 def model_name(folder: str | Path) -> str:
@@ -37,11 +42,15 @@ async def serve_replica(
     servicer: object,
     add_to_server: Callable[[object, grpc.aio.Server], None],
     service: ServiceDescriptor,
+    transport: Transport,
+    guard: StreamGuard,
 ) -> Running:
     """Start ``core``'s scheduler on this event loop, export its gauges, serve ``servicer``."""
     core.start()
     metrics.QUEUE_DEPTH.labels(role).set_function(lambda: core.queued)
     metrics.SLOTS_IN_USE.labels(role).set_function(lambda: core.slots_in_use)
-    running = await start_service(listen, role, servicer, add_to_server, service)
+    running = await start_service(
+        listen, role, servicer, add_to_server, service, transport, [guard]
+    )
     running.on_stop.append(core.stop)
     return running

@@ -9,19 +9,26 @@ deadline, or failed. Both drivers run under one server span that joins the calle
 ``serve_duplex`` also sends what the handler puts in its ``outbox`` unasked, as soon as it is
 there (the draft, whose speculated proposals follow no request); a reader task takes the
 requests meanwhile.
+
+``StreamGuard`` (a server interceptor) keeps idle or abandoned streams from holding slots: a
+stream whose peer sends nothing for ``idle_s`` seconds while the replica waits for its next
+message ends with UNAVAILABLE (its slot freed by ``close``), and one connection may hold at
+most ``max_per_peer`` streams (0: no cap beyond the server's per-connection stream limit). A
+connection, not an address: the router multiplexes all its streams to a replica over one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
 from opentelemetry import trace
 
-from specdec.core.errors import InvalidRequest
+from specdec.core.errors import InvalidRequest, Unavailable
 from specdec.serving.errors import abort_with
 from specdec.serving.telemetry import extract_context
 
@@ -128,3 +135,72 @@ async def serve_duplex(
                 raise item.error
         finally:
             reader.cancel()
+
+
+DEFAULT_IDLE_S = 60.0  # far above any gap the router leaves (a k = 0 stretch leaves the draft's)
+
+
+class StreamIdle(Unavailable):
+    """The peer sent nothing for too long; the stream was closed and its slot freed."""
+
+
+async def _idle_limited(requests: AsyncIterator[Any], idle_s: float) -> AsyncIterator[Any]:
+    """``requests``, ending with ``StreamIdle`` when the next one takes over ``idle_s``."""
+    it = aiter(requests)
+    while True:
+        try:
+            async with asyncio.timeout(idle_s):
+                msg = await anext(it)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise StreamIdle(
+                f"the stream sent nothing for {idle_s:g} s; closed and its slot freed"
+            ) from None
+        yield msg
+
+
+class StreamGuard(grpc.aio.ServerInterceptor):
+    """Idle timeout and per-connection cap on a server's bidirectional streams."""
+
+    def __init__(self, idle_s: float = DEFAULT_IDLE_S, max_per_peer: int = 0) -> None:
+        if idle_s <= 0 or max_per_peer < 0:
+            raise ValueError("idle_s must be > 0 and max_per_peer >= 0")
+        self.idle_s = idle_s
+        self.max_per_peer = max_per_peer
+        self.open: Counter[str] = Counter()  # streams open per peer (connection)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or not (handler.request_streaming and handler.response_streaming):
+            return handler
+        inner = handler.stream_stream
+
+        async def guarded(
+            requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[Any]:
+            peer = context.peer()
+            if self.max_per_peer and self.open[peer] >= self.max_per_peer:
+                await context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"this connection already holds {self.max_per_peer} streams, the most one "
+                    "peer may; close one first",
+                )
+            self.open[peer] += 1
+            try:
+                async for answer in inner(_idle_limited(requests, self.idle_s), context):
+                    yield answer
+            finally:
+                self.open[peer] -= 1
+                if not self.open[peer]:
+                    del self.open[peer]
+
+        return grpc.stream_stream_rpc_method_handler(
+            guarded,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

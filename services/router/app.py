@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from specdec.core.model_config import load_config
 from specdec.core.tokenizer import Tokenizer
+from specdec.router.admission import DEFAULT_MAX_WAITING, DEFAULT_TIMEOUT_S, Admission
 from specdec.router.load_guard import LoadGuard
 from specdec.router.replicas import ReplicaPool
 from specdec.router.request import Limits
 from specdec.router.server import GenerationServicer
-from specdec.router.sessions import SessionStore
+from specdec.router.sessions import DEFAULT_MAX_PER_IDENTITY, SessionKeys, SessionStore
 from specdec.router.speculation import DEFAULT_AHEAD_WIDTH, RouterDeps
+from specdec.serving.auth import ApiKeys
 from specdec.serving.metrics import serve_metrics
-from specdec.serving.server import Running, serve_forever, start_service
+from specdec.serving.server import Running, Transport, serve_forever, start_service
 from specdec.serving.telemetry import setup_tracing
+from specdec.serving.tls import ClientTLS
 from specdec.v1 import draft_pb2_grpc, generation_pb2, generation_pb2_grpc, verifier_pb2_grpc
 
 if TYPE_CHECKING:
@@ -44,11 +47,22 @@ class RouterConfig:
     max_context_tokens: int = 2048  # prompt + output (must not exceed the verifiers')
     max_output_tokens: int = 4096  # largest max_tokens accepted
     session_ttl_s: int = 3600
+    # Sessions are keyed by HMAC under this secret (one Secret for every router replica);
+    # None: a random secret per process (sessions then do not survive a restart).
+    session_secret_file: str | None = None
+    max_sessions_per_identity: int = DEFAULT_MAX_PER_IDENTITY  # beyond: its oldest are dropped
+    # Admission (router/admission.py): requests beyond the verifiers' slots wait their turn.
+    queue_max: int = DEFAULT_MAX_WAITING  # requests waiting at most; beyond: RESOURCE_EXHAUSTED
+    queue_timeout_s: float = DEFAULT_TIMEOUT_S  # the longest wait for a slot
     metrics_port: int = 0  # Prometheus /metrics on this port; 0: off
     # Kubernetes discovery (router/discovery.py): a Service named here replaces the static list.
     discover_namespace: str = ""  # namespace of the Services below; "": this pod's
     discover_verifiers: str = ""  # headless Service whose ready endpoints are the verifiers
     discover_drafts: str = ""  # headless Service whose ready endpoints are the drafts
+    # the public port: TLS or not, health port, reflection
+    transport: Transport = field(default_factory=Transport)
+    peer_tls: ClientTLS | None = None  # towards the replicas: their CA, this router's cert
+    api_keys_file: str | None = None  # identity:sha256hex lines; None: no API keys asked
 
 
 @dataclass
@@ -61,16 +75,26 @@ class RouterRunning(Running):
 def build_deps(cfg: RouterConfig) -> RouterDeps:
     model_cfg = load_config(cfg.model)
     tokenizer = Tokenizer.from_folder(cfg.model)
+    max_context = min(cfg.max_context_tokens, model_cfg.max_position_embeddings)
     limits = Limits(
         vocab_size=model_cfg.vocab_size,
-        max_context_tokens=min(cfg.max_context_tokens, model_cfg.max_position_embeddings),
-        max_output_tokens=cfg.max_output_tokens,
+        max_context_tokens=max_context,
+        # A prompt takes at least one token of the context: no more can ever be generated.
+        max_output_tokens=min(cfg.max_output_tokens, max_context - 1),
     )
-    verifiers = ReplicaPool("verifier", verifier_pb2_grpc.VerifierStub)
+    verifiers = ReplicaPool("verifier", verifier_pb2_grpc.VerifierStub, tls=cfg.peer_tls)
     verifiers.set_addresses(list(cfg.verifiers))
-    drafts = ReplicaPool("draft", draft_pb2_grpc.DraftStub)
+    drafts = ReplicaPool("draft", draft_pb2_grpc.DraftStub, tls=cfg.peer_tls)
     drafts.set_addresses(list(cfg.drafts))
-    sessions = SessionStore(cfg.redis_url, ttl_s=cfg.session_ttl_s) if cfg.redis_url else None
+    sessions = (
+        SessionStore(
+            cfg.redis_url,
+            ttl_s=cfg.session_ttl_s,
+            max_per_identity=cfg.max_sessions_per_identity,
+        )
+        if cfg.redis_url
+        else None
+    )
     return RouterDeps(
         tokenizer=tokenizer,
         limits=limits,
@@ -84,6 +108,8 @@ def build_deps(cfg: RouterConfig) -> RouterDeps:
         ahead_width=cfg.ahead_width,
         ahead_max_in_flight=cfg.ahead_max_in_flight,
         guard=LoadGuard() if cfg.load_guard else None,
+        admission=Admission(verifiers, cfg.queue_max, cfg.queue_timeout_s),
+        session_keys=SessionKeys.from_file(cfg.session_secret_file),
         target_model=Path(cfg.model).resolve().name,
     )
 
@@ -104,7 +130,10 @@ async def start(cfg: RouterConfig) -> tuple[Running, RouterDeps]:
     if deps.sessions is not None:
         await deps.sessions.start()
     watchers = await _start_discovery(cfg, deps)  # before SERVING: the replicas are known
-    servicer = GenerationServicer(deps, Path(cfg.model).resolve().name, cfg.draft_model)
+    if deps.admission is not None:
+        await deps.admission.start()  # the verifiers' slots
+    keys = ApiKeys.load(cfg.api_keys_file) if cfg.api_keys_file else None
+    servicer = GenerationServicer(deps, Path(cfg.model).resolve().name, cfg.draft_model, keys)
     service = generation_pb2.DESCRIPTOR.services_by_name["Generation"]
     running = await start_service(
         cfg.listen,
@@ -112,6 +141,7 @@ async def start(cfg: RouterConfig) -> tuple[Running, RouterDeps]:
         servicer,
         generation_pb2_grpc.add_GenerationServicer_to_server,
         service,
+        cfg.transport,
     )
     running = RouterRunning(
         **{f.name: getattr(running, f.name) for f in fields(Running)}, watchers=watchers
@@ -125,6 +155,8 @@ async def stop(running: Running, deps: RouterDeps, grace_s: float = 5.0) -> None
 
         await stop_discovery(running.watchers)  # first: no pool changes while closing
     await running.stop(grace_s)
+    if deps.admission is not None:
+        await deps.admission.close()
     if deps.sessions is not None:
         await deps.sessions.close()
     await deps.verifiers.close()

@@ -30,6 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from specdec.core.errors import Unavailable
 from specdec.serving.server import SERVER_OPTIONS
+from specdec.serving.tls import ClientTLS, aio_channel
 
 log = logging.getLogger("specdec.router")
 
@@ -72,6 +73,7 @@ class ReplicaPool:
     role: str
     stub_type: Any
     down_s: float = 5.0  # the longest hold of a failed replica before its health is asked
+    tls: ClientTLS | None = None  # the replicas' CA and this router's certificate (mTLS)
     replicas: dict[str, Replica] = field(default_factory=dict)
 
     def set_addresses(self, addresses: list[str]) -> None:
@@ -80,7 +82,7 @@ class ReplicaPool:
             _stop_probe(self.replicas.pop(gone))  # its channel closes when its last stream ends
         for address in addresses:
             if address not in self.replicas:
-                channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+                channel = aio_channel(address, self.tls, CHANNEL_OPTIONS)
                 self.replicas[address] = Replica(address, channel, self.stub_type(channel))
 
     def __len__(self) -> int:

@@ -4,6 +4,9 @@ The loop runs in its own task and hands its responses over through a queue: a sl
 a slow write) never holds up the next round, and responses that pile up meanwhile go out merged
 into one message.
 
+With API keys configured, a call without a known key is UNAUTHENTICATED before anything else
+(``serving/auth.py``); the key's identity becomes the request's. Health needs no key.
+
 Errors: bad input → INVALID_ARGUMENT naming the field; out of slots everywhere →
 RESOURCE_EXHAUSTED; no replica → UNAVAILABLE; anything else → INTERNAL without a stack trace.
 """
@@ -12,29 +15,44 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import logging
 from collections import deque
 from collections.abc import AsyncIterator
 
 import grpc
 
-from specdec.core.errors import InvalidRequest, OutOfSlots, Unavailable
+from specdec.core.errors import OutOfSlots, Unauthenticated, Unavailable
 from specdec.router.depth_policy import POLICIES
 from specdec.router.request import parse_request
 from specdec.router.speculation import RouterDeps, generate
 from specdec.serving import metrics
-from specdec.serving.errors import abort_with, status_for
+from specdec.serving.auth import ApiKeys
+from specdec.serving.errors import abort_with, retry_after_s, status_for
 from specdec.serving.telemetry import extract_context
 from specdec.v1 import generation_pb2, generation_pb2_grpc
 
+log = logging.getLogger("specdec.router")
 
-def _from_replica(exc: grpc.aio.AioRpcError) -> Exception:
+
+def _from_replica(exc: grpc.aio.AioRpcError, request_id: str) -> Exception:
     """A replica's error, as the router's client should see it."""
     details = exc.details() or exc.code().name
     if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
-        return InvalidRequest("request", details)
+        # The router checked the client's request at its edge: a replica refusing a step the
+        # router (or the draft) built is an internal fault, not the client's.
+        log.warning("request %s: a replica refused a step: %s", request_id, details)
+        return _RefusedStep(
+            f"an internal service refused a step (request id {request_id}); "
+            "the router log has the detail"
+        )
     if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return OutOfSlots(details)
+        return OutOfSlots(details, retry_after_s=retry_after_s(exc))
     return Unavailable(f"a replica failed: {details}")
+
+
+class _RefusedStep(Exception):
+    """A replica refused a step the router built: INTERNAL, with the request id to look up."""
 
 
 async def _decoupled(
@@ -82,8 +100,15 @@ def _merged(pending: deque[generation_pb2.GenerateResponse]) -> generation_pb2.G
 
 
 class GenerationServicer(generation_pb2_grpc.GenerationServicer):
-    def __init__(self, deps: RouterDeps, target_model: str, draft_model: str) -> None:
+    def __init__(
+        self,
+        deps: RouterDeps,
+        target_model: str,
+        draft_model: str,
+        api_keys: ApiKeys | None = None,  # None: no API keys asked (identity "")
+    ) -> None:
         self.deps = deps
+        self.api_keys = api_keys
         self.target_model = target_model
         self.draft_model = draft_model
 
@@ -91,8 +116,13 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
         self, request: generation_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[generation_pb2.GenerateResponse]:
         status = "OK"
+        request_id = ""
         try:
-            req = parse_request(request, self.deps.tokenizer, self.deps.limits)
+            keys = self.api_keys
+            identity = keys.identify(context.invocation_metadata()) if keys else ""
+            req = await parse_request(request, self.deps.tokenizer, self.deps.limits)
+            req = dataclasses.replace(req, identity=identity)
+            request_id = req.request_id
             parent = extract_context(context.invocation_metadata())
             async for response in _decoupled(generate(req, self.deps, parent)):
                 yield response
@@ -100,7 +130,10 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
             status = "CANCELLED"
             raise  # the client went away; the streams' finally blocks free the slots
         except Exception as exc:
-            error = _from_replica(exc) if isinstance(exc, grpc.aio.AioRpcError) else exc
+            error = _from_replica(exc, request_id) if isinstance(exc, grpc.aio.AioRpcError) else exc
+            if isinstance(error, _RefusedStep):
+                status = "INTERNAL"
+                await context.abort(grpc.StatusCode.INTERNAL, str(error))
             status = status_for(error)[0].name
             await abort_with(context, error, "Generate")
         finally:
@@ -109,6 +142,11 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
     async def GetInfo(
         self, request: generation_pb2.GetInfoRequest, context: grpc.aio.ServicerContext
     ) -> generation_pb2.GetInfoResponse:
+        if self.api_keys is not None:
+            try:
+                self.api_keys.identify(context.invocation_metadata())
+            except Unauthenticated as exc:
+                await abort_with(context, exc, "GetInfo")
         limits = self.deps.limits
         return generation_pb2.GetInfoResponse(
             target_model=self.target_model,

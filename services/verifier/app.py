@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -13,7 +13,8 @@ from specdec.engine.local import DTYPES, default_device, default_dtype
 from specdec.engine.runner import ModelRunner
 from specdec.engine.threads import set_cpu_threads
 from specdec.replica.app import model_name, serve_replica, warm_up
-from specdec.serving.server import Running, run_service
+from specdec.replica.stream import DEFAULT_IDLE_S, StreamGuard
+from specdec.serving.server import Running, Transport, run_service
 from specdec.v1 import verifier_pb2, verifier_pb2_grpc
 from specdec.verifier.core import VerifierCore
 from specdec.verifier.server import VerifierServicer
@@ -32,6 +33,9 @@ class VerifierConfig:
     threads: int | None = None  # CPU threads for torch; None: the container's CPU quota
     dtype: str | None = None  # float32, bfloat16, float16; None: fp32 on CPU, bf16 on GPU
     max_batch_tokens: int = 8192  # tokens per batched forward
+    transport: Transport = field(default_factory=Transport)  # TLS / mTLS, health port, reflection
+    stream_idle_s: float = DEFAULT_IDLE_S  # a Verify stream silent this long is ended
+    max_streams_per_peer: int = 0  # Verify streams one connection may hold; 0: no cap
 
 
 def build_core(cfg: VerifierConfig) -> VerifierCore:
@@ -55,6 +59,8 @@ async def start(cfg: VerifierConfig, core: VerifierCore | None = None) -> Runnin
         servicer,
         verifier_pb2_grpc.add_VerifierServicer_to_server,
         service,
+        cfg.transport,
+        StreamGuard(cfg.stream_idle_s, cfg.max_streams_per_peer),
     )
 
 
