@@ -2,11 +2,15 @@
 
 ``parse_request`` turns a ``GenerateRequest`` into a ``Request`` or raises ``InvalidRequest``
 (→ INVALID_ARGUMENT) with the field and what to change. Tokenization happens here too, so the
-prompt's length is checked against the context.
+prompt's length is checked against the context: on a worker thread, so a long prompt never
+stalls the event loop (other requests, ``GetInfo``), and only once the text is known to be
+within ``PROMPT_BYTES_PER_TOKEN`` UTF-8 bytes per context token (no tokenizer packs more into
+one token in practice; a longer text could not fit the context).
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 import uuid
@@ -18,7 +22,7 @@ from specdec.core.tokenizer import Tokenizer
 from specdec.router.depth_policy import POLICIES
 from specdec.v1 import generation_pb2
 
-MAX_PROMPT_CHARS = 1 << 20
+PROMPT_BYTES_PER_TOKEN = 16
 MAX_STOP_STRINGS = 8
 MAX_STOP_CHARS = 64
 MAX_ID_CHARS = 128
@@ -63,10 +67,10 @@ class Request:
     identity: str = ""  # the caller, from its API key ("" without API keys): owns its sessions
 
 
-def parse_request(
+async def parse_request(
     msg: generation_pb2.GenerateRequest, tokenizer: Tokenizer, limits: Limits
 ) -> Request:
-    prompt_ids = _prompt(msg, tokenizer, limits)
+    prompt_ids = await _prompt(msg, tokenizer, limits)
     sampling = msg.sampling
     temperature = sampling.temperature
     if not math.isfinite(temperature) or not 0.0 <= temperature <= 100.0:
@@ -116,25 +120,33 @@ def parse_request(
     )
 
 
-def _prompt(msg: generation_pb2.GenerateRequest, tokenizer: Tokenizer, limits: Limits) -> list[int]:
+async def _prompt(
+    msg: generation_pb2.GenerateRequest, tokenizer: Tokenizer, limits: Limits
+) -> list[int]:
     which = msg.WhichOneof("prompt")
     if which is None:
         raise InvalidRequest("prompt", "set prompt_text or prompt_token_ids")
     if which == "prompt_text":
-        if not msg.prompt_text:
-            raise InvalidRequest("prompt_text", "is empty")
-        if len(msg.prompt_text) > MAX_PROMPT_CHARS:
-            raise InvalidRequest("prompt_text", f"is longer than {MAX_PROMPT_CHARS} characters")
-        ids = tokenizer.encode(msg.prompt_text)
-        field = "prompt_text"
-    else:
-        ids = list(msg.prompt_token_ids.ids)
-        field = "prompt_token_ids"
-        bad = [t for t in ids if t >= limits.vocab_size]
-        if bad:
+        field, text = "prompt_text", msg.prompt_text
+        if not text:
+            raise InvalidRequest(field, "is empty")
+        max_bytes = limits.max_context_tokens * PROMPT_BYTES_PER_TOKEN
+        # A character is at least one byte: the count alone refuses most oversized texts.
+        if len(text) > max_bytes or len(text.encode()) > max_bytes:
             raise InvalidRequest(
-                field, f"token id {bad[0]} is outside the vocabulary [0, {limits.vocab_size})"
+                field,
+                f"is over {max_bytes} bytes of UTF-8 ({PROMPT_BYTES_PER_TOKEN} per token of "
+                f"the {limits.max_context_tokens}-token context); shorten it",
             )
+        ids = await asyncio.to_thread(tokenizer.encode, text)
+    else:
+        field, ids = "prompt_token_ids", list(msg.prompt_token_ids.ids)
+        if len(ids) < limits.max_context_tokens:  # (else refused below)
+            bad = [t for t in ids if t >= limits.vocab_size]
+            if bad:
+                raise InvalidRequest(
+                    field, f"token id {bad[0]} is outside the vocabulary [0, {limits.vocab_size})"
+                )
     if not ids:
         raise InvalidRequest(field, "is empty (no tokens)")
     if len(ids) >= limits.max_context_tokens:
