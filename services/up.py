@@ -9,7 +9,10 @@ means k = 0, a dead verifier UNAVAILABLE with a retry hint). No child outlives `
 kill -9 of it: each gets the Linux parent-death signal (``serving.parent_death``). On a machine
 with two CPUs or more the services get disjoint CPU sets (``serving.cpus.split``: most for the
 verifier, the rest for the draft and the router), so the draft drafting ahead never steals the
-verifier's cores; the ready line says which.
+verifier's cores; the ready line says which. The router reaches the replicas over mTLS: ``up``
+makes a throw-away CA in a private temporary folder (``serving.tls.loopback_pki``, deleted when
+it stops) and gives the replicas plaintext health-only ports for its own readiness checks. The
+router's public port stays plaintext on loopback.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,6 +35,7 @@ from specdec.core.errors import Unavailable
 from specdec.router.redis_server import EmbeddedRedis, free_loopback_port, redis_url_from_env
 from specdec.serving.cpus import Layout, format_cpus, split, usable
 from specdec.serving.parent_death import die_with_parent
+from specdec.serving.tls import loopback_pki
 from specdec.supervisor import GiveUp, Supervisor
 
 DEMO_TARGET = Path("models/demo-target")
@@ -64,6 +69,8 @@ class Services:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     commands: dict[str, list[str]] = field(default_factory=dict)  # name -> how to start it
     log_dir: Path | None = None  # children write their logs here (else to this terminal)
+    health: dict[str, str] = field(default_factory=dict)  # name -> plaintext health host:port
+    pki: tempfile.TemporaryDirectory[str] | None = None  # the mTLS CA and certificates, if any
 
     def serve(self, role: str, *args: str, name: str | None = None) -> None:
         """Start ``specdec serve ROLE ARGS`` in its own session (Ctrl-C reaches only us), bound
@@ -86,7 +93,7 @@ class Services:
         )
 
     def wait(self, name: str, timeout_s: float) -> None:
-        wait_serving(self.addresses[name], self.procs[name], timeout_s)
+        wait_serving(self.health.get(name, self.addresses[name]), self.procs[name], timeout_s)
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> list[str]:
         """SIGTERM everything, SIGKILL what has not stopped within ``timeout_s`` (one budget for
@@ -103,7 +110,18 @@ class Services:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
                 killed.append(name)
+        if self.pki is not None:
+            self.pki.cleanup()
         return killed
+
+    def loopback_mtls(self) -> tuple[list[str], list[str]]:
+        """A throw-away CA for this run: the replicas' flags (server side, mTLS) and the
+        router's (client side)."""
+        self.pki = tempfile.TemporaryDirectory(prefix="specdec-pki-")
+        pki = loopback_pki(self.pki.name)
+        replica = ["--tls-cert", pki.server_cert, "--tls-key", pki.server_key]
+        router = ["--peer-ca", pki.ca, "--peer-cert", pki.client_cert, "--peer-key"]
+        return [*replica, "--tls-client-ca", pki.ca], [*router, pki.client_key]
 
 
 def start_services(
@@ -118,26 +136,33 @@ def start_services(
     timeout_s: float = 300,
     replica_flags: list[str] | None = None,
     router_flags: list[str] | None = None,
+    mtls: bool = False,
 ) -> Services:
     """Verifier and draft on their CPU sets, then one router on ``listen`` (and, for each entry
     of ``routers``, another router on a free port with those extra flags), all SERVING;
-    ``replica_flags`` go to the draft and the verifier, ``router_flags`` to every router. On
-    failure, whatever started is stopped."""
+    ``replica_flags`` go to the draft and the verifier, ``router_flags`` to every router;
+    ``mtls``: the routers reach the replicas over mTLS (a throw-away CA). On failure, whatever
+    started is stopped."""
     services = Services(split(usable()), log_dir=log_dir)
     layout = services.layout
     try:
+        replica_tls, router_tls = services.loopback_mtls() if mtls else ([], [])
         for role in ("verifier", "draft"):
             services.addresses[role] = f"127.0.0.1:{free_loopback_port()}"
+            if mtls:
+                services.health[role] = f"127.0.0.1:{free_loopback_port()}"
+        replica_flags = [*replica_tls, *(replica_flags or [])]
         dev = ["--device", device] if device else []
         ddev = ["--device", draft_device or device] if (draft_device or device) else []
         v_args = ["--model", target, "--listen", services.addresses["verifier"], *dev]
-        v_args += replica_flags or []
+        v_args += [*replica_flags, *_health(services, "verifier")]
         services.serve("verifier", *v_args, *_cpus(layout.verifier))
         d_args = ["--model", draft] if draft else ["--vocab-size", _vocab(target)]
         if (draft_device or device or "cpu") == "cpu":
             # a small draft's matmuls are too short to split: threads only add sync cost
             d_args += ["--threads", "1"]
-        d_args += ["--listen", services.addresses["draft"], *ddev, *(replica_flags or [])]
+        d_args += ["--listen", services.addresses["draft"], *ddev, *replica_flags]
+        d_args += _health(services, "draft")
         services.serve("draft", *d_args, *_cpus(layout.draft))
         services.wait("verifier", timeout_s)
         services.wait("draft", timeout_s)
@@ -151,6 +176,7 @@ def start_services(
             *(["--redis-url", redis] if redis else []),
             *(["--draft-model", Path(draft).name] if draft else []),
             *_cpus(layout.router),
+            *router_tls,
             *(router_flags or []),
         ]
         for name, extra in {"router": [], **(routers or {})}.items():
@@ -193,7 +219,7 @@ def up(
         try:
             print("loading models ...", flush=True)
             services = start_services(
-                target, draft, listen, device, draft_device, url, timeout_s=timeout_s
+                target, draft, listen, device, draft_device, url, timeout_s=timeout_s, mtls=True
             )
             print(
                 f"specdec ready: router on {listen} (target {Path(target).name}, draft "
@@ -246,6 +272,10 @@ def _supervise(services: Services, redis_server: EmbeddedRedis | None) -> Superv
             redis_server.restart,
         )
     return supervisor
+
+
+def _health(services: Services, name: str) -> list[str]:
+    return ["--health-listen", services.health[name]] if name in services.health else []
 
 
 def _cpus(cpus: set[int] | None) -> list[str]:

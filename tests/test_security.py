@@ -316,3 +316,26 @@ def test_idle_streams_end_and_capped_peers_deny_nothing_without_tls(model_dir: P
         assert verifier_status(stack.address("verifier"), None).slots_in_use == 0
     finally:
         stack.close()
+
+
+@pytest.mark.e2e
+def test_the_up_path_runs_over_mtls_with_a_throwaway_ca(model_dir: Path) -> None:
+    from specdec.router.redis_server import free_loopback_port
+    from specdec.up import start_services
+
+    listen = f"127.0.0.1:{free_loopback_port()}"
+    target = str(model_dir / "target")
+    services = start_services(target, str(model_dir / "draft_other"), listen, "cpu", mtls=True)
+    try:
+        assert services.pki is not None
+        folder = Path(services.pki.name)
+        assert folder.stat().st_mode & 0o777 == 0o700
+        stub = generation_pb2_grpc.GenerationStub(grpc.insecure_channel(listen))
+        request = generation_pb2.GenerateRequest(prompt_text=PROMPT, max_tokens=8)
+        assert sum(len(r.token_ids) for r in stub.Generate(request, timeout=60)) == 8
+        with pytest.raises(grpc.RpcError) as err:  # the replicas let in the router alone
+            verifier_status(services.addresses["verifier"], None)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        services.stop()
+    assert not folder.exists()
