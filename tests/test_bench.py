@@ -113,6 +113,17 @@ def test_a_load_loss_counts_only_when_every_window_shows_it():
 
 
 @pytest.mark.unit
+def test_a_load_point_reports_queueing_percentiles_and_errors():
+    first = load.Window(seconds=1.0, requests=3, errors=1, queue_s=[0.0, 0.3, 0.1])
+    second = load.Window(seconds=1.0, requests=2, queue_s=[0.4, 0.2])
+    point = load.point("spec", 8, [first, second])
+    assert point["errors"] == 1 and point["requests"] == 5
+    assert point["queue_p50_s"] == pytest.approx(0.2)
+    assert point["queue_p99_s"] == pytest.approx(0.4)
+    assert load.point("spec", 8, [load.Window()])["queue_p50_s"] is None
+
+
+@pytest.mark.unit
 def test_stored_workloads_and_request_ids():
     for name in WORKLOADS:
         prompts = load_workload(name)
@@ -179,3 +190,28 @@ def test_bench_against_a_running_router(model_dir: Path, tmp_path: Path):
     assert result["greedy_check"]["specdec_identical"] is True
     assert "pipeline k=2" in result["profile"]["pipeline"]  # the stats carry the breakdown
     assert "load" not in result and "overhead" not in result
+
+
+@pytest.mark.e2e
+def test_load_against_a_router_with_fewer_slots_than_clients_queues_without_errors(
+    model_dir: Path, tmp_path: Path
+):
+    """``specdec bench --addr ... --concurrency N`` beyond the verifier's slots: the requests
+    wait in the router's queue (queueing time reported), none is refused."""
+    target, draft = str(model_dir / "target"), str(model_dir / "draft_close")
+    pipe = Pipeline(target, draft, slots=2).start()
+    try:
+        out = tmp_path / "bench"
+        args = ["--quick", "--no-latency", "--no-overhead", "--no-ahead-off", "--num-prompts", "2"]
+        args += ["--concurrency", "6", "--load-seconds", "2", "--addr", pipe.address("router")]
+        proc = bench(*args, "--target", target, "--draft", draft, "--out", str(out))
+    finally:
+        pipe.close()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    points = json.loads((out / "result.json").read_text())["load"]["points"]
+    assert {p["system"] for p in points} == {"pipeline k=0", "pipeline goodput"}
+    for p in points:
+        assert p["requests"] > 0 and p["errors"] == 0
+        assert p["queue_p99_s"] > 0  # 6 clients on 2 slots: some waited
+    assert "errors, queueing p50" in proc.stdout
+    assert "queue p50 / p99" in (out / "REPORT.md").read_text()

@@ -6,7 +6,9 @@ requests still running at its end finish (and their latencies count) but their l
 not. Time to first token and inter-token latency come from the arrival times of the streamed
 responses, on the client. Speculation delivers tokens in bursts, so a response carrying n tokens
 after a gap g counts n inter-token latencies of g / n (the tokens of the first response beyond
-the first token are not counted).
+the first token are not counted). Queueing time is the router's own figure: the time each
+request waited for a verifier slot (``GenerationStats.queue_ns``); errors count requests that
+ended in an error status (e.g. RESOURCE_EXHAUSTED when the router's queue is full).
 Non-goals: open-loop (fixed arrival rate) load; sessions.
 """
 
@@ -37,6 +39,7 @@ class Window:
     ttft_s: list[float] = field(default_factory=list)
     itl_s: list[float] = field(default_factory=list)
     tpot_s: list[float] = field(default_factory=list)  # per request: (last − first) / (n − 1)
+    queue_s: list[float] = field(default_factory=list)  # per request: its wait for a slot
 
     def add(self, other: Window) -> None:
         self.seconds += other.seconds
@@ -46,6 +49,7 @@ class Window:
         self.ttft_s += other.ttft_s
         self.itl_s += other.itl_s
         self.tpot_s += other.tpot_s
+        self.queue_s += other.queue_s
 
 
 def _client(
@@ -68,6 +72,8 @@ def _client(
             for response in stub.Generate(make_request(i)):
                 if response.token_ids:
                     arrivals.append((time.perf_counter(), len(response.token_ids)))
+                if response.HasField("stats"):
+                    mine.queue_s.append(response.stats.queue_ns / 1e9)
         except grpc.RpcError:
             mine.errors += 1
             time.sleep(0.05)  # e.g. out of slots: back off instead of spinning
@@ -142,6 +148,8 @@ def point(system: str, concurrency: int, windows: list[Window]) -> dict[str, Any
         "itl_p50_s": _pct(w.itl_s, 0.5),
         "itl_p99_s": _pct(w.itl_s, 0.99),
         "tpot_median_s": statistics.median(w.tpot_s) if w.tpot_s else None,
+        "queue_p50_s": _pct(w.queue_s, 0.5),
+        "queue_p99_s": _pct(w.queue_s, 0.99),
     }
 
 

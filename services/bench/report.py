@@ -157,6 +157,12 @@ def summary_lines(r: dict[str, Any]) -> list[str]:
     ):
         row = _bar_row(label, h[key], fmt, lower)
         lines.append(f"{h['system']} {label}: {row[1]} (target {row[2]}: {row[3]})")
+    for p in r.get("load", {}).get("points", []):
+        lines.append(
+            f"load {p['system']} x{p['concurrency']}: {p['requests']} requests, "
+            f"{p['errors']} errors, queueing p50 {_ms(p.get('queue_p50_s'))} / "
+            f"p99 {_ms(p.get('queue_p99_s'))} ms"
+        )
     check = r.get("greedy_check", {})
     bad = {n: d for n, d in check.get("differing_prompts", {}).items() if d}
     lines.append(
@@ -484,6 +490,7 @@ def _load(r: dict[str, Any]) -> list[str]:
                 f"{_ms(p['ttft_p50_s'])} / {_ms(p['ttft_p99_s'])}",
                 f"{_ms(p['itl_p50_s'])} / {_ms(p['itl_p99_s'])}",
                 _ms(p["tpot_median_s"]),
+                f"{_ms(p.get('queue_p50_s'))} / {_ms(p.get('queue_p99_s'))}",
                 str(p["requests"]),
                 str(p["errors"]),
             ]
@@ -496,7 +503,8 @@ def _load(r: dict[str, Any]) -> list[str]:
             f"Each point: {ld['points'][0]['seconds']:.1f} s of measuring per system, in"
             f" {ld['windows_per_point']} alternating window(s); throughput counts tokens arriving"
             " inside the windows. Latencies in ms (p50 / p99) from streamed arrival times; an"
-            " inter-token latency is a response's gap ÷ the tokens it carries.",
+            " inter-token latency is a response's gap ÷ the tokens it carries; queueing is each"
+            " request's wait in the router's queue for a verifier slot (its stats' queue_ns).",
             "",
         ]
         + _table(
@@ -507,6 +515,7 @@ def _load(r: dict[str, Any]) -> list[str]:
                 "TTFT p50 / p99",
                 "ITL p50 / p99",
                 "TPOT median",
+                "queue p50 / p99",
                 "requests",
                 "errors",
             ],
