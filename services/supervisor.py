@@ -3,10 +3,10 @@
 Each watched child is a name, a way to read its exit status and a way to start it again. The
 caller's loop calls ``check()`` a few times a second (from the thread that started the children:
 their parent-death signal is tied to it). When a child has exited, one line on the console says
-so and when it comes back ("specdec: the draft exited (signal 9); restarting in 0.5 s (restart
+so and when it starts again ("specdec: the draft exited (signal 9); restarting in 0.5 s (restart
 1)"); the delay doubles with every death that follows a restart too closely (``stable_s``) and
-starts over once the child has stayed up that long. After ``max_rapid`` rapid deaths in a row
-``check()`` raises ``GiveUp``: a child that cannot stay up needs a person, not more restarts.
+starts over once the child has stayed up that long. A child that dies again after ``max_rapid``
+rapid restarts makes ``check()`` raise ``GiveUp``: it needs a person, not more restarts.
 
 Not here: starting the children the first time (``up.py``), what the router does while one is
 gone (``router/replicas.py``: a dead draft means k = 0, a dead verifier UNAVAILABLE with a retry
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 FIRST_DELAY_S = 0.5  # the first restart's delay; doubled for each rapid death after it
 MAX_DELAY_S = 8.0
 STABLE_S = 30.0  # up this long after a restart: the next death counts as the first again
-MAX_RAPID = 6  # rapid deaths in a row before giving up
+MAX_RAPID = 6  # rapid restarts in a row; the next rapid death gives up
 
 
 class GiveUp(Exception):

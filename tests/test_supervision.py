@@ -11,6 +11,7 @@ dead ``up`` leaves no child running. Each comes back within ``RECOVERY_S`` of it
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -103,6 +104,11 @@ class Up:
         """Role -> pid of the running children (draft, verifier, router, redis)."""
         roles = {pid: _role(pid) for pid in _children(self.process.pid) if _running(pid)}
         return {role: pid for pid, role in roles.items() if role}
+
+    def redis_url(self) -> str:
+        """The embedded Redis's URL, as the router was told it."""
+        args = Path(f"/proc/{self.pids()['router']}/cmdline").read_bytes().split(b"\0")
+        return args[args.index(b"--redis-url") + 1].decode()
 
     def kill(self, role: str) -> int:
         pid = self.pids()[role]
@@ -254,8 +260,7 @@ def test_verifier_killed_fails_only_unavailable_with_a_hint_and_serving_resumes(
 
 
 def test_redis_killed_is_restarted_and_reported_and_requests_go_on(up, stub, clean):
-    router_args = Path(f"/proc/{up.pids()['router']}/cmdline").read_bytes().split(b"\0")
-    url = router_args[router_args.index(b"--redis-url") + 1].decode()
+    url = up.redis_url()
     with Load(stub, 2) as load:
         old = up.kill("redis")
         up.wait_line("specdec: the redis exited (signal 9); restarting in 0.5 s (restart 1)", 10)
@@ -276,12 +281,30 @@ def test_redis_killed_is_restarted_and_reported_and_requests_go_on(up, stub, cle
     assert all(r.tokens == clean[r.prompt] for r in load.results)
 
 
+def test_router_killed_is_restarted_on_the_same_address(up, stub, clean):
+    up.kill("router")
+    killed = time.monotonic()
+    up.wait_line("specdec: the router exited (signal 9); restarting in 0.5 s (restart 1)", 10)
+
+    def serves() -> bool:
+        try:
+            return generate(stub, PROMPTS[3]).tokens == clean[PROMPTS[3]]
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc.details()
+            return False
+
+    wait_for(serves, RECOVERY_S)
+    print(f"the router serving again {time.monotonic() - killed:.1f} s after the kill")
+
+
 def test_kill_9_of_up_leaves_no_child_running(up):
     children = up.pids()
     assert set(children) == {"draft", "verifier", "router", "redis"}
+    socket_path = Path(up.redis_url().removeprefix("unix://"))
     up.process.kill()
     up.process.wait()
     wait_for(lambda: not any(_running(pid) for pid in children.values()), 5)
+    shutil.rmtree(socket_path.parent)  # Redis's folder: up had no chance to delete it
 
 
 def test_supervisor_backs_off_then_gives_up_on_a_child_that_keeps_dying():
