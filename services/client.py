@@ -97,7 +97,9 @@ def stream_generate(args: argparse.Namespace, prompt: str) -> int:
         print(
             f"\n[{s.output_tokens} tokens in {s.total_ns / 1e9:.2f}s, {s.tokens_per_s:.1f} "
             f"tok/s, {s.rounds} rounds, accepted {s.accepted_tokens}/{s.draft_tokens} drafts, "
-            f"ttft {s.time_to_first_token_ns / 1e6:.0f} ms, finish: {finish}]",
+            f"ttft {s.time_to_first_token_ns / 1e6:.0f} ms"
+            + (f" (queued {s.queue_ns / 1e6:.0f} ms)" if s.queue_ns else "")
+            + f", finish: {finish}]",
             file=sys.stderr,
         )
     return 0
