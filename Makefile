@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup run test lint format protos bench bench-engine demo-models helm-lint clean
+.PHONY: setup run test test-fuzz lint format protos bench bench-engine demo-models helm-lint clean
 
 setup: $(STAMP)
 
@@ -20,6 +20,10 @@ run: setup protos
 
 test: setup protos
 	$(PY) -m pytest
+
+# The RPC fuzz at 10^4 cases per test (make test runs it at SPECDEC_FUZZ_EXAMPLES, default 100).
+test-fuzz: setup protos
+	SPECDEC_FUZZ_EXAMPLES=10000 $(PY) -m pytest -q -m fuzz tests/test_fuzz.py
 
 lint: setup
 	$(VENV)/bin/ruff check services tests benchmarks tools
