@@ -199,3 +199,30 @@ def test_the_services_still_serve_after_the_edges(pipeline):
     assert pipeline.status("verifier").load.slots_total
     assert pipeline.status("draft").model
     assert pipeline.wait_idle() == 0
+
+
+def test_a_replica_refusing_a_step_the_router_built_is_internal_with_the_request_id(
+    model_dir, caplog
+):
+    """The client's request passed the router's checks: a replica's INVALID_ARGUMENT (here: a
+    verifier configured with a shorter context than the router) is an internal fault."""
+    p = Pipeline(
+        str(model_dir / "target"), str(model_dir / "draft_close"), max_context_tokens=32
+    ).start()
+    try:
+        p.loop.run(p.servers["router"].stop(0))
+        p.max_context_tokens = 128  # the router now believes in a longer context
+        p.add_router()
+        request = generation_pb2.GenerateRequest(
+            prompt_token_ids=generation_pb2.TokenIds(ids=[5] * 60), max_tokens=4, request_id="r-42"
+        )
+        with pytest.raises(grpc.RpcError) as err:
+            list(p.client().Generate(request, timeout=30))
+        assert err.value.code() == grpc.StatusCode.INTERNAL
+        assert err.value.details() == (
+            "an internal service refused a step (request id r-42); the router log has the detail"
+        )
+        logged = [r.getMessage() for r in caplog.records if "r-42" in r.getMessage()]
+        assert any("context" in m for m in logged), logged
+    finally:
+        p.close()
