@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -32,7 +33,7 @@ from specdec.v1 import generation_pb2, generation_pb2_grpc
 
 pytestmark = pytest.mark.e2e
 
-RECOVERY_S = 20.0  # drafting / serving again within this long of a kill (measured: 2-4 s)
+RECOVERY_S = 30.0  # drafting / serving again within this long of a kill (measured: 1-9 s)
 PROMPTS = ["def add(a, b):", "for i in range(10):", "class Point:", "import os\n"]
 MAX_TOKENS = 40
 CLIENTS = 8
@@ -300,11 +301,22 @@ def test_router_killed_is_restarted_on_the_same_address(up, stub, clean):
 def test_kill_9_of_up_leaves_no_child_running(up):
     children = up.pids()
     assert set(children) == {"draft", "verifier", "router", "redis"}
-    socket_path = Path(up.redis_url().removeprefix("unix://"))
+    left = _temp_folders(children["router"])  # Redis's and the certificates': up won't delete them
     up.process.kill()
     up.process.wait()
     wait_for(lambda: not any(_running(pid) for pid in children.values()), 5)
-    shutil.rmtree(socket_path.parent)  # Redis's folder: up had no chance to delete it
+    for folder in left:
+        shutil.rmtree(folder)
+
+
+def _temp_folders(pid: int) -> set[Path]:
+    """The temporary folders ``up`` made that a child's arguments name (sockets, certificates)."""
+    args = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    paths = [Path(a.removeprefix("unix://")) for a in args]
+    tmp = Path(tempfile.gettempdir())
+    return {
+        p.parent for p in paths if p.parent.parent == tmp and p.parent.name.startswith("specdec-")
+    }
 
 
 def test_supervisor_backs_off_then_gives_up_on_a_child_that_keeps_dying():
