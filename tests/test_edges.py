@@ -226,3 +226,20 @@ def test_a_replica_refusing_a_step_the_router_built_is_internal_with_the_request
         assert any("context" in m for m in logged), logged
     finally:
         p.close()
+
+
+def test_a_full_replica_keeps_its_retry_hint_through_the_router():
+    from google.rpc import status_pb2
+
+    from specdec.core.errors import OutOfSlots
+    from specdec.router.server import _from_replica
+    from specdec.serving.errors import retry_info
+
+    status = status_pb2.Status(code=8, message="all 16 slots are busy", details=[retry_info(2.5)])
+    trailers = grpc.aio.Metadata(("grpc-status-details-bin", status.SerializeToString()))
+    exc = grpc.aio.AioRpcError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.aio.Metadata(), trailers, "all 16 slots are busy"
+    )
+    error = _from_replica(exc, "r-1")
+    assert isinstance(error, OutOfSlots) and error.retry_after_s == 2.5
+    assert str(error) == "all 16 slots are busy"
