@@ -8,7 +8,9 @@ With API keys configured, a call without a known key is UNAUTHENTICATED before a
 (``serving/auth.py``); the key's identity becomes the request's. Health needs no key.
 
 Errors: bad input → INVALID_ARGUMENT naming the field; out of slots everywhere →
-RESOURCE_EXHAUSTED; no replica → UNAVAILABLE; anything else → INTERNAL without a stack trace.
+RESOURCE_EXHAUSTED (with the replica's retry hint); no replica → UNAVAILABLE; a replica refusing
+a step the router built (not the client's fault) → INTERNAL naming the request id, the detail
+in the log; anything else → INTERNAL without a stack trace.
 """
 
 from __future__ import annotations
