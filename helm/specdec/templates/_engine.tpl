@@ -51,6 +51,7 @@ spec:
             - --ahead-slots={{ $values.aheadSlots }}
             {{- end }}
             - --max-seq-len={{ $root.Values.generation.maxSeqLen }}
+            {{- include "specdec.tls.args" . | nindent 12 }}
             {{- with $values.extraArgs }}
             {{- toYaml . | nindent 12 }}
             {{- end }}
@@ -60,16 +61,18 @@ spec:
             {{- toYaml . | nindent 12 }}
             {{- end }}
           ports:
-            {{- include "specdec.containerPorts" (dict "root" $root "values" $values) | nindent 12 }}
-          {{- include "specdec.grpcProbes" (dict "values" $values) | nindent 10 }}
+            {{- include "specdec.containerPorts" (dict "root" $root "values" $values "component" .component) | nindent 12 }}
+          {{- include "specdec.grpcProbes" . | nindent 10 }}
           resources:
             {{- toYaml $values.resources | nindent 12 }}
           securityContext:
             {{- toYaml $root.Values.containerSecurityContext | nindent 12 }}
           volumeMounts:
             {{- include "specdec.volumeMounts" $root | nindent 12 }}
+            {{- include "specdec.tls.mounts" . | nindent 12 }}
       volumes:
         {{- include "specdec.volumes" $root | nindent 8 }}
+        {{- include "specdec.tls.volumes" . | nindent 8 }}
       {{- with $values.nodeSelector }}
       nodeSelector:
         {{- toYaml . | nindent 8 }}

@@ -162,27 +162,36 @@ initContainers:
 {{- end }}
 {{- end }}
 
-{{/* The three native gRPC probes of a component. Call with (dict "values" $values). */}}
+{{/* The three native gRPC probes of a component, on its gRPC port or, when that speaks TLS, its
+plaintext health port. Call with (dict "root" $ "component" "router"). */}}
 {{- define "specdec.grpcProbes" -}}
+{{- $values := index .root.Values .component }}
+{{- $port := include "specdec.tls.probePort" . }}
 startupProbe:
   grpc:
-    port: {{ .values.port }}
-  {{- toYaml .values.startupProbe | nindent 2 }}
+    port: {{ $port }}
+  {{- toYaml $values.startupProbe | nindent 2 }}
 livenessProbe:
   grpc:
-    port: {{ .values.port }}
-  {{- toYaml .values.livenessProbe | nindent 2 }}
+    port: {{ $port }}
+  {{- toYaml $values.livenessProbe | nindent 2 }}
 readinessProbe:
   grpc:
-    port: {{ .values.port }}
-  {{- toYaml .values.readinessProbe | nindent 2 }}
+    port: {{ $port }}
+  {{- toYaml $values.readinessProbe | nindent 2 }}
 {{- end }}
 
-{{/* Container ports of a specdec component. Call with (dict "root" $ "values" $values). */}}
+{{/* Container ports of a specdec component. Call with (dict "root" $ "values" $values
+"component" "router"). */}}
 {{- define "specdec.containerPorts" -}}
 - name: grpc
   containerPort: {{ .values.port }}
   protocol: TCP
+{{- if include "specdec.tls.serves" . }}
+- name: health
+  containerPort: {{ .root.Values.healthPort }}
+  protocol: TCP
+{{- end }}
 {{- if .root.Values.metrics.enabled }}
 - name: metrics
   containerPort: {{ .root.Values.metrics.port }}
