@@ -80,6 +80,8 @@ def test_up_serves_generate_and_stops_cleanly_on_ctrl_c(model_dir: Path):
         assert got["token_ids"] == expected["token_ids"]
         assert got["text"] == expected["text"]
         assert got["stats"]["rounds"] > 0
+        children = _descendants(up.pid)
+        assert len(children) == 4, children  # verifier, draft, router, redis-server
     finally:
         up.send_signal(signal.SIGINT)
         try:
@@ -92,3 +94,13 @@ def test_up_serves_generate_and_stops_cleanly_on_ctrl_c(model_dir: Path):
             pytest.fail(f"up (exit code {exited}) did not stop within 60 s: " + "\n".join(alive))
     assert up.returncode == 0, rest
     assert "specdec stopped" in rest
+    assert not [pid for pid in children if Path(f"/proc/{pid}").exists()]
+
+
+def _descendants(pid: int) -> list[int]:
+    """The pids of every process below ``pid`` (Linux /proc)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        for kid in (task / "children").read_text().split():
+            found += [int(kid), *_descendants(int(kid))]
+    return found
