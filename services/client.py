@@ -13,8 +13,7 @@ import sys
 import grpc
 from google.protobuf.json_format import MessageToDict
 
-from specdec.serving.security_args import client_metadata, client_tls
-from specdec.serving.tls import sync_channel
+from specdec.serving.security_args import router_channel
 from specdec.v1 import common_pb2, generation_pb2, generation_pb2_grpc
 
 _POLICIES = {
@@ -57,12 +56,13 @@ def build_request(args: argparse.Namespace, prompt: str) -> generation_pb2.Gener
 
 
 def stream_generate(args: argparse.Namespace, prompt: str) -> int:
-    stub = generation_pb2_grpc.GenerationStub(sync_channel(args.addr, client_tls(args)))
+    channel = router_channel(args.addr, args.tls_ca, args.api_key)
+    stub = generation_pb2_grpc.GenerationStub(channel)
     text: list[str] = []
     token_ids: list[int] = []
     last = None
     try:
-        for response in stub.Generate(build_request(args, prompt), metadata=client_metadata(args)):
+        for response in stub.Generate(build_request(args, prompt)):
             text.append(response.text)
             token_ids.extend(response.token_ids)
             if not args.json and response.text:

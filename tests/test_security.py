@@ -11,6 +11,8 @@ refused by the per-connection cap) and never deny the public API; ``specdec up``
 
 from __future__ import annotations
 
+import io
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -31,7 +33,7 @@ from specdec.local_pipeline import LoopThread
 from specdec.router import app as router_app
 from specdec.serving.auth import ApiKeys, hash_key
 from specdec.serving.server import Running, Transport, start_server
-from specdec.serving.tls import ClientTLS, LoopbackPKI, loopback_pki, sync_channel
+from specdec.serving.tls import ClientTLS, LoopbackPKI, ServerTLS, loopback_pki, sync_channel
 from specdec.v1 import (
     common_pb2,
     draft_pb2,
@@ -339,3 +341,42 @@ def test_the_up_path_runs_over_mtls_with_a_throwaway_ca(model_dir: Path) -> None
     finally:
         services.stop()
     assert not folder.exists()
+
+
+def test_public_tls_and_keys_from_the_command_line(
+    secure: Stack, pki: LoopbackPKI, keys_file: str, model_dir: Path, capsys, monkeypatch
+) -> None:
+    cfg = router_app.RouterConfig(
+        model=str(model_dir / "target"),
+        verifiers=(secure.address("verifier"),),
+        listen="127.0.0.1:0",
+        max_context_tokens=256,
+        peer_tls=pki.client(),
+        api_keys_file=keys_file,
+        transport=Transport(ServerTLS(pki.server_cert, pki.server_key)),
+    )
+    running, deps = secure.loop.run(router_app.start(cfg))
+    try:
+        addr = f"127.0.0.1:{running.port}"
+        argv = ["generate", "--addr", addr, "--json", "--max-tokens", "4", PROMPT]
+        assert cli_main([*argv, "--tls-ca", pki.ca, "--api-key", KEYS["bob"]]) == 0
+        assert len(json.loads(capsys.readouterr().out)["token_ids"]) == 4
+        monkeypatch.setenv("SPECDEC_API_KEY", KEYS["alice"])
+        assert cli_main([*argv, "--tls-ca", pki.ca]) == 0
+        capsys.readouterr()
+        monkeypatch.delenv("SPECDEC_API_KEY")
+        assert cli_main([*argv, "--tls-ca", pki.ca]) == 2
+        assert "UNAUTHENTICATED" in capsys.readouterr().err
+        assert cli_main(argv) == 2  # plaintext against a TLS port
+    finally:
+        secure.loop.run(running.stop(0))
+        secure.loop.run(deps.verifiers.close())
+        secure.loop.run(deps.drafts.close())
+
+
+def test_hash_key_prints_a_keys_file_line(capsys, monkeypatch) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO("s3cret\n"))
+    assert cli_main(["hash-key", "carol"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line == f"carol:{hash_key('s3cret')}"
+    assert ApiKeys([("carol", line.split(":")[1])]).identify(bearer("s3cret")) == "carol"

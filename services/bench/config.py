@@ -21,6 +21,7 @@ class BenchConfig:
     target: str = "models/demo-target"  # target model folder (also the tokenizer)
     draft: str = "models/demo-draft"  # draft model folder
     addr: str | None = None  # a running router; None: start the pipeline (separate processes)
+    tls_ca: str | None = None  # reach --addr over TLS, trusting this CA (API key: $SPECDEC_API_KEY)
     one_process: bool = False  # start the three services inside the bench's own process
     out: str = "bench-out"  # folder for result.json, REPORT.md and the plots
     workload: str = "all"  # code, prose or all
@@ -86,6 +87,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", help=f"target model folder (default {d.target})")
     p.add_argument("--draft", help=f"draft model folder (default {d.draft})")
     p.add_argument("--addr", help="HOST:PORT of a running router (default: start the services)")
+    p.add_argument(
+        "--tls-ca",
+        help="with --addr: TLS, trusting this CA (an API key comes from $SPECDEC_API_KEY, so it "
+        "stays out of the report)",
+    )
     p.add_argument(
         "--one-process",
         action="store_true",

@@ -44,6 +44,7 @@ from specdec.core.limits import MAX_SPEC_DEPTH
 from specdec.core.model_config import load_config
 from specdec.core.rounds import Tally
 from specdec.core.tokenizer import Tokenizer
+from specdec.serving.security_args import router_channel
 from specdec.v1 import generation_pb2_grpc
 
 if TYPE_CHECKING:
@@ -117,7 +118,7 @@ def routers(cfg: BenchConfig, context: int, out: Path) -> Iterator[Routers]:
     channels: list[grpc.Channel] = []
 
     def stub(address: str) -> generation_pb2_grpc.GenerationStub:
-        channels.append(grpc.insecure_channel(address))
+        channels.append(router_channel(address, cfg.tls_ca if address == cfg.addr else None, None))
         return generation_pb2_grpc.GenerationStub(channels[-1])
 
     services, pipe = None, None

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections import namedtuple
+
+import grpc
 
 from specdec.core.errors import SpecdecError
 from specdec.serving.server import Transport, check_listen
-from specdec.serving.tls import REPLICA_NAME, ClientTLS, ServerTLS
+from specdec.serving.tls import REPLICA_NAME, ClientTLS, ServerTLS, sync_channel
 
 API_KEY_ENV = "SPECDEC_API_KEY"
 
@@ -100,11 +103,40 @@ def peer_tls(args: argparse.Namespace) -> ClientTLS | None:
     return ClientTLS(args.peer_ca, args.peer_cert, args.peer_key, args.peer_name)
 
 
-def client_tls(args: argparse.Namespace) -> ClientTLS | None:
-    return ClientTLS(args.tls_ca) if args.tls_ca else None
+def router_channel(address: str, tls_ca: str | None, api_key: str | None) -> grpc.Channel:
+    """A blocking channel to a router: TLS trusting ``tls_ca`` when given, every call carrying
+    ``api_key`` (else ``$SPECDEC_API_KEY``) when there is one."""
+    channel = sync_channel(address, ClientTLS(tls_ca) if tls_ca else None)
+    key = api_key or os.environ.get(API_KEY_ENV)
+    if not key:
+        return channel
+    return grpc.intercept_channel(channel, _WithMetadata((("authorization", f"Bearer {key}"),)))
 
 
-def client_metadata(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
-    """The call metadata carrying the API key, if one is given (flag or environment)."""
-    key = args.api_key or os.environ.get(API_KEY_ENV)
-    return (("authorization", f"Bearer {key}"),) if key else ()
+class _CallDetails(
+    namedtuple(
+        "_CallDetails",
+        ["method", "timeout", "metadata", "credentials", "wait_for_ready", "compression"],
+    ),
+    grpc.ClientCallDetails,
+):
+    pass
+
+
+class _WithMetadata(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    """Adds fixed metadata (the API key) to every call."""
+
+    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self.metadata = metadata
+
+    def _details(self, d: grpc.ClientCallDetails) -> _CallDetails:
+        metadata = (*(d.metadata or ()), *self.metadata)
+        return _CallDetails(
+            d.method, d.timeout, metadata, d.credentials, d.wait_for_ready, d.compression
+        )
+
+    def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return continuation(self._details(details), request)
