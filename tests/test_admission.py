@@ -18,6 +18,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 
 from specdec.core.errors import OutOfSlots
 from specdec.local_pipeline import Pipeline
@@ -230,6 +231,7 @@ def wait_for(condition, timeout_s: float = 10.0) -> None:
 def test_eight_requests_on_two_slots_all_succeed_with_the_sequential_outputs(pipeline) -> None:
     stub = pipeline.client()
     sequential = [run(stub, greedy(p))[0] for p in PROMPTS]
+    waits_before = REGISTRY.get_sample_value("specdec_request_queue_time_seconds_count") or 0
     barrier = threading.Barrier(len(PROMPTS))
 
     def one(prompt: str):
@@ -245,6 +247,10 @@ def test_eight_requests_on_two_slots_all_succeed_with_the_sequential_outputs(pip
     assert pipeline.wait_idle() == 0
     adm = pipeline.router_deps.admission
     assert adm.admitted == 0 and adm.waiting == 0
+    # The metrics: every request's wait observed, nobody waiting now.
+    waits = REGISTRY.get_sample_value("specdec_request_queue_time_seconds_count")
+    assert waits == waits_before + len(PROMPTS)
+    assert REGISTRY.get_sample_value("specdec_num_requests_waiting") == 0
 
 
 @service
