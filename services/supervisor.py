@@ -4,8 +4,9 @@ Each watched child is a name, a way to read its exit status and a way to start i
 caller's loop calls ``check()`` a few times a second (from the thread that started the children:
 their parent-death signal is tied to it). When a child has exited, one line on the console says
 so and when it starts again ("specdec: the draft exited (signal 9); restarting in 0.5 s (restart
-1)"); the delay doubles with every death that follows a restart too closely (``stable_s``) and
-starts over once the child has stayed up that long. A child that dies again after ``max_rapid``
+1)"), another when it serves again ("specdec: the draft is back, 3.2 s after it died"). The delay
+doubles with every death that follows a restart too closely (``stable_s``) and starts over once
+the child has stayed up that long. A child that dies again after ``max_rapid``
 rapid restarts makes ``check()`` raise ``GiveUp``: it needs a person, not more restarts.
 
 Not here: starting the children the first time (``up.py``), what the router does while one is
@@ -36,10 +37,12 @@ class Watched:
     name: str
     poll: Callable[[], int | None]  # its exit status (negative: the signal), None while it runs
     start: Callable[[], None]  # start it again at the same address
+    ready: Callable[[], bool]  # it serves (asked after a restart until it says so)
     restarts: int = 0
     rapid: int = 0  # deaths in a row, each within STABLE_S of the previous start
     started_at: float = 0.0
     restart_at: float | None = None  # set while it is dead and waiting for its restart
+    died_at: float | None = None  # set from its death until it serves again
 
 
 def describe_exit(status: int) -> str:
@@ -61,8 +64,14 @@ class Supervisor:
         self.stable_s, self.max_rapid = stable_s, max_rapid
         self.children: list[Watched] = []
 
-    def watch(self, name: str, poll: Callable[[], int | None], start: Callable[[], None]) -> None:
-        self.children.append(Watched(name, poll, start, started_at=self.clock()))
+    def watch(
+        self,
+        name: str,
+        poll: Callable[[], int | None],
+        start: Callable[[], None],
+        ready: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.children.append(Watched(name, poll, start, ready, started_at=self.clock()))
 
     def check(self) -> None:
         """Notice deaths, restart what is due; ``GiveUp`` when a child keeps dying."""
@@ -72,6 +81,8 @@ class Supervisor:
                 status = child.poll()
                 if status is not None:
                     self._died(child, describe_exit(status), now)
+                elif child.died_at is not None and child.ready():
+                    self._back(child, now - child.died_at)
             elif now >= child.restart_at:
                 self._restart(child, now)
 
@@ -86,10 +97,16 @@ class Supervisor:
             )
         delay = min(self.first_delay_s * 2 ** (child.rapid - 1), self.max_delay_s)
         child.restart_at = now + delay
+        if child.died_at is None:
+            child.died_at = now
         self.say(
             f"specdec: the {child.name} {how}; restarting in {delay:g} s "
             f"(restart {child.restarts + 1})"
         )
+
+    def _back(self, child: Watched, down_s: float) -> None:
+        self.say(f"specdec: the {child.name} is back, {down_s:.1f} s after it died")
+        child.died_at = None
 
     def _restart(self, child: Watched, now: float) -> None:
         child.restarts += 1

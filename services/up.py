@@ -45,17 +45,23 @@ DEMO_DRAFT = Path("models/demo-draft")
 STOP_TIMEOUT_S = 10.0  # Ctrl-C: how long the services get to drain before SIGKILL
 
 
+def serving(address: str, timeout_s: float = 1.0) -> bool:
+    """Does the (plaintext) health service of ``address`` say SERVING?"""
+    with grpc.insecure_channel(address) as channel, contextlib.suppress(grpc.RpcError):
+        stub = health_pb2_grpc.HealthStub(channel)
+        reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
+    return False
+
+
 def wait_serving(address: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
     """Poll the health service of ``address`` until SERVING; fail if the process dies."""
-    stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(address))
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise Unavailable(f"the process for {address} exited with code {process.returncode}")
-        with contextlib.suppress(grpc.RpcError):
-            reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-            if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                return
+        if serving(address):
+            return
         time.sleep(0.2)
     raise Unavailable(f"{address} did not become ready within {timeout_s:.0f}s")
 
@@ -94,6 +100,9 @@ class Services:
 
     def wait(self, name: str, timeout_s: float) -> None:
         wait_serving(self.health.get(name, self.addresses[name]), self.procs[name], timeout_s)
+
+    def serving(self, name: str) -> bool:
+        return serving(self.health.get(name, self.addresses[name]), timeout_s=0.5)
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> list[str]:
         """SIGTERM everything, SIGKILL what has not stopped within ``timeout_s`` (one budget for
@@ -263,6 +272,7 @@ def _supervise(services: Services, redis_server: EmbeddedRedis | None) -> Superv
             name,
             lambda name=name: services.procs[name].poll(),  # type: ignore[misc]
             lambda name=name: services.start(name),  # type: ignore[misc]
+            lambda name=name: services.serving(name),  # type: ignore[misc]
         )
     if redis_server is not None:
         process = lambda: redis_server.process  # noqa: E731
