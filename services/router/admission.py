@@ -13,10 +13,12 @@ the queue is full (``max_waiting``) or it waited ``timeout_s`` without a turn; a
 request leaves the queue at once. The hint is the expected wait for a slot:
 ``(requests ahead + 1) / capacity × mean slot hold time``.
 
-Another router may take a slot this one counted as free: the verifier then refuses the open with
-RESOURCE_EXHAUSTED, and the request keeps its ticket and waits (``wait_for_slot``: until a ticket
-of this router is released or a short back-off passes) before opening again, up to ``timeout_s``.
-What was admitted is never failed for want of a slot within that time.
+Another router may take a slot this one counted as free, and a slot this router's last request
+released is free on the verifier only once the verifier has seen that stream end (a moment
+later): the verifier then refuses the open with RESOURCE_EXHAUSTED, and the request keeps its
+ticket and waits (``wait_for_slot``: until a ticket of this router is released or a back-off of
+5 ms, doubling per refusal up to 50 ms, passes) before opening again, up to ``timeout_s``. What
+was admitted is never failed for want of a slot within that time.
 
 When no verifier's capacity is known (none up, or none answered ``GetStatus``) nothing waits:
 the request goes on and fails or succeeds by itself (UNAVAILABLE when no verifier is up).
@@ -51,7 +53,8 @@ STATUS_TIMEOUT_S = 1.0
 HOLD_DECAY = 0.9  # weight of the past in the mean slot hold time
 DEFAULT_HOLD_S = 1.0  # mean slot hold time before any request finished
 MIN_RETRY_S, MAX_RETRY_S = 0.1, 60.0
-FULL_BACKOFF_S = 0.05  # the most a request the verifier found full waits before trying again
+FIRST_BACKOFF_S = 0.005  # a request the verifier found full waits this long, doubling per
+MAX_BACKOFF_S = 0.05  # refusal up to this, before trying again (or until a release)
 
 
 def retry_after_s(ahead: int, capacity: int, hold_s: float) -> float:
@@ -67,9 +70,10 @@ class Ticket:
     """A request's admission: held from the grant until ``Admission.release``."""
 
     identity: str
-    queued_ns: int = 0  # time spent waiting for the grant
+    queued_ns: int = 0  # time spent waiting: for the grant, then for a verifier that was full
     granted_at: float = 0.0  # clock() at the grant
     deadline: float = 0.0  # clock() after which a verifier that is full fails the request
+    refusals: int = 0  # opens the verifier refused for want of a slot
     released: bool = False
 
 
@@ -231,9 +235,13 @@ class Admission:
                 f"the server is busy: no verifier slot came free in {self.timeout_s:g} s",
                 retry_after_s=self.retry_after(),
             )
+        backoff = min(MAX_BACKOFF_S, FIRST_BACKOFF_S * 2**ticket.refusals)
+        ticket.refusals += 1
+        started = self.clock()
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(min(left, FULL_BACKOFF_S)):
+            async with asyncio.timeout(min(left, backoff)):
                 await self._released.wait()
+        ticket.queued_ns += int((self.clock() - started) * 1e9)  # waiting all the same
 
     def _fits(self) -> bool:
         capacity = self.capacity()
