@@ -3,7 +3,8 @@
 ``specdec serve`` takes the server side (``--tls-*``, ``--insecure``, ``--reflection``,
 ``--health-listen``), the router also its client side towards the replicas (``--peer-*``) and
 ``--api-keys-file``; ``specdec generate`` and ``bench`` the client side of the public API
-(``--tls-ca``, ``--api-key``). Inconsistent flags are a ``SpecdecError`` saying what to add.
+(``--tls-ca``, ``--api-key``), as one ``router_channel`` that sends the key with every call.
+Inconsistent flags are a ``SpecdecError`` saying what to add.
 """
 
 from __future__ import annotations
