@@ -274,8 +274,9 @@ def _open_propose(address: str, tls: ClientTLS | None, n: int) -> list[Any]:
     return [stub.Propose(requests(), timeout=30) for _ in range(n)]
 
 
-def _ending(calls: list[Any]) -> list[grpc.StatusCode]:
-    """How each stream ended (reading whatever it answered first)."""
+def _ending(calls: list[Any], details: list[str] | None = None) -> list[grpc.StatusCode]:
+    """How each stream ended (reading whatever it answered first); its message into
+    ``details``."""
     codes = []
     for call in calls:
         try:
@@ -284,6 +285,8 @@ def _ending(calls: list[Any]) -> list[grpc.StatusCode]:
             codes.append(grpc.StatusCode.OK)
         except grpc.RpcError as err:
             codes.append(err.code())
+            if details is not None:
+                details.append(err.details())
     return codes
 
 
@@ -310,10 +313,18 @@ def test_idle_streams_end_and_capped_peers_deny_nothing_without_tls(model_dir: P
         with ThreadPoolExecutor(4) as pool:  # while the strangers hold what they may
             outputs = list(pool.map(lambda _: generate(stack), range(4)))
         assert all(len(o) == 8 for o in outputs)
-        codes = _ending(verify) + _ending(propose)
+        details: list[str] = []
+        codes = _ending(verify, details) + _ending(propose, details)
         # 8 of each stream kind over the cap, refused; the other 8 ended by the idle timeout.
         assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) == 16
         assert codes.count(grpc.StatusCode.UNAVAILABLE) == 16
+        assert details.count("the stream sent nothing for 1 s; closed and its slot freed") == 16
+        assert (
+            details.count(
+                "this connection already holds 8 streams, the most one peer may; close one first"
+            )
+            == 16
+        )
         assert time.monotonic() - started < 15
         assert verifier_status(stack.address("verifier"), None).slots_in_use == 0
     finally:
