@@ -211,6 +211,12 @@ def _add_up(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--listen", default=DEFAULT_ADDR, help="router address")
     p.add_argument("--device", default=None, help="verifier device (default: cuda if any)")
     p.add_argument("--draft-device", default=None, help="draft device, e.g. cuda:1")
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback --listen: the router's public port is plaintext (the "
+        "internal streams use mTLS either way)",
+    )
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
@@ -425,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
             args.listen,
             args.device,
             args.draft_device,
+            insecure=args.insecure,
         )
     except SpecdecError as exc:
         print(f"specdec: {exc}", file=sys.stderr)

@@ -35,6 +35,7 @@ from specdec.core.errors import Unavailable
 from specdec.router.redis_server import EmbeddedRedis, free_loopback_port, redis_url_from_env
 from specdec.serving.cpus import Layout, format_cpus, split, usable
 from specdec.serving.parent_death import die_with_parent
+from specdec.serving.server import Transport, check_listen
 from specdec.serving.tls import loopback_pki
 from specdec.supervisor import GiveUp, Supervisor
 
@@ -207,7 +208,10 @@ def up(
     device: str | None,
     draft_device: str | None,
     timeout_s: float = 300,
+    insecure: bool = False,
 ) -> int:
+    """``insecure``: the router's public port may be plaintext on a non-loopback ``listen``."""
+    check_listen(listen, Transport(insecure=insecure), "--insecure (specdec up serves plaintext)")
     for folder in (target, draft):
         if folder and not Path(folder).is_dir():
             hint = (
@@ -228,7 +232,15 @@ def up(
         try:
             print("loading models ...", flush=True)
             services = start_services(
-                target, draft, listen, device, draft_device, url, timeout_s=timeout_s, mtls=True
+                target,
+                draft,
+                listen,
+                device,
+                draft_device,
+                url,
+                timeout_s=timeout_s,
+                router_flags=["--insecure"] if insecure else None,
+                mtls=True,
             )
             print(
                 f"specdec ready: router on {listen} (target {Path(target).name}, draft "

@@ -215,6 +215,7 @@ def test_plaintext_off_loopback_needs_insecure(secure: Stack, model_dir: Path) -
     # The command line says so before loading anything; its default address is loopback.
     argv = ["serve", "verifier", "--model", str(model_dir / "target"), "--listen", "0.0.0.0:0"]
     assert cli_main(argv) == 2
+    assert cli_main(["up", "--target", str(model_dir / "target"), "--listen", "0.0.0.0:0"]) == 2
     assert build_parser().parse_args(["serve", "draft"]).listen is None  # -> 127.0.0.1:50053
 
 

@@ -73,13 +73,15 @@ def is_loopback(address: str) -> bool:
         return False  # a host name: it may resolve to anything
 
 
-def check_listen(address: str, transport: Transport) -> None:
+def check_listen(address: str, transport: Transport, remedy: str = "") -> None:
     """Refuse plaintext on a non-loopback address unless the caller said ``insecure``."""
     if transport.tls is None and not transport.insecure and not is_loopback(address):
+        remedy = remedy or (
+            "--tls-cert and --tls-key (and --tls-client-ca for mTLS), or --insecure"
+        )
         raise SpecdecError(
-            f"refusing to listen on {address} without TLS: pass --tls-cert and --tls-key "
-            "(and --tls-client-ca for mTLS), bind 127.0.0.1, or pass --insecure to accept "
-            "plaintext on the network"
+            f"refusing to listen on {address} without TLS: bind 127.0.0.1, or pass {remedy} "
+            "to accept plaintext on the network"
         )
 
 
