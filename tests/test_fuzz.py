@@ -3,13 +3,15 @@
 Each request message is drawn from its descriptor (every field, with values both plausible and
 extreme: huge ids, NaN and infinite floats, unknown enum values, odd text), streams as a few
 such messages, and raw bytes besides. Every answer must be OK or a clear refusal; never
-UNKNOWN or INTERNAL (a crash), never a hang; and the servers must serve normally afterwards.
+UNKNOWN or INTERNAL (a crash), never a hang, never an ERROR in the servers' log (a bug caught
+and survived is still a bug); and the servers must serve normally afterwards.
 ``SPECDEC_FUZZ_EXAMPLES`` cases per test (default 100; ``make test-fuzz`` runs 10^4), drawn
 deterministically.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -121,11 +123,35 @@ RPCS = {
 }
 
 
+class _Errors(logging.Handler):
+    """What the servers log at ERROR or above."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def take(self) -> list[str]:
+        taken = [
+            f"{r.name}: {r.getMessage()} {r.exc_info[1] if r.exc_info else ''}"
+            for r in self.records
+        ]
+        self.records.clear()
+        return taken
+
+
+ERRORS = _Errors()
+
+
 @pytest.fixture(scope="module")
 def pipeline(model_dir: Path):
+    logging.getLogger("specdec").addHandler(ERRORS)
     p = Pipeline(str(model_dir / "target"), str(model_dir / "draft_close")).start()
     yield p
     p.close()
+    logging.getLogger("specdec").removeHandler(ERRORS)
 
 
 @pytest.fixture(scope="module")
@@ -147,15 +173,18 @@ def call(channels, rpc: str, payload: bytes | list[bytes]) -> grpc.StatusCode:
         (True, True): channel.stream_stream,
     }[(stream_in, stream_out)]
     request = iter(payload) if stream_in else payload
+    assert ERRORS.take() == []  # (logged after the previous call ended)
     try:
         answer = kind(method)(request, timeout=CALL_TIMEOUT_S)
         if stream_out:
             list(answer)
     except grpc.RpcError as err:
+        assert ERRORS.take() == []
         assert err.code() in ALLOWED, f"{rpc}: {err.code().name}: {err.details()}"
         assert "Traceback" not in (err.details() or "") and "<class" not in (err.details() or "")
         event(err.code().name)  # (pytest --hypothesis-show-statistics tallies them)
         return err.code()
+    assert ERRORS.take() == []
     event("OK")
     return grpc.StatusCode.OK
 
@@ -319,3 +348,4 @@ def test_the_servers_still_serve_after_the_fuzz(pipeline: Pipeline):
     out = list(pipeline.client().Generate(request, timeout=30))
     assert sum(len(r.token_ids) for r in out) == 8
     assert pipeline.wait_idle() == 0
+    assert ERRORS.take() == []

@@ -13,7 +13,9 @@ Non-goals: the wire (``server.py``).
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
+from typing import Any
 
 from specdec.core.errors import InvalidRequest
 from specdec.core.limits import MAX_SPEC_DEPTH
@@ -33,6 +35,7 @@ from specdec.engine.sampling import SamplingParams
 from specdec.replica.scheduler import Scheduler
 
 _NGRAM = NgramProposer()
+log = logging.getLogger("specdec.draft")
 
 
 @dataclass
@@ -59,11 +62,21 @@ class _Forward:
         self.forward.run()
 
     def finish(self, elapsed_ns: int) -> None:
-        self.forward.finish(elapsed_ns)
+        # Each cursor's callbacks apart: one that raises fails its own step only.
+        for job in self.forward.jobs:
+            try:
+                job.settle()
+            except Exception as exc:
+                log.error("a draft cursor's callback failed", exc_info=exc)
+                self._fail([job], exc)
+        self.forward.finish(elapsed_ns)  # (each callback runs once: this only tidies up)
 
     def fail(self, exc: Exception) -> None:
-        self.forward.fail(exc)  # its cursors are dropped
-        for job in self.forward.jobs:
+        self._fail(self.forward.jobs, exc)
+
+    def _fail(self, jobs: list[Any], exc: Exception) -> None:
+        Forward(self.forward.engine, jobs).fail(exc)  # the cursors are dropped
+        for job in jobs:
             _, future = self.core._waiting.pop(id(job), (None, None))
             if future is not None and not future.done():
                 future.set_exception(exc)

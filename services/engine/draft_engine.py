@@ -199,6 +199,8 @@ class DraftEngine:
         if dseq.verifying and committed[: dseq.base] == dseq.committed[: dseq.base]:
             dseq.acceptance.observe(dseq.verifying, committed[dseq.base :])
         dseq.verifying = []
+        if dseq.current is not None:  # drafting for the earlier state: stale now (and two
+            dseq.current.cancelled = True  # cursors must never feed one slot)
         branch = self._take_branch(dseq, committed)
         self._drop_branches(dseq)  # the others are stale now
         if branch is None:

@@ -146,7 +146,11 @@ class Scheduler:
             for part in parts:
                 await self._execute(part)
         else:
-            batch.finish(time.perf_counter_ns() - start)
+            try:
+                batch.finish(time.perf_counter_ns() - start)
+            except Exception as exc:  # a bug handing out results: the loop must go on
+                log.error("handing out a batch's results failed", exc_info=exc)
+                batch.fail(exc)
 
 
 def _settle(future: asyncio.Future[Any], fn: Callable[[], Any]) -> None:
