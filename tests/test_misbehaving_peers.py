@@ -19,7 +19,7 @@ import pytest
 from specdec.core.errors import InvalidRequest
 from specdec.draft.core import DraftCore
 from specdec.engine.checkpoint import load_model
-from specdec.engine.draft_engine import NO_AHEAD
+from specdec.engine.draft_engine import NO_AHEAD, Ahead
 from specdec.engine.proposer import Proposal
 from specdec.engine.runner import ModelRunner
 from specdec.engine.sampling import SamplingParams
@@ -231,4 +231,33 @@ def test_a_cursor_failing_inside_a_draft_forward_fails_alone(model_dir: Path):
     results = asyncio.run(main())
     assert isinstance(results[1], InvalidRequest), results[1]
     assert [len(r) for i, r in enumerate(results) if i != 1] == [3, 3]
+    assert draft.cache.slots_in_use == 0
+
+
+def test_back_to_back_steps_that_wait_for_nothing_leave_the_draft_loop_serving(
+    model_dir: Path, caplog
+):
+    """Two "verifying" steps (no drafts asked) in a row, with draft-ahead on: the second makes
+    the first's drafting stale. Found by the fuzz: both cursors fed one slot, draft-ahead then
+    raised, and the draft's model loop died (every later request drafted nothing)."""
+    draft = ModelRunner(load_model(model_dir / "draft_close"), num_slots=8, max_seq_len=64)
+    greedy = SamplingParams()
+
+    async def main() -> list[int]:
+        core = DraftCore(draft)
+        core.start()
+        seq = core.open([260], greedy, 1, False, Ahead(4, 1), lambda base, results: None)
+        await asyncio.sleep(0.05)
+        for _ in range(2):
+            core.step(seq, 0, [112, 98, 139, 256], 0, 4, Ahead(1, 3))
+        await asyncio.sleep(0.1)
+        other = core.open([5, 6, 7], greedy, 0, ngram=False)
+        proposal = await asyncio.wait_for(core.step(other, 3, [], 3, 0, NO_AHEAD), 10)
+        for s in (seq, other):
+            core.close(s)
+        await core.stop()
+        return proposal.draft_token_ids
+
+    assert len(asyncio.run(main())) == 3
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
     assert draft.cache.slots_in_use == 0
