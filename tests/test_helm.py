@@ -14,6 +14,7 @@ kubernetes-validate does not ship; its shape is checked by hand).
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import shutil
@@ -244,6 +245,7 @@ def test_default_objects(default: Rendered) -> None:
         ("RoleBinding", f"{PREFIX}-router"),
         ("Secret", f"{PREFIX}-replica-tls"),
         ("Secret", f"{PREFIX}-router-tls"),
+        ("Secret", f"{PREFIX}-session-secret"),
     }
     assert all(o["metadata"]["namespace"] == NAMESPACE for o in default.objects)
 
@@ -808,7 +810,10 @@ def test_generated_certificates_chain_to_one_ca_and_name_the_replicas() -> None:
 
 def test_cert_manager_objects_shape() -> None:
     rendered = render(_tls_values("certManager"))
-    assert not rendered.of_kind("Secret")  # cert-manager writes them
+    # cert-manager writes the certificates; the chart only the session key
+    assert [o["metadata"]["name"] for o in rendered.of_kind("Secret")] == [
+        f"{PREFIX}-session-secret"
+    ]
     certs = {c["metadata"]["name"]: c for c in rendered.of_kind("Certificate")}
     assert set(certs) == {f"{PREFIX}-ca", f"{PREFIX}-replica", f"{PREFIX}-router"}
     assert certs[f"{PREFIX}-ca"]["spec"]["isCA"] is True
@@ -838,7 +843,10 @@ def test_cert_manager_objects_shape() -> None:
 
 def test_mtls_disabled_passes_insecure_and_probes_the_grpc_port() -> None:
     rendered = render({"tls": {"internal": {"source": "disabled"}}})
-    assert not rendered.of_kind("Secret") and not rendered.of_kind("Certificate")
+    assert [o["metadata"]["name"] for o in rendered.of_kind("Secret")] == [
+        f"{PREFIX}-session-secret"
+    ]
+    assert not rendered.of_kind("Certificate")
     for component in SPECDEC_COMPONENTS:
         args = rendered.args(component)
         assert "insecure" in args
@@ -877,3 +885,25 @@ def test_public_tls_and_api_keys() -> None:
         assert "api-keys" not in {v["name"] for v in _pod(rendered, component)["volumes"]}
     for obj in rendered.objects:
         kubernetes_validate.validate(obj, KUBE_VERSIONS[-1], strict=True)
+
+
+def test_routers_share_a_kept_session_secret_and_the_queue_settings(default: Rendered) -> None:
+    secret = default.get("Secret", f"{PREFIX}-session-secret")
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert len(base64.b64decode(secret["data"]["secret"])) >= 32
+    router = default.get("Deployment", f"{PREFIX}-router")["spec"]["template"]["spec"]
+    args = router["containers"][0]["args"]
+    assert "--session-secret-file=/etc/specdec/session-secret/secret" in args
+    assert "--queue-max=256" in args and "--queue-timeout-s=60" in args
+    assert "--max-sessions-per-identity=1000" in args
+    volume = next(v for v in router["volumes"] if v["name"] == "session-secret")
+    assert volume["secret"]["secretName"] == f"{PREFIX}-session-secret"
+    mine = render({"router": {"sessions": {"secretName": "mine"}}})
+    assert not [
+        s for s in mine.of_kind("Secret") if s["metadata"]["name"].endswith("session-secret")
+    ]
+    spec = mine.get("Deployment", f"{PREFIX}-router")["spec"]["template"]["spec"]
+    assert (
+        next(v for v in spec["volumes"] if v["name"] == "session-secret")["secret"]["secretName"]
+        == "mine"
+    )

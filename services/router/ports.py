@@ -27,6 +27,7 @@ from specdec.core.errors import OutOfSlots, Unavailable
 from specdec.core.rounds import AHEAD_HIT, AHEAD_MISS, NO_PROPOSAL, Proposal, Verdict
 from specdec.core.spec_cache import SpeculationCache
 from specdec.router.replicas import RETRY_AFTER_S, Replica, ReplicaPool
+from specdec.serving.errors import retry_after_s
 from specdec.v1 import common_pb2, draft_pb2, verifier_pb2
 
 log = logging.getLogger("specdec.router")
@@ -53,7 +54,8 @@ async def _status_error(call: Any, address: str) -> Exception:
     code = await call.code()
     if code != grpc.StatusCode.OK:
         details = await call.details()
-        return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
+        trailing = await call.trailing_metadata()  # keeps a RetryInfo detail, if any
+        return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailing, details)
     return StreamClosed(f"{address} closed the stream")
 
 
@@ -211,7 +213,10 @@ class StreamVerifier:
             await self._open(committed, proposal)
         except Unavailable:
             if full:  # every replica tried is full: the client should retry later
-                raise OutOfSlots(exc.details() or "verifier out of slots") from None  # type: ignore[union-attr]
+                raise OutOfSlots(
+                    exc.details() or "verifier out of slots",  # type: ignore[union-attr]
+                    retry_after_s=retry_after_s(exc) or RETRY_AFTER_S,  # type: ignore[arg-type]
+                ) from None
             raise
 
     def _release(self) -> None:
