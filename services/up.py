@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
+import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from specdec.core.errors import Unavailable
 from specdec.router.redis_server import EmbeddedRedis, free_loopback_port, redis_url_from_env
+from specdec.serving import run_folders
 from specdec.serving.cpus import Layout, format_cpus, split, usable
 from specdec.serving.parent_death import die_with_parent
 from specdec.serving.server import Transport, check_listen
@@ -77,7 +79,9 @@ class Services:
     commands: dict[str, list[str]] = field(default_factory=dict)  # name -> how to start it
     log_dir: Path | None = None  # children write their logs here (else to this terminal)
     health: dict[str, str] = field(default_factory=dict)  # name -> plaintext health host:port
-    pki: tempfile.TemporaryDirectory[str] | None = None  # the mTLS CA and certificates, if any
+    # A private folder (0700) for this run's mTLS CA and certificates and the routers' session
+    # key; deleted at stop.
+    private: Path | None = None
 
     def serve(self, role: str, *args: str, name: str | None = None) -> None:
         """Start ``specdec serve ROLE ARGS`` in its own session (Ctrl-C reaches only us), bound
@@ -120,18 +124,30 @@ class Services:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
                 killed.append(name)
-        if self.pki is not None:
-            self.pki.cleanup()
+        if self.private is not None:
+            shutil.rmtree(self.private, ignore_errors=True)
         return killed
 
     def loopback_mtls(self) -> tuple[list[str], list[str]]:
         """A throw-away CA for this run: the replicas' flags (server side, mTLS) and the
         router's (client side)."""
-        self.pki = tempfile.TemporaryDirectory(prefix="specdec-pki-")
-        pki = loopback_pki(self.pki.name)
+        pki = loopback_pki(self._private())
         replica = ["--tls-cert", pki.server_cert, "--tls-key", pki.server_key]
         router = ["--peer-ca", pki.ca, "--peer-cert", pki.client_cert, "--peer-key"]
         return [*replica, "--tls-client-ca", pki.ca], [*router, pki.client_key]
+
+    def session_secret(self) -> list[str]:
+        """The routers' flag for a session key of this run: every router (and a restarted one)
+        keys sessions alike, so a conversation's cache outlives a router restart."""
+        path = self._private() / "session-secret"
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_hex(32))
+        return ["--session-secret-file", str(path)]
+
+    def _private(self) -> Path:
+        if self.private is None:
+            self.private = run_folders.make("run")
+        return self.private
 
 
 def start_services(
@@ -187,6 +203,7 @@ def start_services(
             *(["--draft-model", Path(draft).name] if draft else []),
             *_cpus(layout.router),
             *router_tls,
+            *services.session_secret(),
             *(router_flags or []),
         ]
         for name, extra in {"router": [], **(routers or {})}.items():
@@ -227,6 +244,7 @@ def up(
         stopping = True
 
     signal.signal(signal.SIGTERM, stop)
+    run_folders.sweep()  # what an earlier `specdec up` killed with -9 left behind
     with _redis() as (url, redis_server):
         services: Services | None = None
         try:

@@ -341,8 +341,8 @@ def test_the_up_path_runs_over_mtls_with_a_throwaway_ca(model_dir: Path) -> None
     target = str(model_dir / "target")
     services = start_services(target, str(model_dir / "draft_other"), listen, "cpu", mtls=True)
     try:
-        assert services.pki is not None
-        folder = Path(services.pki.name)
+        assert services.private is not None
+        folder = services.private
         assert folder.stat().st_mode & 0o777 == 0o700
         stub = generation_pb2_grpc.GenerationStub(grpc.insecure_channel(listen))
         request = generation_pb2.GenerateRequest(prompt_text=PROMPT, max_tokens=8)

@@ -12,7 +12,6 @@ its kill, and the router uses it again within ``REUSE_S`` of that.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -28,6 +27,7 @@ import grpc
 import pytest
 import redis
 
+from specdec.serving import run_folders
 from specdec.serving.errors import retry_after_s
 from specdec.supervisor import GiveUp, Supervisor
 from specdec.v1 import generation_pb2, generation_pb2_grpc
@@ -316,11 +316,12 @@ def test_kill_9_of_up_leaves_no_child_running(up):
     children = up.pids()
     assert set(children) == {"draft", "verifier", "router", "redis"}
     left = _temp_folders(children["router"])  # Redis's and the certificates': up won't delete them
+    assert left
     up.process.kill()
     up.process.wait()
     wait_for(lambda: not any(_running(pid) for pid in children.values()), 5)
-    for folder in left:
-        shutil.rmtree(folder)
+    assert set(run_folders.sweep()) >= left  # what the next `specdec up` does first
+    assert not any(folder.exists() for folder in left)
 
 
 def _temp_folders(pid: int) -> set[Path]:

