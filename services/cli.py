@@ -199,6 +199,11 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         default=0,
         help="serve Prometheus /metrics on this port (0: off)",
     )
+    p.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address /metrics binds (default loopback; 0.0.0.0 for a cluster's Prometheus)",
+    )
 
 
 def _add_up(sub: argparse._SubParsersAction) -> None:
@@ -315,6 +320,7 @@ def _run_serve(args: argparse.Namespace) -> int:
                 args.slots,
                 args.max_seq_len,
                 metrics_port=args.metrics_port,
+                metrics_host=args.metrics_host,
                 threads=args.threads,
                 dtype=args.dtype,
                 transport=server_transport(args, listen),
@@ -335,6 +341,7 @@ def _run_serve(args: argparse.Namespace) -> int:
                 args.max_seq_len,
                 args.vocab_size,
                 metrics_port=args.metrics_port,
+                metrics_host=args.metrics_host,
                 threads=args.threads,
                 dtype=args.dtype,
                 ahead_slots=args.ahead_slots,
@@ -373,6 +380,7 @@ def _run_serve(args: argparse.Namespace) -> int:
                 max_sessions_per_identity=args.max_sessions_per_identity,
                 **({"ahead_width": args.ahead_width} if args.ahead_width is not None else {}),
                 metrics_port=args.metrics_port,
+                metrics_host=args.metrics_host,
                 max_context_tokens=args.max_seq_len,
                 discover_namespace=args.discover_namespace,
                 discover_verifiers=args.discover_verifiers,

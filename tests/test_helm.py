@@ -497,7 +497,11 @@ def test_router_args(default: Rendered) -> None:
     assert args["discover-drafts"] == f"{PREFIX}-draft"
     assert args["redis-url"] == f"redis://{PREFIX}-redis:6379/0"
     assert (args["policy"], args["max-depth"], args["max-seq-len"]) == ("goodput", "8", "2048")
-    assert args["metrics-port"] == "9090" and args["listen"] == "0.0.0.0:50051"
+    assert (
+        args["metrics-port"] == "9090"
+        and args["metrics-host"] == "0.0.0.0"
+        and args["listen"] == "0.0.0.0:50051"
+    )
     assert "load-guard" not in args  # off by default
     assert "no-draft-ahead" not in args  # on by default
     assert (args["ahead-width"], args["ahead-max-in-flight"]) == ("2", "1")

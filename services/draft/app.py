@@ -32,6 +32,7 @@ class DraftConfig:
     max_seq_len: int = 2048  # tokens per slot (capped by the model's context)
     vocab_size: int | None = None  # the target's vocabulary (drafts stay below it)
     metrics_port: int = 0  # Prometheus /metrics on this port; 0: off
+    metrics_host: str = "127.0.0.1"  # address /metrics binds
     threads: int | None = None  # CPU threads for torch; None: the container's CPU quota
     dtype: str | None = None  # float32, bfloat16, float16; None: see load_draft
     ahead_slots: int = 64  # more slots, for draft-ahead's branches (shared by all sequences)
@@ -77,4 +78,4 @@ async def start(cfg: DraftConfig) -> Running:
 def main(cfg: DraftConfig) -> None:
     """The process entry point (``specdec serve draft``): owns the process-wide torch threads."""
     set_cpu_threads(cfg.threads)
-    run_service("draft", cfg.metrics_port, lambda: start(cfg))
+    run_service("draft", (cfg.metrics_host, cfg.metrics_port), lambda: start(cfg))

@@ -55,6 +55,7 @@ class RouterConfig:
     queue_max: int = DEFAULT_MAX_WAITING  # requests waiting at most; beyond: RESOURCE_EXHAUSTED
     queue_timeout_s: float = DEFAULT_TIMEOUT_S  # the longest wait for a slot
     metrics_port: int = 0  # Prometheus /metrics on this port; 0: off
+    metrics_host: str = "127.0.0.1"  # address /metrics binds
     # Kubernetes discovery (router/discovery.py): a Service named here replaces the static list.
     discover_namespace: str = ""  # namespace of the Services below; "": this pod's
     discover_verifiers: str = ""  # headless Service whose ready endpoints are the verifiers
@@ -165,7 +166,7 @@ async def stop(running: Running, deps: RouterDeps, grace_s: float = 5.0) -> None
 
 def main(cfg: RouterConfig) -> None:
     setup_tracing("specdec-router")
-    serve_metrics(cfg.metrics_port)
+    serve_metrics(cfg.metrics_port, cfg.metrics_host)
 
     async def run() -> None:
         running, deps = await start(cfg)

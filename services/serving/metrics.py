@@ -58,7 +58,8 @@ QUEUE_DEPTH = Gauge("specdec_queue_depth", "Work items waiting for a batched for
 SLOTS_IN_USE = Gauge("specdec_kv_slots_in_use", "KV-cache slots held by active sequences", ["role"])
 
 
-def serve_metrics(port: int) -> None:
-    """Expose ``/metrics`` over HTTP on ``port`` (0 or less: off)."""
+def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
+    """Expose ``/metrics`` over HTTP on ``host:port`` (port 0 or less: off); loopback unless
+    told otherwise (a cluster passes ``--metrics-host 0.0.0.0`` for Prometheus)."""
     if port > 0:
-        start_http_server(port)
+        start_http_server(port, addr=host)

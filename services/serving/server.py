@@ -203,10 +203,15 @@ async def start_service(
     return running
 
 
-def run_service(role: str, metrics_port: int, start: Callable[[], Awaitable[Running]]) -> None:
-    """A replica's process: tracing and metrics as configured, then serve until a signal."""
+def run_service(
+    role: str,
+    metrics: tuple[str, int],
+    start: Callable[[], Awaitable[Running]],
+) -> None:
+    """A replica's process: tracing and metrics (host, port) as configured, then serve until a
+    signal."""
     setup_tracing(f"specdec-{role}")
-    serve_metrics(metrics_port)
+    serve_metrics(metrics[1], metrics[0])
 
     async def run() -> None:
         await serve_forever(await start())

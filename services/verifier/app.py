@@ -30,6 +30,7 @@ class VerifierConfig:
     slots: int = 16  # KV-cache slots: concurrent sequences (and parked sessions)
     max_seq_len: int = 2048  # tokens per slot (capped by the model's context)
     metrics_port: int = 0  # Prometheus /metrics on this port; 0: off
+    metrics_host: str = "127.0.0.1"  # address /metrics binds
     threads: int | None = None  # CPU threads for torch; None: the container's CPU quota
     dtype: str | None = None  # float32, bfloat16, float16; None: fp32 on CPU, bf16 on GPU
     max_batch_tokens: int = 8192  # tokens per batched forward
@@ -67,4 +68,4 @@ async def start(cfg: VerifierConfig, core: VerifierCore | None = None) -> Runnin
 def main(cfg: VerifierConfig) -> None:
     """The process entry point (``specdec serve verifier``): owns the process-wide torch threads."""
     set_cpu_threads(cfg.threads)
-    run_service("verifier", cfg.metrics_port, lambda: start(cfg))
+    run_service("verifier", (cfg.metrics_host, cfg.metrics_port), lambda: start(cfg))

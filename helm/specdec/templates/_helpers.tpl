@@ -204,5 +204,6 @@ readinessProbe:
 - --listen=0.0.0.0:{{ .values.port }}
 {{- if .root.Values.metrics.enabled }}
 - --metrics-port={{ .root.Values.metrics.port }}
+- --metrics-host=0.0.0.0
 {{- end }}
 {{- end }}
