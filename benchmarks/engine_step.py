@@ -4,8 +4,11 @@ batching 8 sessions buys over running them one after another.
 Builds a ~30M-parameter random Llama in memory (no checkpoint needed), prefills each slot with a
 prompt, then times steps with the systems interleaved so machine drift cancels. Prints medians
 and ratios measured in this one run. Not a test: nothing here asserts a speed.
+``--compile`` also compiles the forward (``engine/compiled.py``) and times every step both ways,
+eager and compiled interleaved; ``--model`` loads a checkpoint (packed linears, as served).
 
     make bench-engine            # or: python benchmarks/engine_step.py --device cuda --dtype bf16
+    python benchmarks/engine_step.py --model models/demo-target --compile --threads 1
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch
 
 from specdec.core.model_config import ModelConfig
 from specdec.engine.batch import Chunk
+from specdec.engine.checkpoint import load_model
 from specdec.engine.model import DecoderModel
 from specdec.engine.runner import ModelRunner
 
@@ -46,14 +50,25 @@ SHAPES = {
 }
 
 
-def build_runner(shape: str, device: str, dtype: torch.dtype, slots: int, ctx: int) -> ModelRunner:
-    cfg = ModelConfig(
-        model_type="llama", max_position_embeddings=ctx, rope_theta=500000.0, **SHAPES[shape]
-    )  # type: ignore[arg-type]
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = DecoderModel(cfg).to(dtype).eval().requires_grad_(False).fuse_projections()
-    return ModelRunner(model, num_slots=slots, max_seq_len=ctx)
+def build_runner(
+    shape: str,
+    device: str,
+    dtype: torch.dtype,
+    slots: int,
+    ctx: int,
+    model_dir: str | None = None,
+    compile: bool = False,
+) -> ModelRunner:
+    if model_dir:
+        model = load_model(model_dir, dtype, device)
+    else:
+        cfg = ModelConfig(
+            model_type="llama", max_position_embeddings=ctx, rope_theta=500000.0, **SHAPES[shape]
+        )  # type: ignore[arg-type]
+        torch.manual_seed(0)
+        with torch.device(device):
+            model = DecoderModel(cfg).to(dtype).eval().requires_grad_(False).fuse_projections()
+    return ModelRunner(model, num_slots=slots, max_seq_len=ctx, compile=compile)
 
 
 def timed(fn: Callable[[], None], device: str) -> float:
@@ -74,9 +89,26 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--model", help="checkpoint folder instead of a random --shape")
+    ap.add_argument("--compile", action="store_true", help="time eager and compiled steps")
+    ap.add_argument("--threads", type=int, help="torch CPU threads")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dtype = torch.float32 if args.dtype == "fp32" else torch.bfloat16
-    runner = build_runner(args.shape, args.device, dtype, args.batch, args.prompt_len + 64)
+    runner = build_runner(
+        args.shape,
+        args.device,
+        dtype,
+        args.batch,
+        args.prompt_len + 64,
+        args.model,
+        args.compile,
+    )
+    if runner.compiled is not None:
+        start = time.perf_counter()
+        runner.warm_compiled()
+        print(f"compiled in {time.perf_counter() - start:.1f} s ({runner.compiled.failed or 'ok'})")
     params = sum(p.numel() for p in runner.model.parameters())
     print(
         f"model: {args.shape} ({params / 1e6:.1f}M params), {args.device} {args.dtype}, "
@@ -98,6 +130,14 @@ def main() -> None:
 
         return run
 
+    def toggled(fn: Callable[[], None], mode: str) -> Callable[[], None]:
+        def run() -> None:
+            assert runner.compiled is not None
+            runner.compiled.ready = mode == "compiled"
+            fn()
+
+        return run
+
     def sequential(n_tokens: int, batch: list[int]) -> Callable[[], None]:
         def run() -> None:
             for s in batch:
@@ -110,6 +150,13 @@ def main() -> None:
     systems = {"decode (1 token)": verify(1, slots[:1]), **systems}
     systems[f"batched decode x{args.batch}"] = verify(1, slots)
     systems[f"sequential decode x{args.batch}"] = sequential(1, slots)
+    systems[f"batched verify k=4 x{args.batch}"] = verify(5, slots)
+    if runner.compiled is not None:
+        systems = {
+            f"{mode} {name}": toggled(fn, mode)
+            for name, fn in systems.items()
+            for mode in ("eager", "compiled")
+        }
     times: dict[str, list[float]] = {name: [] for name in systems}
     for fn in systems.values():  # warm-up
         fn()
@@ -117,6 +164,12 @@ def main() -> None:
         for name, fn in systems.items():
             times[name].append(timed(fn, args.device))
     med = {name: statistics.median(t) for name, t in times.items()}
+    if runner.compiled is not None:
+        print(f"\n{'step':<32}{'eager ms':>10}{'compiled ms':>13}{'speed-up':>10}")
+        for name in [n.removeprefix("eager ") for n in med if n.startswith("eager ")]:
+            eager, comp = med[f"eager {name}"], med[f"compiled {name}"]
+            print(f"{name:<32}{eager * 1e3:>10.2f}{comp * 1e3:>13.2f}{eager / comp:>9.2f}x")
+        return
     decode = med["decode (1 token)"]
     print(f"\n{'step':<28}{'median ms':>12}{'x decode':>10}")
     for name, t in med.items():

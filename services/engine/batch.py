@@ -4,6 +4,10 @@ A ``Chunk`` is one sequence's share of a step: a prefill chunk, the k+1 tokens o
 or one decode token, written into its KV-cache slot from ``start_pos`` on. ``ForwardBatch`` packs
 a list of chunks into flat tensors for the linear layers ([T] tokens, no padding) and the index
 tensors that scatter them into a padded [B, L] layout for attention.
+``generic=True`` builds the batch for a compiled forward (``compiled.py``): the same inputs in
+fewer shape classes, so dynamo compiles fewer graphs: always a mask and no ``single_slot``, at
+least ``MIN_LOGIT_ROWS`` logit rows (extra rows repeat token 0; the caller drops them) and a
+context of at least ``MIN_CONTEXT`` keys (the mask hides those past a query).
 Non-goals: scheduling (which chunks go together is the services' business).
 """
 
@@ -13,6 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+
+MIN_LOGIT_ROWS = 2  # a generic batch's logit rows never number 0 or 1 (dynamo specialises both)
+MIN_CONTEXT = 2  # ... nor its context length 1
 
 
 @dataclass(frozen=True)
@@ -41,10 +48,11 @@ class ForwardBatch:
     slot_ids: torch.Tensor  # [B] int64
     attn_mask: torch.Tensor | None  # [B, 1, L, S] bool, True = may attend; None = attend to all
     logit_indices: torch.Tensor  # [N] int64, rows of [T] whose logits are returned
-    num_logits: tuple[int, ...]  # per chunk, sums to N
+    num_logits: tuple[int, ...]  # per chunk, sums to N (less padding rows in a generic batch)
     max_query_len: int  # L
     context_len: int  # S, the longest start_pos + len(token_ids) in the batch
     single_slot: int | None  # the slot when B == 1 (lets attention read the cache without a copy)
+    generic: bool = False  # built for a compiled forward (see the module docstring)
 
     @classmethod
     def build(
@@ -52,6 +60,7 @@ class ForwardBatch:
         chunks: Sequence[Chunk],
         device: torch.device | str = "cpu",
         sliding_window: int | None = None,
+        generic: bool = False,
     ) -> ForwardBatch:
         ids: list[int] = []
         positions: list[int] = []
@@ -68,15 +77,21 @@ class ForwardBatch:
             rows.extend([b] * n)
             cols.extend(range(n))
             logit_idx.extend(range(base + n - chunk.num_logits, base + n))
+        if generic and len(logit_idx) < MIN_LOGIT_ROWS:
+            logit_idx.extend([0] * (MIN_LOGIT_ROWS - len(logit_idx)))
         starts = [c.start_pos for c in chunks]
         query_lens = [len(c.token_ids) for c in chunks]
         max_q = max(query_lens)
         context = max(s + q for s, q in zip(starts, query_lens, strict=True))
+        if generic:  # a context of 1 (a first token) would be one more shape class
+            context = max(context, MIN_CONTEXT)  # the mask hides the key past the query
 
         def t(values: list[int]) -> torch.Tensor:
             return torch.tensor(values, dtype=torch.int64, device=device)
 
-        needs_mask = not (max_q == 1 and len(set(starts)) == 1) or sliding_window is not None
+        needs_mask = (
+            generic or not (max_q == 1 and len(set(starts)) == 1) or sliding_window is not None
+        )
         mask = None
         if needs_mask:
             query_pos = t(starts)[:, None] + torch.arange(max_q, device=device)  # [B, L]
@@ -97,5 +112,6 @@ class ForwardBatch:
             num_logits=tuple(c.num_logits for c in chunks),
             max_query_len=max_q,
             context_len=context,
-            single_slot=chunks[0].slot if len(chunks) == 1 else None,
+            single_slot=chunks[0].slot if len(chunks) == 1 and not generic else None,
+            generic=generic,
         )

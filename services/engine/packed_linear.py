@@ -16,6 +16,8 @@ is at least ``MIN_PACK_ONE_ROW`` (where the packed path reads it faster from mem
 ``pack`` returns the packed weight (an opaque oneDNN tensor), or None where oneDNN cannot
 (another device, a build without it) or the weight is small; ``linear`` then uses
 ``F.linear``. Results differ from ``F.linear``'s in the last bits, as any two kernels' do.
+Under ``torch.compile`` the packed copy is not used (dynamo cannot trace oneDNN's opaque
+tensors): ``F.linear`` it is, and inductor prepacks on its own (``compiled.py``).
 Non-goals: quantization, GPUs (cuBLAS needs none of this).
 """
 
@@ -50,6 +52,10 @@ def linear(
     x: torch.Tensor, packed: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor | None
 ) -> torch.Tensor:
     """x @ weight.T + bias, through ``packed`` when it pays.  # x [..., in] → [..., out]"""
-    if packed is None or (x.numel() == x.shape[-1] and weight.numel() < MIN_PACK_ONE_ROW):
+    if (
+        packed is None
+        or torch.compiler.is_compiling()
+        or (x.numel() == x.shape[-1] and weight.numel() < MIN_PACK_ONE_ROW)
+    ):
         return F.linear(x, weight, bias)
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")

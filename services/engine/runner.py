@@ -3,6 +3,8 @@
 This is the engine's only door to the model for the services and the in-process generator.
 Every chunk must continue its slot exactly where the cache ends (``start_pos == length``): the
 caller rolls back first. That check is what makes position-addressed messages safe to retry.
+With ``compile`` the forward goes through ``CompiledForward`` (``compiled.py``): eager until
+``warm_compiled`` has compiled its shapes, compiled after, eager again if compiling fails.
 Non-goals: scheduling, sampling (see ``sampling.py``), acceptance (see ``rejection.py``).
 """
 
@@ -15,6 +17,7 @@ import torch
 
 from specdec.core.errors import InvalidRequest
 from specdec.engine.batch import Chunk, ForwardBatch
+from specdec.engine.compiled import CompiledForward, mark_static
 from specdec.engine.kv_cache import KVCache
 from specdec.engine.model import DecoderModel
 
@@ -23,12 +26,24 @@ class ModelRunner:
     """Runs ``DecoderModel`` forwards over a slot cache of ``num_slots`` sequences."""
 
     def __init__(
-        self, model: DecoderModel, num_slots: int = 8, max_seq_len: int | None = None
+        self,
+        model: DecoderModel,
+        num_slots: int = 8,
+        max_seq_len: int | None = None,
+        compile: bool = False,
     ) -> None:
         self.model = model.eval()
         self.config = model.config
         self.cache: KVCache = model.new_cache(num_slots, max_seq_len)
         self.device = model.lm_head.weight.device
+        self.compiled = CompiledForward(model) if compile else None
+        if self.compiled is not None and self.device.type == "cuda":
+            mark_static(self.cache)
+
+    def warm_compiled(self, background: bool = False) -> None:
+        """Compile the forward's shapes (no-op without ``compile``); see ``CompiledForward``."""
+        if self.compiled is not None:
+            self.compiled.warm(self.cache.num_slots, self.cache.max_seq_len, background)
 
     @property
     def vocab_size(self) -> int:
@@ -52,12 +67,14 @@ class ModelRunner:
         if not chunks:
             return []
         self._validate(chunks)
-        batch = ForwardBatch.build(chunks, self.device, self.config.sliding_window)
+        generic = self.compiled is not None and self.compiled.ready
+        batch = ForwardBatch.build(chunks, self.device, self.config.sliding_window, generic)
         with torch.inference_mode():
-            logits = self.model(batch, self.cache)  # [N, V]
+            forward = self.compiled or self.model
+            logits = forward(batch, self.cache)  # [N (+ padding rows), V]
         for chunk in chunks:
             self.cache.append(chunk.slot, len(chunk.token_ids))
-        return list(torch.split(logits, list(batch.num_logits)))
+        return list(torch.split(logits[: sum(batch.num_logits)], list(batch.num_logits)))
 
     def _validate(self, chunks: Sequence[Chunk]) -> None:
         seen: set[int] = set()
