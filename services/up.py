@@ -226,8 +226,10 @@ def up(
     draft_device: str | None,
     timeout_s: float = 300,
     insecure: bool = False,
+    compile: bool | None = None,
 ) -> int:
-    """``insecure``: the router's public port may be plaintext on a non-loopback ``listen``."""
+    """``insecure``: the router's public port may be plaintext on a non-loopback ``listen``;
+    ``compile``: the replicas' ``--compile``/``--no-compile`` (None: their default)."""
     check_listen(listen, Transport(insecure=insecure), "--insecure (specdec up serves plaintext)")
     for folder in (target, draft):
         if folder and not Path(folder).is_dir():
@@ -258,6 +260,7 @@ def up(
                 url,
                 timeout_s=timeout_s,
                 router_flags=["--insecure"] if insecure else None,
+                replica_flags=None if compile is None else [f"--{'' if compile else 'no-'}compile"],
                 mtls=True,
             )
             print(

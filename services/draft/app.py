@@ -11,6 +11,7 @@ import torch
 from specdec.draft.core import DraftCore
 from specdec.draft.server import DraftServicer
 from specdec.engine.checkpoint import load_model
+from specdec.engine.compiled import compile_by_default
 from specdec.engine.draft_dtype import load_draft
 from specdec.engine.local import DTYPES, default_device
 from specdec.engine.runner import ModelRunner
@@ -35,6 +36,7 @@ class DraftConfig:
     metrics_host: str = "127.0.0.1"  # address /metrics binds
     threads: int | None = None  # CPU threads for torch; None: the container's CPU quota
     dtype: str | None = None  # float32, bfloat16, float16; None: see load_draft
+    compile: bool | None = None  # torch.compile the step forward; None: SPECDEC_COMPILE
     ahead_slots: int = 64  # more slots, for draft-ahead's branches (shared by all sequences)
     transport: Transport = field(default_factory=Transport)  # TLS / mTLS, health port, reflection
     stream_idle_s: float = DEFAULT_IDLE_S  # a Propose stream silent this long is ended
@@ -52,7 +54,9 @@ def build_core(cfg: DraftConfig) -> tuple[DraftCore, int]:
         else load_draft(cfg.model, device)
     )
     max_len = min(cfg.max_seq_len, model.config.max_position_embeddings)
-    runner = ModelRunner(model, num_slots=cfg.slots + cfg.ahead_slots, max_seq_len=max_len)
+    compile = compile_by_default() if cfg.compile is None else cfg.compile
+    slots = cfg.slots + cfg.ahead_slots
+    runner = ModelRunner(model, num_slots=slots, max_seq_len=max_len, compile=compile)
     warm_up(runner)
     vocab = cfg.vocab_size or runner.vocab_size
     return DraftCore(runner, min(vocab, runner.vocab_size)), vocab

@@ -9,8 +9,9 @@ compiles while serving (tests/test_compile.py counts dynamo's graphs).
 Until ``warm`` has finished (it may run on a background thread) the eager forward serves, so a
 replica can answer at once and speed up when the compiled graphs are ready.
 
-Compiled code cannot call oneDNN's packed weights; under compile ``packed_linear.linear`` takes
-plain ``F.linear`` and, on a CPU, inductor's ``freezing`` prepacks the weights itself. On CUDA the
+Compiled code reaches oneDNN's packed weights through a custom op (``packed_linear.py``) that
+the compiler leaves alone; inductor generates the rest (norms, rotary, SwiGLU, residuals, the
+attention's gathers). On CUDA the
 same forward runs under CUDA graphs (``mode="reduce-overhead"``); the KV slabs are marked static
 addresses so the graphs may write them in place.
 
@@ -97,7 +98,7 @@ class CompiledForward:
         torch.fx.experimental._config.use_duck_shape = False
         if self.device.type == "cuda":
             return torch.compile(self.model.forward, dynamic=True, mode="reduce-overhead")
-        return torch.compile(self.model.forward, dynamic=True, options={"freezing": True})
+        return torch.compile(self.model.forward, dynamic=True)
 
     def warm(self, num_slots: int, max_seq_len: int, background: bool = False) -> None:
         """Compile and run every shape class on a scratch cache; then serve compiled.

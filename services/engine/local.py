@@ -15,6 +15,7 @@ import torch
 from specdec.core.errors import CheckpointError
 from specdec.core.tokenizer import Tokenizer
 from specdec.engine.checkpoint import load_model
+from specdec.engine.compiled import compile_by_default
 from specdec.engine.draft_dtype import load_draft
 from specdec.engine.proposer import Proposer
 from specdec.engine.proposer_draft import DraftModelProposer
@@ -56,16 +57,21 @@ def run_in_process(
     seed: int | None = None,
     max_tokens: int = 128,
     device: str | None = None,
+    compile: bool | None = None,
 ) -> dict[str, Any]:
-    """Generate a continuation of ``prompt``; returns text, generated token ids and stats."""
+    """Generate a continuation of ``prompt``; returns text, generated token ids and stats.
+    ``compile``: compile both models' forwards first (None: ``SPECDEC_COMPILE``)."""
     device = device or default_device()
     dtype = default_dtype(device)
+    compile = compile_by_default() if compile is None else compile
     tokenizer = Tokenizer.from_folder(target)
-    target_runner = ModelRunner(load_model(target, dtype, device), num_slots=1)
+    target_runner = ModelRunner(load_model(target, dtype, device), num_slots=1, compile=compile)
+    target_runner.warm_compiled()
     proposer: Proposer | None = None
     if draft:
         check_same_tokenizer(tokenizer, Tokenizer.from_folder(draft), draft)
-        draft_runner = ModelRunner(load_draft(draft, device), num_slots=1)
+        draft_runner = ModelRunner(load_draft(draft, device), num_slots=1, compile=compile)
+        draft_runner.warm_compiled()
         proposer = DraftModelProposer(draft_runner, vocab_limit=target_runner.vocab_size)
     elif ngram:
         proposer = NgramProposer()

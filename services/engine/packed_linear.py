@@ -16,14 +16,17 @@ is at least ``MIN_PACK_ONE_ROW`` (where the packed path reads it faster from mem
 ``pack`` returns the packed weight (an opaque oneDNN tensor), or None where oneDNN cannot
 (another device, a build without it) or the weight is small; ``linear`` then uses
 ``F.linear``. Results differ from ``F.linear``'s in the last bits, as any two kernels' do.
-Under ``torch.compile`` the packed copy is not used (dynamo cannot trace oneDNN's opaque
-tensors): ``F.linear`` it is, and inductor prepacks on its own (``compiled.py``).
+Under ``torch.compile`` dynamo cannot trace oneDNN's opaque packed tensors, so a packed linear
+is the custom op ``specdec::packed_linear`` on the plain weight: opaque to the compiler, it finds
+the weight's packed copy in ``_PACKED`` when it runs (``compiled.py``; inductor fuses the small
+ops around it).
 Non-goals: quantization, GPUs (cuBLAS needs none of this).
 """
 
 from __future__ import annotations
 
 import logging
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +37,15 @@ BATCH_HINT = 8  # rows the packed layout is tuned for (any number works)
 MIN_PACK = 64 * 1024  # weight elements: smaller ones stay plain
 MIN_PACK_ONE_ROW = 1 << 20  # ... and one row takes the packed path only from here
 
+# Packed copies by their plain weight (storage address, shape); gone with the module's copy.
+_PACKED: weakref.WeakValueDictionary[tuple[int, tuple[int, ...]], torch.Tensor] = (
+    weakref.WeakValueDictionary()
+)
+
+
+def _key(weight: torch.Tensor) -> tuple[int, tuple[int, ...]]:
+    return weight.data_ptr(), tuple(weight.shape)
+
 
 def pack(weight: torch.Tensor) -> torch.Tensor | None:
     """``weight`` [out, in] packed for oneDNN's linear on this CPU, or None."""
@@ -42,20 +54,42 @@ def pack(weight: torch.Tensor) -> torch.Tensor | None:
     if weight.numel() < MIN_PACK:
         return None
     try:
-        return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), BATCH_HINT)
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), BATCH_HINT)
     except (RuntimeError, AttributeError) as exc:  # an unsupported dtype or build
         log.info("linear weights stay unpacked (%s)", exc)
         return None
+    _PACKED[_key(weight)] = packed
+    return packed
 
 
 def linear(
     x: torch.Tensor, packed: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor | None
 ) -> torch.Tensor:
     """x @ weight.T + bias, through ``packed`` when it pays.  # x [..., in] → [..., out]"""
-    if (
-        packed is None
-        or torch.compiler.is_compiling()
-        or (x.numel() == x.shape[-1] and weight.numel() < MIN_PACK_ONE_ROW)
-    ):
+    if packed is None:
+        return F.linear(x, weight, bias)
+    if torch.compiler.is_compiling():
+        return packed_linear(x, weight, bias)
+    return _linear(x, packed, weight, bias)
+
+
+def _linear(
+    x: torch.Tensor, packed: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    if x.numel() == x.shape[-1] and weight.numel() < MIN_PACK_ONE_ROW:
         return F.linear(x, weight, bias)
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+
+@torch.library.custom_op("specdec::packed_linear", mutates_args=())
+def packed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``linear`` for compiled code: the packed copy looked up by ``weight``."""
+    packed = _PACKED.get(_key(weight))
+    if packed is None:  # e.g. a weight the compiler copied
+        return F.linear(x, weight, bias)
+    return _linear(x, packed, weight, bias)
+
+
+@packed_linear.register_fake
+def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return x.new_empty(*x.shape[:-1], weight.shape[0])

@@ -26,13 +26,16 @@ def model_name(folder: str | Path) -> str:
 
 
 def warm_up(runner: ModelRunner) -> None:
-    """One prefill and one verify-shaped step, so the first request pays no start-up cost."""
+    """One prefill and one verify-shaped step, so the first request pays no start-up cost; with
+    ``--compile``, compiling starts on a background thread and the eager forward serves until
+    it is done (it logs its progress, and one line if it fails)."""
     slot = runner.cache.allocate()
     try:
         runner.step([Chunk(slot, [0] * 16, 0, 1)])
         runner.step([Chunk(slot, [0] * 5, 16, 5)])
     finally:
         runner.cache.free(slot)
+    runner.warm_compiled(background=True)
 
 
 async def serve_replica(

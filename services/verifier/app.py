@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from specdec.engine.checkpoint import load_model
+from specdec.engine.compiled import compile_by_default
 from specdec.engine.local import DTYPES, default_device, default_dtype
 from specdec.engine.runner import ModelRunner
 from specdec.engine.threads import set_cpu_threads
@@ -33,6 +34,7 @@ class VerifierConfig:
     metrics_host: str = "127.0.0.1"  # address /metrics binds
     threads: int | None = None  # CPU threads for torch; None: the container's CPU quota
     dtype: str | None = None  # float32, bfloat16, float16; None: fp32 on CPU, bf16 on GPU
+    compile: bool | None = None  # torch.compile the step forward; None: SPECDEC_COMPILE
     max_batch_tokens: int = 8192  # tokens per batched forward
     transport: Transport = field(default_factory=Transport)  # TLS / mTLS, health port, reflection
     stream_idle_s: float = DEFAULT_IDLE_S  # a Verify stream silent this long is ended
@@ -44,7 +46,8 @@ def build_core(cfg: VerifierConfig) -> VerifierCore:
     log.info("loading target %s on %s (%d CPU threads)", cfg.model, device, torch.get_num_threads())
     model = load_model(cfg.model, DTYPES[cfg.dtype] if cfg.dtype else default_dtype(device), device)
     max_len = min(cfg.max_seq_len, model.config.max_position_embeddings)
-    runner = ModelRunner(model, num_slots=cfg.slots, max_seq_len=max_len)
+    compile = compile_by_default() if cfg.compile is None else cfg.compile
+    runner = ModelRunner(model, num_slots=cfg.slots, max_seq_len=max_len, compile=compile)
     warm_up(runner)
     return VerifierCore(runner, cfg.max_batch_tokens)
 
