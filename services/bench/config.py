@@ -42,6 +42,9 @@ class BenchConfig:
     ttft_repeats: int = 20  # passes of the time-to-first-token comparison
     hf: bool = True  # run transformers greedy and assisted generation
     hf_assistant_tokens: int | None = None  # num_assistant_tokens; None: transformers' default
+    llamacpp: bool = True  # run llama-server target-only and with the draft, when it is there
+    llama_server: str | None = None  # llama-server binary; None: PATH, then .venv/bin
+    gguf_dir: str = "build/gguf"  # where make peer-llamacpp writes <model folder>-f32.gguf
     threads: int | None = None  # torch threads in this process; None: torch's default
     cost_repeats: int = 30  # timed decode steps per model when measuring the cost ratio c
     quick: bool = False
@@ -52,7 +55,8 @@ class BenchConfig:
         return max(self.concurrency, default=1) if self.load else 1
 
 
-# What ``--quick`` changes (2 prompts, 8 tokens, k in {0, 2}, one policy, 2 load points, no HF).
+# What ``--quick`` changes (2 prompts, 8 tokens, k in {0, 2}, one policy, 2 load points, no
+# transformers, no llama.cpp).
 QUICK: dict[str, Any] = dict(
     num_prompts=2,
     max_tokens=8,
@@ -63,6 +67,7 @@ QUICK: dict[str, Any] = dict(
     ttft_repeats=2,
     load_seconds=1.5,
     hf=False,
+    llamacpp=False,
     cost_repeats=5,
 )
 
@@ -141,6 +146,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="run transformers greedy and assisted generation (default: on, off with --quick)",
     )
     p.add_argument("--hf-assistant-tokens", type=int, help="num_assistant_tokens for transformers")
+    p.add_argument(
+        "--llamacpp",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run llama.cpp's llama-server target-only and with the draft when it and the GGUF"
+        " files are there (default: on, off with --quick; make peer-llamacpp installs both)",
+    )
+    p.add_argument("--llama-server", help="llama-server binary (default: PATH, then .venv/bin)")
+    p.add_argument("--gguf-dir", help=f"folder of <model>-f32.gguf files (default {d.gguf_dir})")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.add_argument("--quick", action="store_true", help="smoke run: checks the harness, not speed")
 

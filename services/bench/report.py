@@ -131,6 +131,11 @@ def _headline(r: dict[str, Any]) -> list[str]:
         _bar_row(
             f"`{name}` ÷ transformers assisted generation", h["speedup_vs_hf_assisted"], "{:.2f}×"
         ),
+        _bar_row(
+            f"`{name}` ÷ llama.cpp llama-server with the draft, batch 1",
+            h.get("speedup_vs_llamacpp_draft", {"value": None, "target": 1.0}),
+            "{:.2f}×",
+        ),
         [
             "greedy output identical to target-only (specdec systems)",
             _f(h["greedy_identical"], "{}"),
@@ -227,7 +232,35 @@ def _latency(r: dict[str, Any]) -> list[str]:
             f" {_x(lat.get('hf_assisted_vs_hf_greedy'))}.",
             "",
         ]
-    return lines
+    return lines + _llamacpp(r)
+
+
+def _llamacpp(r: dict[str, Any]) -> list[str]:
+    """How the llama.cpp peer ran (or why it did not), with its own per-token times."""
+    peer = r.get("llamacpp")
+    if not peer:
+        return []
+    if "skipped" in peer:
+        return [peer["skipped"], ""]
+    lat = r["latency"]
+    lines = [
+        f"llama.cpp `{peer['version']}` `llama-server`, {peer['dtype']} GGUF, "
+        f"{peer['threads']} threads, one slot; the draft with `--spec-type {peer['spec_type']}"
+        f" --spec-draft-n-max {peer['k']}`; token-id prompts, greedy, no prompt cache."
+        f" With the draft over target-only: {_x(lat.get('llamacpp_draft_vs_target'))}."
+        " llama-server's own timings (medians):",
+        "",
+    ]
+    rows = [
+        [
+            name,
+            _f(t["predicted_ms_per_token_median"]),
+            _f(t["prompt_ms_per_token_median"], "{:.3f}"),
+            _f(t["acceptance_rate"]),
+        ]
+        for name, t in peer["timings"].items()
+    ]
+    return lines + _table(["system", "ms/generated token", "ms/prompt token", "acceptance"], rows)
 
 
 def _greedy(r: dict[str, Any]) -> list[str]:
@@ -248,7 +281,8 @@ def _greedy(r: dict[str, Any]) -> list[str]:
     lines += [
         "",
         "transformers computes the same fp32 model with other kernels; at a near-tie of the top two"
-        " logits its greedy choice can differ. A difference in a specdec system is a bug.",
+        " logits its greedy choice can differ (llama.cpp too). A difference in a specdec system"
+        " is a bug.",
         "",
     ]
     return lines

@@ -16,7 +16,7 @@ import statistics
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,11 +27,21 @@ from tqdm import tqdm
 from specdec.bench import acceptance, cost, latency, load, machine, overhead, plots, report
 from specdec.bench.config import BenchConfig
 from specdec.bench.hf_peer import HF_ASSISTED, HF_GREEDY, TransformersPeer
+from specdec.bench.llamacpp_peer import (
+    LLAMA_TARGET,
+    LLAMACPP,
+    LlamaCppPeer,
+    find_server,
+    gguf_path,
+    llama_draft_name,
+    unavailable,
+)
 from specdec.bench.systems import (
     BASELINE,
     IN_PROCESS,
     PIPELINE,
     REFERENCE,
+    TRANSFORMERS,
     InProcess,
     System,
     pipeline_name,
@@ -262,9 +272,15 @@ def _latency(
         peer = TransformersPeer(cfg.target, cfg.draft, eos, cfg.hf_assistant_tokens)
         systems += peer.systems(cfg.max_tokens)
         result["transformers"] = peer.settings()
-    quiesce()
-    with _bar(len(systems) * (1 + len(prompts) * cfg.repeats), "latency") as bar:
-        run = latency.run_latency(systems, prompts, cfg.repeats, lambda _n: bar.update())
+    with ExitStack() as stack:
+        llama = _llamacpp(cfg, result, stack)
+        if llama is not None:
+            systems += llama.systems(cfg.max_tokens)
+        quiesce()
+        with _bar(len(systems) * (1 + len(prompts) * cfg.repeats), "latency") as bar:
+            run = latency.run_latency(systems, prompts, cfg.repeats, lambda _n: bar.update())
+        if llama is not None:
+            result["llamacpp"] = llama.settings()
     summary = latency.summarize(run, systems)
     k_cost = min(cfg.fixed_k, key=lambda k: abs(k - COST_K))
     costs = cost.measure_costs(
@@ -302,14 +318,41 @@ def _latency(
         result["latency"]["hf_assisted_vs_hf_greedy"] = latency.paired_ratio(
             run, HF_ASSISTED, HF_GREEDY
         )
+    if llama is not None:
+        name = f"pipeline {cfg.default_policy}"
+        draft = llama_draft_name(llama.k)
+        result["latency"]["default_vs_llamacpp_draft"] = latency.paired_ratio(run, name, draft)
+        result["latency"]["llamacpp_draft_vs_target"] = latency.paired_ratio(
+            run, draft, LLAMA_TARGET
+        )
     differing = {n: s["differing_prompts"] for n, s in summary.items()}
-    ours = {n: d for n, d in differing.items() if summary[n]["kind"] != "transformers"}
+    peers = (TRANSFORMERS, LLAMACPP)
+    ours = {n: d for n, d in differing.items() if summary[n]["kind"] not in peers}
     result["greedy_check"] = {
         "reference": REFERENCE,
         "differing_prompts": differing,
         "specdec_identical": not any(ours.values()),
         "all_identical": not any(differing.values()),
     }
+
+
+def _llamacpp(cfg: BenchConfig, result: dict[str, Any], stack: ExitStack) -> LlamaCppPeer | None:
+    """llama-server target-only and with the draft at the cost k, started for the latency run
+    (closed by ``stack``); None, with the reason in the result, when it is off or not there."""
+    if not cfg.llamacpp:
+        return None
+    server = find_server(cfg.llama_server)
+    target, draft = gguf_path(cfg.gguf_dir, cfg.target), gguf_path(cfg.gguf_dir, cfg.draft)
+    reason = unavailable(server, cfg.llama_server, target, draft)
+    if reason or server is None:
+        result["llamacpp"] = {"skipped": reason}
+        print(reason, file=sys.stderr)
+        return None
+    k = min(cfg.fixed_k, key=lambda k: abs(k - COST_K))
+    context = load_config(cfg.target).max_position_embeddings
+    peer = LlamaCppPeer(server, target, draft, k, context, Path(cfg.out) / "logs")
+    stack.callback(peer.close)
+    return peer
 
 
 def _best(summary: dict[str, dict[str, Any]], kind: str) -> str | None:
@@ -509,6 +552,7 @@ def headline(result: dict[str, Any], policy: str) -> dict[str, Any]:
             "target": 3.0,
         },
         "speedup_vs_hf_assisted": {"value": lat.get("default_vs_hf_assisted"), "target": 1.5},
+        "speedup_vs_llamacpp_draft": {"value": lat.get("default_vs_llamacpp_draft"), "target": 1.0},
         "load_min_ratio_vs_k0": {"value": cross.get("min_ratio"), "target": 1.0},
         "load_first_concurrency_below_k0": cross.get("first_concurrency_below_1"),
         "load_level_concurrencies": cross.get("level_concurrencies", []),
