@@ -61,7 +61,11 @@ class ForwardBatch:
         device: torch.device | str = "cpu",
         sliding_window: int | None = None,
         generic: bool = False,
+        context_bucket: int = 1,
+        max_context: int | None = None,
     ) -> ForwardBatch:
+        """``context_bucket``: a generic batch's context rounds up to a multiple of it (capped
+        at ``max_context``), so CUDA graphs are recorded per bucket, not per length."""
         ids: list[int] = []
         positions: list[int] = []
         token_slots: list[int] = []
@@ -84,7 +88,9 @@ class ForwardBatch:
         max_q = max(query_lens)
         context = max(s + q for s, q in zip(starts, query_lens, strict=True))
         if generic:  # a context of 1 (a first token) would be one more shape class
-            context = max(context, MIN_CONTEXT)  # the mask hides the key past the query
+            context = max(context, MIN_CONTEXT)  # the mask hides the keys past a query
+            context = -(-context // context_bucket) * context_bucket
+            context = min(context, max_context or context)
 
         def t(values: list[int]) -> torch.Tensor:
             return torch.tensor(values, dtype=torch.int64, device=device)

@@ -21,6 +21,8 @@ from specdec.engine.compiled import CompiledForward, mark_static
 from specdec.engine.kv_cache import KVCache
 from specdec.engine.model import DecoderModel
 
+CUDA_CONTEXT_BUCKET = 128  # keys: CUDA graphs are recorded per context bucket
+
 
 class ModelRunner:
     """Runs ``DecoderModel`` forwards over a slot cache of ``num_slots`` sequences."""
@@ -68,7 +70,14 @@ class ModelRunner:
             return []
         self._validate(chunks)
         generic = self.compiled is not None and self.compiled.ready
-        batch = ForwardBatch.build(chunks, self.device, self.config.sliding_window, generic)
+        batch = ForwardBatch.build(
+            chunks,
+            self.device,
+            self.config.sliding_window,
+            generic,
+            CUDA_CONTEXT_BUCKET if self.device.type == "cuda" else 1,
+            self.cache.max_seq_len,
+        )
         with torch.inference_mode():
             forward = self.compiled or self.model
             logits = forward(batch, self.cache)  # [N (+ padding rows), V]
