@@ -111,8 +111,9 @@ def main() -> None:
         print(f"compiled in {time.perf_counter() - start:.1f} s ({runner.compiled.failed or 'ok'})")
     params = sum(p.numel() for p in runner.model.parameters())
     print(
-        f"model: {args.shape} ({params / 1e6:.1f}M params), {args.device} {args.dtype}, "
-        f"torch threads {torch.get_num_threads()}, prompt {args.prompt_len} tokens"
+        f"model: {args.model or args.shape} ({params / 1e6:.1f}M params), "
+        f"{args.device} {args.dtype}, torch threads {torch.get_num_threads()}, "
+        f"prompt {args.prompt_len} tokens"
     )
 
     gen = torch.Generator().manual_seed(0)

@@ -18,7 +18,7 @@ from torch._dynamo.utils import counters
 
 from specdec.engine.batch import Chunk
 from specdec.engine.checkpoint import load_model
-from specdec.engine.compiled import CompiledForward
+from specdec.engine.compiled import COMPILE_ENV, CompiledForward, compile_by_default
 from specdec.engine.proposer_draft import DraftModelProposer
 from specdec.engine.runner import ModelRunner
 from specdec.engine.sampling import SamplingParams
@@ -161,3 +161,18 @@ def test_background_warm_up_serves_eagerly_until_ready(model_dir: Path) -> None:
     runner.cache.rollback_to(slot, 0)
     (again,) = runner.step([Chunk(slot, [4, 5, 6], 0, 1)])
     assert (first - again).abs().max().item() <= TOL
+
+
+def test_a_verifier_built_with_compile_warms_in_the_background(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from specdec.verifier.app import VerifierConfig, build_core
+
+    monkeypatch.setenv(COMPILE_ENV, "1")  # the default a deployment can set
+    assert compile_by_default()
+    core = build_core(VerifierConfig(str(model_dir / "target"), slots=4, max_seq_len=64))
+    compiled = core.runner.compiled
+    assert compiled is not None  # serving eagerly at this point, compiling behind
+    assert compiled.join(timeout=300), compiled.failed
+    monkeypatch.setenv(COMPILE_ENV, "0")
+    assert not compile_by_default()

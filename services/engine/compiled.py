@@ -96,6 +96,9 @@ class CompiledForward:
         # Sizes that happen to be equal while tracing (two sequences, two slots) stay separate
         # symbols, else the graph would only fit batches where they are equal again.
         torch.fx.experimental._config.use_duck_shape = False
+        # Graphs are shared by every model of the class (a target and a draft in one process:
+        # 4 shape classes each, more with other widths); past the limit dynamo runs eagerly.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
         if self.device.type == "cuda":
             return torch.compile(self.model.forward, dynamic=True, mode="reduce-overhead")
         return torch.compile(self.model.forward, dynamic=True)
