@@ -92,7 +92,7 @@ class CompiledForward:
         log.warning("compiled forward is off, running eagerly: %s", why)
 
     def _build(self) -> Callable[[ForwardBatch, KVCache], torch.Tensor]:
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir()))
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir())  # read at each use
         # Sizes that happen to be equal while tracing (two sequences, two slots) stay separate
         # symbols, else the graph would only fit batches where they are equal again.
         torch.fx.experimental._config.use_duck_shape = False
