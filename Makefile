@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup run test test-fuzz lint format protos bench bench-engine demo-models helm-lint clean \
+.PHONY: setup run test test-fuzz lint format protos bench bench-engine bench-compile gpu-check demo-models helm-lint clean \
 	peer-llamacpp
 
 setup: $(STAMP)
@@ -55,6 +55,14 @@ bench: setup protos
 # Cost of verifying k tokens vs one decode step, and batched vs sequential throughput.
 bench-engine: setup
 	$(PY) benchmarks/engine_step.py
+
+# The same steps eager and compiled (torch.compile), interleaved, on the demo target.
+bench-compile: setup
+	$(PY) benchmarks/engine_step.py --model models/demo-target --compile --threads 1 --batch 4
+
+# On a machine with a CUDA device: compiled vs eager logits, graph count, bf16 timings (minutes).
+gpu-check: setup
+	$(PY) benchmarks/gpu_check.py
 
 # Render, lint and schema-check the Helm chart (Helm's Go engine in-process, no binary), and lint
 # the Dockerfile.
