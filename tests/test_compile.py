@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from specdec.engine.batch import Chunk
+from specdec.engine.batch import Chunk, ForwardBatch
 from specdec.engine.checkpoint import load_model
 from specdec.engine.compiled import COMPILE_ENV, CompiledForward, compile_by_default
 from specdec.engine.proposer_draft import DraftModelProposer
@@ -176,3 +176,26 @@ def test_a_verifier_built_with_compile_warms_in_the_background(
     assert compiled.join(timeout=300), compiled.failed
     monkeypatch.setenv(COMPILE_ENV, "0")
     assert not compile_by_default()
+
+
+def test_generic_batches_with_context_buckets_give_the_same_logits(model_dir: Path) -> None:
+    """What the CUDA path feeds its graphs (padding rows, a mask, keys rounded up to a bucket),
+    run eagerly here: the padding must change nothing."""
+    runner = ModelRunner(load_model(model_dir / "target"), num_slots=2, max_seq_len=100)
+    model, cache = runner.model, runner.cache
+    a, b = cache.allocate(), cache.allocate()
+    runner.step([Chunk(a, list(range(2, 30)), 0, 0), Chunk(b, [9] * 7, 0, 0)])
+    for chunks in (
+        [Chunk(a, [3], 28, 1)],
+        [Chunk(a, [3, 4, 5], 28, 3), Chunk(b, [1], 7, 1)],
+        [Chunk(b, [6, 7], 7, 0)],
+    ):
+        outs = []
+        for generic, bucket in ((False, 1), (True, 1), (True, 64), (True, 128)):
+            batch = ForwardBatch.build(chunks, "cpu", None, generic, bucket, cache.max_seq_len)
+            with torch.inference_mode():
+                outs.append(model(batch, cache)[: sum(batch.num_logits)])
+        for out in outs[1:]:
+            assert out.shape == outs[0].shape
+            if out.numel():
+                assert (out - outs[0]).abs().max().item() <= TOL
