@@ -2,8 +2,9 @@
 
 Nothing here knows gRPC: the services translate (``InvalidRequest`` to INVALID_ARGUMENT,
 ``OutOfSlots`` to RESOURCE_EXHAUSTED, ``Unavailable`` to UNAVAILABLE, ``Unauthenticated`` to
-UNAUTHENTICATED, ``CheckpointError`` to a failed start-up). ``retry_after_s``, when set, tells the
-caller how long to wait before trying again (sent as a ``google.rpc.RetryInfo`` detail).
+UNAUTHENTICATED, ``InternalFault`` to INTERNAL, ``CheckpointError`` to a failed start-up).
+``retry_after_s``, when set, tells the caller how long to wait before trying again (sent as a
+``google.rpc.RetryInfo`` detail).
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ class Unavailable(SpecdecError):
 
 class Unauthenticated(SpecdecError):
     """The caller sent no credentials, or ones this deployment does not know."""
+
+
+class InternalFault(SpecdecError):
+    """Something between the services went wrong, not the caller's request; the message (a
+    request id to look up) is safe to show, the detail is in the server log."""
 
 
 class CheckpointError(SpecdecError):

@@ -205,9 +205,9 @@ class Admission:
                     retry_after_s=self.retry_after(),
                 ) from None
         except asyncio.CancelledError:
-            if waiter.granted:  # granted just as the caller went away
-                self._grant(ticket, started, counted=True)
-                self.release(ticket)
+            if waiter.granted:  # granted just as the caller went away: pass the slot on
+                self.admitted -= 1
+                self._dispatch()
             raise
         finally:
             self._leave(waiter)

@@ -68,8 +68,9 @@ class Request:
 
 
 async def parse_request(
-    msg: generation_pb2.GenerateRequest, tokenizer: Tokenizer, limits: Limits
+    msg: generation_pb2.GenerateRequest, tokenizer: Tokenizer, limits: Limits, identity: str = ""
 ) -> Request:
+    """``msg`` checked field by field, from the caller ``identity`` (its API key's)."""
     prompt_ids = await _prompt(msg, tokenizer, limits)
     sampling = msg.sampling
     temperature = sampling.temperature
@@ -117,6 +118,7 @@ async def parse_request(
         fixed_depth=msg.fixed_depth,
         draft_method=DRAFT_METHODS[msg.draft_method],
         draft_ahead=msg.draft_ahead if msg.HasField("draft_ahead") else None,
+        identity=identity,
     )
 
 

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 from collections import deque
 from collections.abc import AsyncIterator
 
 import grpc
 
-from specdec.core.errors import OutOfSlots, Unauthenticated, Unavailable
+from specdec.core.errors import InternalFault, OutOfSlots, Unauthenticated, Unavailable
 from specdec.router.depth_policy import POLICIES
 from specdec.router.request import parse_request
 from specdec.router.speculation import RouterDeps, generate
@@ -44,17 +43,13 @@ def _from_replica(exc: grpc.aio.AioRpcError, request_id: str) -> Exception:
         # The router checked the client's request at its edge: a replica refusing a step the
         # router (or the draft) built is an internal fault, not the client's.
         log.warning("request %s: a replica refused a step: %s", request_id, details)
-        return _RefusedStep(
+        return InternalFault(
             f"an internal service refused a step (request id {request_id}); "
             "the router log has the detail"
         )
     if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return OutOfSlots(details, retry_after_s=retry_after_s(exc))
     return Unavailable(f"a replica failed: {details}")
-
-
-class _RefusedStep(Exception):
-    """A replica refused a step the router built: INTERNAL, with the request id to look up."""
 
 
 async def _decoupled(
@@ -122,8 +117,8 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
         try:
             keys = self.api_keys
             identity = keys.identify(context.invocation_metadata()) if keys else ""
-            req = await parse_request(request, self.deps.tokenizer, self.deps.limits)
-            req = dataclasses.replace(req, identity=identity)
+            deps = self.deps
+            req = await parse_request(request, deps.tokenizer, deps.limits, identity)
             request_id = req.request_id
             parent = extract_context(context.invocation_metadata())
             async for response in _decoupled(generate(req, self.deps, parent)):
@@ -133,9 +128,6 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
             raise  # the client went away; the streams' finally blocks free the slots
         except Exception as exc:
             error = _from_replica(exc, request_id) if isinstance(exc, grpc.aio.AioRpcError) else exc
-            if isinstance(error, _RefusedStep):
-                status = "INTERNAL"
-                await context.abort(grpc.StatusCode.INTERNAL, str(error))
             status = status_for(error)[0].name
             await abort_with(context, error, "Generate")
         finally:

@@ -17,6 +17,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from specdec.core.errors import (
+    InternalFault,
     InvalidRequest,
     OutOfSlots,
     SpecdecError,
@@ -31,6 +32,7 @@ _CODES: list[tuple[type[SpecdecError], grpc.StatusCode]] = [
     (OutOfSlots, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (InternalFault, grpc.StatusCode.INTERNAL),
 ]
 
 
@@ -67,7 +69,7 @@ def retry_after_s(error: grpc.RpcError) -> float | None:
 async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException, what: str) -> None:
     """Log ``exc`` (with a traceback when it is a bug) and end the RPC with its status."""
     code, message = status_for(exc)
-    if code == grpc.StatusCode.INTERNAL:
+    if code == grpc.StatusCode.INTERNAL and not isinstance(exc, SpecdecError):
         log.exception("%s failed", what, exc_info=exc)
     else:
         log.info("%s: %s: %s", what, code.name, message)
