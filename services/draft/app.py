@@ -54,8 +54,8 @@ def build_core(cfg: DraftConfig) -> tuple[DraftCore, int]:
         else load_draft(cfg.model, device)
     )
     max_len = min(cfg.max_seq_len, model.config.max_position_embeddings)
-    compile = compile_by_default() if cfg.compile is None else cfg.compile
     slots = cfg.slots + cfg.ahead_slots
+    compile = compile_by_default(cfg.compile)
     runner = ModelRunner(model, num_slots=slots, max_seq_len=max_len, compile=compile)
     warm_up(runner)
     vocab = cfg.vocab_size or runner.vocab_size

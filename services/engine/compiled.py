@@ -43,9 +43,12 @@ CACHE_ENV = "SPECDEC_COMPILE_CACHE"  # folder of compiled artifacts
 WARM_LEN = 16  # prompt tokens of the warm-up prefill
 
 
-def compile_by_default() -> bool:
-    """Whether a replica compiles unless told: ``SPECDEC_COMPILE``, else off (eager measured
-    as fast on the CPUs this was tuned on; see BENCHMARKS.md)."""
+def compile_by_default(flag: bool | None = None) -> bool:
+    """Whether to compile: ``flag`` when given (``--compile``/``--no-compile``), else
+    ``SPECDEC_COMPILE``, else off (eager measured as fast on the CPUs this was tuned on; see
+    BENCHMARKS.md)."""
+    if flag is not None:
+        return flag
     return os.environ.get(COMPILE_ENV, "0").strip().lower() in ("1", "true", "yes", "on")
 
 

@@ -63,7 +63,7 @@ def run_in_process(
     ``compile``: compile both models' forwards first (None: ``SPECDEC_COMPILE``)."""
     device = device or default_device()
     dtype = default_dtype(device)
-    compile = compile_by_default() if compile is None else compile
+    compile = compile_by_default(compile)
     tokenizer = Tokenizer.from_folder(target)
     target_runner = ModelRunner(load_model(target, dtype, device), num_slots=1, compile=compile)
     target_runner.warm_compiled()

@@ -46,7 +46,7 @@ def build_core(cfg: VerifierConfig) -> VerifierCore:
     log.info("loading target %s on %s (%d CPU threads)", cfg.model, device, torch.get_num_threads())
     model = load_model(cfg.model, DTYPES[cfg.dtype] if cfg.dtype else default_dtype(device), device)
     max_len = min(cfg.max_seq_len, model.config.max_position_embeddings)
-    compile = compile_by_default() if cfg.compile is None else cfg.compile
+    compile = compile_by_default(cfg.compile)
     runner = ModelRunner(model, num_slots=cfg.slots, max_seq_len=max_len, compile=compile)
     warm_up(runner)
     return VerifierCore(runner, cfg.max_batch_tokens)
