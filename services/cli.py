@@ -21,6 +21,7 @@ from specdec.serving.security_args import (
 )
 
 DEFAULT_ADDR = "127.0.0.1:50051"
+_DEFAULT_PORTS = {"router": 50051, "verifier": 50052, "draft": 50053}  # serve ROLE
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
@@ -329,12 +330,13 @@ def _run_serve(args: argparse.Namespace) -> int:
             pin(parse_cpus(args.cpus))
         except ValueError as exc:
             raise SpecdecError(str(exc)) from exc
+    listen = args.listen or f"127.0.0.1:{_DEFAULT_PORTS[args.role]}"
+    transport = server_transport(args, listen)
     if args.role == "verifier":
         from specdec.verifier.app import VerifierConfig, main
 
         if not args.model:
             raise SpecdecError("serve verifier needs --model DIR")
-        listen = args.listen or "127.0.0.1:50052"
         main(
             VerifierConfig(
                 args.model,
@@ -347,7 +349,7 @@ def _run_serve(args: argparse.Namespace) -> int:
                 threads=args.threads,
                 dtype=args.dtype,
                 compile=args.compile,
-                transport=server_transport(args, listen),
+                transport=transport,
                 **_stream_limits(args),
             )
         )
@@ -355,7 +357,6 @@ def _run_serve(args: argparse.Namespace) -> int:
         from specdec.draft.app import DraftConfig
         from specdec.draft.app import main as draft_main
 
-        listen = args.listen or "127.0.0.1:50053"
         draft_main(
             DraftConfig(
                 args.model,
@@ -370,7 +371,7 @@ def _run_serve(args: argparse.Namespace) -> int:
                 dtype=args.dtype,
                 compile=args.compile,
                 ahead_slots=args.ahead_slots,
-                transport=server_transport(args, listen),
+                transport=transport,
                 **_stream_limits(args),
             )
         )
@@ -385,7 +386,6 @@ def _run_serve(args: argparse.Namespace) -> int:
                 "serve router needs --model DIR and --verifiers HOST:PORT,... "
                 "(or --discover-verifiers SERVICE)"
             )
-        listen = args.listen or "127.0.0.1:50051"
         router_main(
             RouterConfig(
                 model=args.model,
@@ -410,7 +410,7 @@ def _run_serve(args: argparse.Namespace) -> int:
                 discover_namespace=args.discover_namespace,
                 discover_verifiers=args.discover_verifiers,
                 discover_drafts=args.discover_drafts,
-                transport=server_transport(args, listen),
+                transport=transport,
                 peer_tls=peer_tls(args),
                 api_keys_file=args.api_keys_file,
             )

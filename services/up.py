@@ -92,22 +92,27 @@ class Services:
 
     def start(self, name: str) -> None:
         """Start ``name`` (again: on the same address, after it died)."""
-        out = None
-        if self.log_dir is not None:
-            out = (self.log_dir / f"{name}.log").open("ab")
-        self.procs[name] = subprocess.Popen(
-            self.commands[name],
-            start_new_session=True,
-            stdout=out,
-            stderr=subprocess.STDOUT if out else None,
-            preexec_fn=die_with_parent(),
-        )
+        with contextlib.ExitStack() as files:  # the child keeps its own copy of the log's fd
+            out = None
+            if self.log_dir is not None:
+                out = files.enter_context((self.log_dir / f"{name}.log").open("ab"))
+            self.procs[name] = subprocess.Popen(
+                self.commands[name],
+                start_new_session=True,
+                stdout=out,
+                stderr=subprocess.STDOUT if out else None,
+                preexec_fn=die_with_parent(),
+            )
 
     def wait(self, name: str, timeout_s: float) -> None:
-        wait_serving(self.health.get(name, self.addresses[name]), self.procs[name], timeout_s)
+        wait_serving(self._health_address(name), self.procs[name], timeout_s)
 
     def serving(self, name: str) -> bool:
-        return serving(self.health.get(name, self.addresses[name]), timeout_s=0.5)
+        return serving(self._health_address(name), timeout_s=0.5)
+
+    def _health_address(self, name: str) -> str:
+        """Where ``name`` answers health: its plaintext health port, else its own address."""
+        return self.health.get(name, self.addresses[name])
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> list[str]:
         """SIGTERM everything, SIGKILL what has not stopped within ``timeout_s`` (one budget for
@@ -133,8 +138,8 @@ class Services:
         router's (client side)."""
         pki = loopback_pki(self._private())
         replica = ["--tls-cert", pki.server_cert, "--tls-key", pki.server_key]
-        router = ["--peer-ca", pki.ca, "--peer-cert", pki.client_cert, "--peer-key"]
-        return [*replica, "--tls-client-ca", pki.ca], [*router, pki.client_key]
+        router = ["--peer-ca", pki.ca, "--peer-cert", pki.client_cert]
+        return [*replica, "--tls-client-ca", pki.ca], [*router, "--peer-key", pki.client_key]
 
     def session_secret(self) -> list[str]:
         """The routers' flag for a session key of this run: every router (and a restarted one)
