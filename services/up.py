@@ -313,12 +313,13 @@ def _supervise(services: Services, redis_server: EmbeddedRedis | None) -> Superv
             lambda name=name: services.serving(name),  # type: ignore[misc]
         )
     if redis_server is not None:
-        process = lambda: redis_server.process  # noqa: E731
-        supervisor.watch(
-            "redis",
-            lambda: process().poll() if process() is not None else 1,  # type: ignore[union-attr]
-            redis_server.restart,
-        )
+        server = redis_server
+
+        def redis_exit() -> int | None:  # no process (a restart that failed): dead
+            process = server.process
+            return process.poll() if process is not None else 1
+
+        supervisor.watch("redis", redis_exit, server.restart)
     return supervisor
 
 
