@@ -22,6 +22,7 @@ from specdec.serving.security_args import (
 )
 
 DEFAULT_ADDR = "127.0.0.1:50051"
+DEFAULT_HTTP_ADDR = "127.0.0.1:8000"  # specdec up's OpenAI-compatible HTTP API
 _DEFAULT_PORTS = {"router": 50051, "verifier": 50052, "draft": 50053}  # serve ROLE
 
 
@@ -221,6 +222,25 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         default="127.0.0.1",
         help="address /metrics binds (default loopback; 0.0.0.0 for a cluster's Prometheus)",
     )
+    p.add_argument(
+        "--http-listen",
+        default=None,
+        metavar="HOST:PORT",
+        help="router: also serve the OpenAI-compatible HTTP API here (default: off; like "
+        "--listen, a non-loopback address needs --tls-cert/--tls-key or --insecure)",
+    )
+    p.add_argument(
+        "--served-model-name",
+        default="",
+        help="router: the model id of the HTTP API (default: the --model folder's name)",
+    )
+    p.add_argument(
+        "--chat-template",
+        default=None,
+        metavar="FILE",
+        help="router: Jinja chat template for /v1/chat/completions (default: the model "
+        "folder's chat_template.jinja or tokenizer_config.json's chat_template)",
+    )
 
 
 def _add_up(sub: argparse._SubParsersAction) -> None:
@@ -246,6 +266,13 @@ def _add_up(sub: argparse._SubParsersAction) -> None:
         help="allow a non-loopback --listen: the router's public port is plaintext (the "
         "internal streams use mTLS either way)",
     )
+    p.add_argument(
+        "--http-listen",
+        default=DEFAULT_HTTP_ADDR,
+        metavar="HOST:PORT",
+        help=f"the router's OpenAI-compatible HTTP API (default {DEFAULT_HTTP_ADDR})",
+    )
+    p.add_argument("--no-http", action="store_true", help="no OpenAI-compatible HTTP API")
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
@@ -437,6 +464,9 @@ def _run_serve(args: argparse.Namespace) -> int:
                 transport=transport,
                 peer_tls=peer_tls(args),
                 api_keys_file=args.api_keys_file,
+                http_listen=args.http_listen,
+                served_model_name=args.served_model_name,
+                chat_template=args.chat_template,
             )
         )
     return 0
@@ -503,6 +533,7 @@ def main(argv: list[str] | None = None) -> int:
             args.draft_device,
             insecure=args.insecure,
             compile=args.compile,
+            http_listen=None if args.no_http else args.http_listen,
         )
     except SpecdecError as exc:
         print(f"specdec: {exc}", file=sys.stderr)

@@ -232,10 +232,14 @@ def up(
     timeout_s: float = 300,
     insecure: bool = False,
     compile: bool | None = None,
+    http_listen: str | None = None,
 ) -> int:
-    """``insecure``: the router's public port may be plaintext on a non-loopback ``listen``;
-    ``compile``: the replicas' ``--compile``/``--no-compile`` (None: their default)."""
-    check_listen(listen, Transport(insecure=insecure), "--insecure (specdec up serves plaintext)")
+    """``insecure``: the router's public ports may be plaintext on non-loopback addresses;
+    ``compile``: the replicas' ``--compile``/``--no-compile`` (None: their default);
+    ``http_listen``: the router's OpenAI-compatible HTTP API (None: none)."""
+    for address in filter(None, (listen, http_listen)):
+        remedy = "--insecure (specdec up serves plaintext)"
+        check_listen(address, Transport(insecure=insecure), remedy)
     for folder in (target, draft):
         if folder and not Path(folder).is_dir():
             hint = (
@@ -264,12 +268,16 @@ def up(
                 draft_device,
                 url,
                 timeout_s=timeout_s,
-                router_flags=["--insecure"] if insecure else None,
+                router_flags=[
+                    *(["--insecure"] if insecure else []),
+                    *(["--http-listen", http_listen] if http_listen else []),
+                ],
                 replica_flags=None if compile is None else [f"--{'' if compile else 'no-'}compile"],
                 mtls=True,
             )
+            http = f", OpenAI API on http://{http_listen}/v1" if http_listen else ""
             print(
-                f"specdec ready: router on {listen} (target {Path(target).name}, draft "
+                f"specdec ready: router on {listen}{http} (target {Path(target).name}, draft "
                 f"{Path(draft).name if draft else 'n-gram'}; {services.layout.describe()}); try: "
                 f"specdec generate --addr {listen} 'def fib(n):'  (Ctrl-C stops)",
                 flush=True,

@@ -19,13 +19,20 @@ from specdec.router.sessions import DEFAULT_MAX_PER_IDENTITY, SessionKeys, Sessi
 from specdec.router.speculation import DEFAULT_AHEAD_WIDTH, RouterDeps
 from specdec.serving.auth import ApiKeys
 from specdec.serving.metrics import serve_metrics
-from specdec.serving.server import Running, Transport, serve_forever, start_service
+from specdec.serving.server import (
+    Running,
+    Transport,
+    check_listen,
+    serve_forever,
+    start_service,
+)
 from specdec.serving.telemetry import setup_tracing
 from specdec.serving.tls import ClientTLS
 from specdec.v1 import draft_pb2_grpc, generation_pb2, generation_pb2_grpc, verifier_pb2_grpc
 
 if TYPE_CHECKING:
     from specdec.router.discovery import EndpointSliceWatcher
+    from specdec.router.http.server import HttpServer
 
 log = logging.getLogger("specdec.router")
 
@@ -64,13 +71,29 @@ class RouterConfig:
     transport: Transport = field(default_factory=Transport)
     peer_tls: ClientTLS | None = None  # towards the replicas: their CA, this router's cert
     api_keys_file: str | None = None  # identity:sha256hex lines; None: no API keys asked
+    # The OpenAI-compatible HTTP face (router/http/): same loop, keys, TLS and loopback rule.
+    http_listen: str | None = None  # host:port; None: no HTTP
+    served_model_name: str = ""  # the HTTP API's model id; "": the target folder's name
+    chat_template: str | None = None  # Jinja file; None: the target folder's own template
 
 
 @dataclass
 class RouterRunning(Running):
-    """The router's server and its discovery watchers (stopped by ``stop``)."""
+    """The router's server, its HTTP face and its discovery watchers (stopped by ``stop``)."""
 
     watchers: tuple[EndpointSliceWatcher, ...] = ()
+    http: HttpServer | None = None
+
+    @property
+    def http_port(self) -> int:
+        return self.http.port if self.http is not None else 0
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Both faces stop together, each letting its requests finish for ``grace_s``."""
+        if self.http is None:
+            await super().stop(grace_s)
+            return
+        await asyncio.gather(self.http.stop(grace_s), super().stop(grace_s))
 
 
 def build_deps(cfg: RouterConfig) -> RouterDeps:
@@ -127,6 +150,8 @@ async def _start_discovery(cfg: RouterConfig, deps: RouterDeps) -> tuple[Endpoin
 
 
 async def start(cfg: RouterConfig) -> tuple[Running, RouterDeps]:
+    if cfg.http_listen:  # before anything starts: a refusal leaves nothing running
+        check_listen(cfg.http_listen, cfg.transport, "--tls-cert and --tls-key, or --insecure")
     deps = build_deps(cfg)
     if deps.sessions is not None:
         await deps.sessions.start()
@@ -136,18 +161,40 @@ async def start(cfg: RouterConfig) -> tuple[Running, RouterDeps]:
     keys = ApiKeys.load(cfg.api_keys_file) if cfg.api_keys_file else None
     servicer = GenerationServicer(deps, Path(cfg.model).resolve().name, cfg.draft_model, keys)
     service = generation_pb2.DESCRIPTOR.services_by_name["Generation"]
-    running = await start_service(
-        cfg.listen,
-        "router",
-        servicer,
-        generation_pb2_grpc.add_GenerationServicer_to_server,
-        service,
-        cfg.transport,
-    )
+    # HTTP first: once health says SERVING (what `specdec up` waits for), both faces answer.
+    http = await _start_http(cfg, deps, keys) if cfg.http_listen else None
+    try:
+        running = await start_service(
+            cfg.listen,
+            "router",
+            servicer,
+            generation_pb2_grpc.add_GenerationServicer_to_server,
+            service,
+            cfg.transport,
+        )
+    except BaseException:
+        if http is not None:
+            await http.stop(0)
+        raise
     running = RouterRunning(
-        **{f.name: getattr(running, f.name) for f in fields(Running)}, watchers=watchers
+        **{f.name: getattr(running, f.name) for f in fields(Running)}, watchers=watchers, http=http
     )
     return running, deps
+
+
+async def _start_http(cfg: RouterConfig, deps: RouterDeps, keys: ApiKeys | None) -> HttpServer:
+    """The OpenAI-compatible face on ``cfg.http_listen`` (imports Starlette only when used)."""
+    from specdec.router.http.app import OpenAIFace
+    from specdec.router.http.chat_template import ChatTemplate
+    from specdec.router.http.server import start_http
+
+    assert cfg.http_listen is not None
+    model_id = cfg.served_model_name or Path(cfg.model).resolve().name
+    template = ChatTemplate.load(cfg.model, cfg.chat_template)
+    face = OpenAIFace(deps, model_id, keys, template)
+    http = await start_http(face.app(), cfg.http_listen, cfg.transport)
+    log.info("OpenAI-compatible HTTP on port %d (model %s)", http.port, model_id)
+    return http
 
 
 async def stop(running: Running, deps: RouterDeps, grace_s: float = 5.0) -> None:

@@ -1,0 +1,208 @@
+"""The OpenAI-compatible routes of the router (Starlette): a second face of the same router.
+
+``POST /v1/completions`` and ``POST /v1/chat/completions`` (whole, or streamed as server-sent
+events ending with ``data: [DONE]``), ``GET /v1/models``, and ``GET /health`` (200 while a
+verifier is up and its slots are known, else 503; no API key needed). Each request goes the
+gRPC way: the caller's API key (``serving/auth.py``, the ``Authorization: Bearer`` header), the
+same validation (``parse_request``), the same admission queue and speculation loop
+(``fanout.py``). Every error is OpenAI's JSON (``errors.py``); an error after a stream has begun
+is sent as an event with an ``error`` object, then ``[DONE]``.
+
+Non-goals: the legacy engines/edits endpoints, embeddings, files, logprobs (next slice).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from specdec.router.http.chat_template import ChatTemplate
+from specdec.router.http.convert import Choice, chat_prompt, choices, completion_prompts, max_tokens
+from specdec.router.http.errors import ApiError, bad_request, from_exception, model_not_found
+from specdec.router.http.fanout import Fanout
+from specdec.router.http.responses import Answer, finish_name, sse, usage
+from specdec.router.http.schemas import ChatCompletionRequest, CommonParams, CompletionRequest
+from specdec.router.http.schemas import unsupported as unsupported_field
+from specdec.router.speculation import RouterDeps
+from specdec.serving.auth import ApiKeys
+from specdec.v1 import generation_pb2
+
+MAX_BODY_BYTES = 8 * 1024 * 1024
+
+
+def ready(deps: RouterDeps) -> bool:
+    """A verifier is up (and, with an admission queue, has told the router its slots)."""
+    if deps.admission is not None:
+        return deps.admission.capacity() is not None
+    return any(r.up for r in deps.verifiers.replicas.values())
+
+
+@dataclass
+class OpenAIFace:
+    """What the routes need: the router's deps, the served model's id, keys and template."""
+
+    deps: RouterDeps
+    model_id: str
+    api_keys: ApiKeys | None = None
+    template: ChatTemplate | None = None
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def app(self) -> Starlette:
+        routes = [
+            Route("/v1/completions", self.completions, methods=["POST"]),
+            Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
+            Route("/v1/models", self.models, methods=["GET"]),
+            Route("/health", self.health, methods=["GET"]),
+        ]
+        handlers = {HTTPException: _http_error, Exception: _unexpected}
+        return Starlette(routes=routes, exception_handlers=handlers)  # type: ignore[arg-type]
+
+    async def health(self, request: Request) -> Response:
+        if ready(self.deps):
+            return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "no verifier is up"}, status_code=503)
+
+    async def models(self, request: Request) -> Response:
+        try:
+            self._identify(request)
+        except Exception as exc:
+            return from_exception(exc).response()
+        card = {
+            "id": self.model_id,
+            "object": "model",
+            "created": self.created,
+            "owned_by": "specdec",
+            "max_model_len": self.deps.limits.max_context_tokens,
+        }
+        return JSONResponse({"object": "list", "data": [card]})
+
+    async def completions(self, request: Request) -> Response:
+        return await self._generate(request, "completion")
+
+    async def chat_completions(self, request: Request) -> Response:
+        return await self._generate(request, "chat")
+
+    def _identify(self, request: Request) -> str:
+        if self.api_keys is None:
+            return ""
+        header = request.headers.get("authorization")
+        if header is None:
+            raise ApiError(
+                401,
+                "this server needs an API key: send the header 'Authorization: Bearer <key>'",
+                "authentication_error",
+                code="invalid_api_key",
+            )
+        return self.api_keys.identify([("authorization", header)])
+
+    async def _generate(self, request: Request, kind: Literal["completion", "chat"]) -> Response:
+        request_id = uuid.uuid4().hex
+        try:
+            identity = self._identify(request)
+            schema = CompletionRequest if kind == "completion" else ChatCompletionRequest
+            body = await _body(request, schema)
+            if body.model is not None and body.model != self.model_id:
+                raise model_not_found(body.model)
+            refused = unsupported_field(body)
+            if refused is not None:
+                raise bad_request(*refused)
+            deps = self.deps
+            if isinstance(body, CompletionRequest):
+                prompts = await completion_prompts(body, deps.tokenizer, deps.limits)
+            elif isinstance(body, ChatCompletionRequest):
+                prompts = [await chat_prompt(body, self.template, deps.tokenizer, deps.limits)]
+            param = "prompt" if kind == "completion" else "messages"
+            budget = max_tokens(body, prompts, deps.limits, param)
+            chosen = choices(body, prompts, budget, request_id)
+            fanout = Fanout(deps, chosen, identity)
+            await fanout.start()
+        except Exception as exc:
+            return from_exception(exc, request_id).response()
+        answer = Answer(kind, self.model_id, f"{_PREFIX[kind]}-{request_id}")
+        if body.stream:
+            events = _stream(fanout, answer, chosen, body.include_usage(), request_id)
+            return StreamingResponse(events, media_type="text/event-stream")
+        try:
+            return JSONResponse(await _whole(fanout, answer, chosen))
+        except Exception as exc:
+            return from_exception(exc, request_id).response()
+        finally:
+            await fanout.close()
+
+
+_PREFIX = {"completion": "cmpl", "chat": "chatcmpl"}
+
+
+async def _body(request: Request, schema: type[CommonParams]) -> CommonParams:
+    """The request's JSON body as ``schema``; a 400 naming the first bad field otherwise."""
+    raw = bytearray()
+    async for piece in request.stream():
+        raw += piece
+        if len(raw) > MAX_BODY_BYTES:
+            raise ApiError(413, f"the request body is over {MAX_BODY_BYTES} bytes")
+    try:
+        return schema.model_validate_json(bytes(raw))
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        param = ".".join(str(part) for part in error["loc"] if not isinstance(part, int))
+        param = param.split(".", 1)[0] if error["type"] == "json_invalid" else param
+        message = f"{param}: {error['msg']}" if param else f"invalid JSON body: {error['msg']}"
+        raise bad_request(param or None, message) from exc
+
+
+async def _whole(fanout: Fanout, answer: Answer, chosen: Sequence[Choice]) -> dict[str, Any]:
+    texts = {c.index: "" for c in chosen}
+    finishes: dict[int, int] = {}
+    stats: dict[int, generation_pb2.GenerationStats] = {}
+    async for index, response in fanout.events():
+        texts[index] += response.text
+        if response.HasField("stats"):
+            finishes[index] = response.finish_reason
+            stats[index] = response.stats
+    return answer.whole(texts, finishes, usage(chosen, stats))
+
+
+async def _stream(
+    fanout: Fanout, answer: Answer, chosen: Sequence[Choice], with_usage: bool, request_id: str
+) -> AsyncIterator[str]:
+    begun: set[int] = set()
+    stats: dict[int, generation_pb2.GenerationStats] = {}
+    try:
+        async for index, response in fanout.events():
+            first = index not in begun
+            begun.add(index)
+            finish = None
+            if response.HasField("stats"):
+                finish = finish_name(response.finish_reason)
+                stats[index] = response.stats
+            if response.text or first or finish:
+                yield sse(answer.chunk(index, response.text, finish, first, with_usage))
+        if with_usage:
+            yield sse(answer.usage_chunk(usage(chosen, stats)))
+    except Exception as exc:  # the answer has begun: the error goes in the stream
+        yield sse(from_exception(exc, request_id).body())
+    finally:
+        await fanout.close()
+    yield sse("[DONE]")
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors (unknown path, wrong method) in OpenAI's shape."""
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    detail = exc.detail if isinstance(exc, HTTPException) else "error"
+    message = f"{request.method} {request.url.path}: {detail}"
+    return ApiError(status, message, code=str(status)).response()
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    return from_exception(exc).response()
