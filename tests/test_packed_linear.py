@@ -8,9 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from specdec.engine import packed_linear
 from specdec.engine.batch import Chunk
 from specdec.engine.checkpoint import load_model
-from specdec.engine.packed_linear import linear, pack
+from specdec.engine.packed_linear import calibrate, linear, pack
 from specdec.engine.runner import ModelRunner
 from tests.fixtures import save_random_model
 
@@ -48,3 +49,20 @@ def test_a_packed_model_steps_like_an_unpacked_one_and_moving_it_drops_the_packs
         slot = runner.cache.allocate()
         logits.append(runner.step([Chunk(slot, [5, 6, 7, 8, 9], 0, 5)])[0])
     assert logits[0].allclose(logits[1], atol=1e-4)
+
+
+def test_calibrate_picks_a_path_per_shape_and_either_gives_the_same_product():
+    gen = torch.Generator().manual_seed(1)
+    weights = [torch.randn(2048, 128, generator=gen) for _ in range(3)]
+    pairs = [(w, pack(w)) for w in weights]
+    if pairs[0][1] is None:
+        pytest.skip("oneDNN is not available here")
+    packed_linear._ONE_ROW_PACKED.pop(((2048, 128), torch.float32), None)
+    calibrate([*pairs, (torch.randn(16, 16), None)])  # an unpacked weight is skipped
+    assert set(packed_linear._ONE_ROW_PACKED) >= {((2048, 128), torch.float32)}
+    assert ((16, 16), torch.float32) not in packed_linear._ONE_ROW_PACKED
+    x = torch.randn(1, 128, generator=gen)
+    expected = F.linear(x, weights[0])
+    for choice in (True, False):
+        packed_linear._ONE_ROW_PACKED[((2048, 128), torch.float32)] = choice
+        assert linear(x, pairs[0][1], weights[0], None).allclose(expected, atol=1e-4)

