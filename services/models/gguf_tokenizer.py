@@ -71,21 +71,27 @@ def build_tokenizer(meta: Mapping[str, Any]) -> Tokenizer:
     vocab = {token: index for index, token in enumerate(tokens)}
     if len(vocab) != len(tokens):
         raise GGUFTokenizerError("the GGUF vocabulary has duplicate tokens")
-    merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])]
-    tok = Tokenizer(
-        models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False)  # type: ignore[arg-type]
-    )
+    merges = [_merge_pair(m) for m in meta.get("tokenizer.ggml.merges", [])]
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
     tok.pre_tokenizer = PRE_TOKENIZERS[pre]()
     tok.decoder = decoders.ByteLevel()
     tok.add_tokens(
         [
-            AddedToken(token, special=kind_ == TOKEN_CONTROL, normalized=False)
-            for token, kind_ in zip(tokens, token_types, strict=True)
-            if kind_ in (TOKEN_CONTROL, TOKEN_USER_DEFINED)
+            AddedToken(token, special=token_type == TOKEN_CONTROL, normalized=False)
+            for token, token_type in zip(tokens, token_types, strict=True)
+            if token_type in (TOKEN_CONTROL, TOKEN_USER_DEFINED)
         ]
     )
     tok.post_processor = _post_processor(meta, tokens)
     return tok
+
+
+def _merge_pair(merge: str) -> tuple[str, str]:
+    """``"Ġ t"`` → ``("Ġ", "t")``: byte-level tokens hold no spaces, so one space separates."""
+    left, sep, right = merge.partition(" ")
+    if not (left and sep and right):
+        raise GGUFTokenizerError(f"malformed merge {merge!r} in tokenizer.ggml.merges")
+    return left, right
 
 
 def _post_processor(meta: Mapping[str, Any], tokens: list[str]) -> processors.PostProcessor:
