@@ -346,3 +346,21 @@ def test_non_loopback_http_needs_tls_or_insecure(pipeline, model_dir):
     )
     with pytest.raises(Exception, match="--insecure"):
         pipeline.loop.run(router_app.start(cfg))
+
+
+def test_client_going_away_mid_stream_frees_its_slots(pipeline, url):
+    body = json.dumps({"model": MODEL, "prompt": PROMPT, "max_tokens": 200, "stream": True, "n": 2})
+    port = int(url.split(":")[2].split("/")[0])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+        conn.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n{body}".encode()
+        )
+        received = b""
+        while b"data: " not in received:  # until the stream has begun; then hang up
+            piece = conn.recv(65536)
+            assert piece, received
+            received += piece
+    assert pipeline.wait_idle() == 0
+    admission = pipeline.router_deps.admission
+    assert admission.admitted == 0

@@ -15,7 +15,6 @@ Non-goals: retrying a failed choice (the loop already replaces a failed verifier
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Sequence
 
 from specdec.router.http.convert import Choice
@@ -24,6 +23,8 @@ from specdec.router.speculation import RouterDeps, generate
 from specdec.v1 import generation_pb2
 
 _DONE = None  # a choice's last queue item
+# Choices being cancelled: the event loop keeps only weak references to tasks.
+_CLOSING: set[asyncio.Task[None]] = set()
 
 
 class Fanout:
@@ -76,11 +77,17 @@ class Fanout:
                 yield index, item
 
     async def close(self) -> None:
-        for task in self._tasks:
+        """Cancel the choices still running and wait for their clean-up (their streams hold
+        slots on the replicas). Waiting never cancels them again: a Starlette response whose
+        client went away cancels the awaiting task over and over (anyio's cancel scopes), and
+        an ``await task`` would pass each of those on into the clean-up itself."""
+        running = [task for task in self._tasks if not task.done()]
+        for task in running:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            _CLOSING.add(task)  # referenced until done, even if this awaiting is cancelled
+            task.add_done_callback(_CLOSING.discard)
+        if running:
+            await asyncio.wait(running)
 
     async def _pump(self, index: int, request: Request) -> None:
         try:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import socket
 import ssl
 from collections.abc import Iterator
@@ -44,7 +45,7 @@ class HttpServer:
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Stop accepting, let requests in flight finish for up to ``grace_s``, then cancel."""
-        self.server.config.timeout_graceful_shutdown = max(grace_s, 0.01)
+        self.server.config.timeout_graceful_shutdown = math.ceil(grace_s)  # whole seconds
         self.server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
             await self.task
