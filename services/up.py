@@ -22,6 +22,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -240,6 +241,11 @@ def up(
     for address in filter(None, (listen, http_listen)):
         remedy = "--insecure (specdec up serves plaintext)"
         check_listen(address, Transport(insecure=insecure), remedy)
+    if http_listen and not _can_bind(http_listen):
+        raise Unavailable(
+            f"cannot listen on {http_listen} for the OpenAI-compatible HTTP API (in use?): "
+            "pass --http-listen HOST:PORT, or --no-http"
+        )
     for folder in (target, draft):
         if folder and not Path(folder).is_dir():
             hint = (
@@ -329,6 +335,20 @@ def _supervise(services: Services, redis_server: EmbeddedRedis | None) -> Superv
 
         supervisor.watch("redis", redis_exit, server.restart)
     return supervisor
+
+
+def _can_bind(address: str) -> bool:
+    """Whether ``host:port`` is free to listen on now (checked before anything starts)."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, int(port)))
+        except (OSError, ValueError):
+            return False
+    return True
 
 
 def _health(services: Services, name: str) -> list[str]:
