@@ -364,3 +364,31 @@ def test_client_going_away_mid_stream_frees_its_slots(pipeline, url):
     assert pipeline.wait_idle() == 0
     admission = pipeline.router_deps.admission
     assert admission.admitted == 0
+
+
+def test_chat_template_from_tokenizer_config(tmp_path):
+    from specdec.core.errors import InvalidRequest
+    from specdec.router.http.chat_template import ChatTemplate
+
+    template = (
+        "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'system' %}"
+        "{{ raise_exception('no system role') }}{% endif %}"
+        "[{{ m['role'] }}]{{ m['content'] | tojson }}{% if loop.index == 2 %}{% break %}{% endif %}"
+        "{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}{{ eos_token }}"
+    )
+    config = {"chat_template": [{"name": "default", "template": template}], "bos_token": "<s>"}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    (tmp_path / "special_tokens_map.json").write_text(
+        json.dumps({"eos_token": {"content": "</s>"}})
+    )
+    chat = ChatTemplate.load(tmp_path)
+    assert chat is not None
+    messages = [{"role": "user", "content": "<a>"}, {"role": "assistant", "content": "é"}]
+    rendered = chat.render([*messages, {"role": "user", "content": "dropped"}])
+    assert rendered == '<s>[user]"<a>"[assistant]"é"[assistant]</s>'
+    with pytest.raises(InvalidRequest, match="no system role"):
+        chat.render([{"role": "system", "content": "x"}])
+    (tmp_path / "evil.jinja").write_text("{{ messages.__class__.__mro__ }}")
+    with pytest.raises(InvalidRequest, match="failed"):
+        ChatTemplate.load(tmp_path, tmp_path / "evil.jinja").render(messages)
+    assert ChatTemplate.load(tmp_path / "nothing-here") is None

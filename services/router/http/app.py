@@ -131,7 +131,8 @@ class OpenAIFace:
         answer = Answer(kind, self.model_id, f"{_PREFIX[kind]}-{request_id}")
         if body.stream:
             events = _stream(fanout, answer, chosen, body.include_usage(), request_id)
-            return StreamingResponse(events, media_type="text/event-stream")
+            headers = {"Cache-Control": "no-cache"}
+            return StreamingResponse(events, media_type="text/event-stream", headers=headers)
         try:
             return JSONResponse(await _whole(fanout, answer, chosen))
         except Exception as exc:

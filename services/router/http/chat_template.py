@@ -4,8 +4,9 @@ Where the template comes from, first found wins: a file given with ``--chat-temp
 model folder's ``chat_template.jinja``; the ``chat_template`` string of its
 ``tokenizer_config.json``. It renders like Hugging Face's ``apply_chat_template``: an immutable
 sandbox with ``trim_blocks`` and ``lstrip_blocks``, ``raise_exception`` for the template's own
-errors, a ``tojson`` that does not HTML-escape, ``add_generation_prompt``, and the model's
-``bos_token`` / ``eos_token`` (from ``tokenizer_config.json`` or ``special_tokens_map.json``).
+errors, a ``tojson`` that does not HTML-escape, ``strftime_now``, ``{% break %}`` and
+``{% continue %}``, ``add_generation_prompt``, and the model's ``bos_token`` / ``eos_token``
+(from ``tokenizer_config.json`` or ``special_tokens_map.json``).
 
 Non-goals: tools and documents (``tools``/``documents`` are passed as None), named templates
 (a list of templates in ``tokenizer_config.json``: the one named ``default`` is used).
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,10 @@ TEMPLATE_FILE = "chat_template.jinja"
 
 def _raise_exception(message: str) -> None:
     raise InvalidRequest("messages", f"the chat template refused them: {message}")
+
+
+def _strftime_now(format_: str) -> str:
+    return datetime.now().strftime(format_)
 
 
 def _tojson(value: Any, indent: int | None = None, **_: Any) -> str:
@@ -79,8 +85,11 @@ class ChatTemplate:
             source = _config_template(folder)
         if source is None:
             return None
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        env = ImmutableSandboxedEnvironment(
+            trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+        )
         env.globals["raise_exception"] = _raise_exception
+        env.globals["strftime_now"] = _strftime_now
         env.filters["tojson"] = _tojson
         try:
             template = env.from_string(source)
