@@ -392,3 +392,29 @@ def test_chat_template_from_tokenizer_config(tmp_path):
     with pytest.raises(InvalidRequest, match="failed"):
         ChatTemplate.load(tmp_path, tmp_path / "evil.jinja").render(messages)
     assert ChatTemplate.load(tmp_path / "nothing-here") is None
+
+
+def test_https_with_the_routers_certificate(pipeline, model_dir, tmp_path):
+    import ssl
+
+    from specdec.serving.server import Transport
+    from specdec.serving.tls import ServerTLS, loopback_pki
+
+    pki = loopback_pki(tmp_path)
+    cfg = router_app.RouterConfig(
+        model=str(model_dir / "target"),
+        verifiers=(pipeline.address("verifier"),),
+        listen="127.0.0.1:0",
+        http_listen="127.0.0.1:0",
+        transport=Transport(tls=ServerTLS(pki.server_cert, pki.server_key)),
+    )
+    running, deps = pipeline.loop.run(router_app.start(cfg))
+    try:
+        url = f"https://127.0.0.1:{running.http_port}/health"
+        context = ssl.create_default_context(cafile=pki.ca)
+        with urllib.request.urlopen(url, timeout=10, context=context) as response:
+            assert response.status == 200
+        with pytest.raises(OSError):  # no plaintext on the TLS port
+            urllib.request.urlopen(url.replace("https", "http"), timeout=10)
+    finally:
+        pipeline.loop.run(router_app.stop(running, deps, 0))
