@@ -239,6 +239,7 @@ def error_of(response: Reply, status: int) -> dict[str, Any]:
         ({"prompt": "x", "logprobs": 2}, "logprobs", "not supported yet"),
         ({"prompt": "x", "min_p": 0.1}, "min_p", "not supported"),
         ({"prompt": "x", "echo": True}, "echo", "echo"),
+        ({"prompt": "x", "ignore_eos": True}, "ignore_eos", "not supported"),
         ({"prompt": [1, 99999]}, "prompt", "outside the vocabulary"),
         ({"prompt": "x", "specdec": {"k": 99}}, "specdec.k", "must be in"),
         ({"prompt": "x", "n": 0}, "n", "greater than or equal to 1"),

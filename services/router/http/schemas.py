@@ -59,6 +59,7 @@ class CommonParams(BaseModel):
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
+    ignore_eos: bool = False  # vLLM's extra
 
     def stop_strings(self) -> list[str]:
         if self.stop is None:
@@ -99,6 +100,9 @@ class ChatCompletionRequest(CommonParams):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = None
     add_generation_prompt: bool = True  # extra (vLLM's)
+    # Declared so they can be refused by name (see ``unsupported``).
+    tools: list[dict[str, object]] | None = None
+    response_format: dict[str, object] | None = None
 
 
 def unsupported(body: CommonParams) -> tuple[str, str] | None:
@@ -110,6 +114,7 @@ def unsupported(body: CommonParams) -> tuple[str, str] | None:
         ("presence_penalty", bool(body.presence_penalty), "penalties are not supported"),
         ("frequency_penalty", bool(body.frequency_penalty), "penalties are not supported"),
         ("logit_bias", bool(body.logit_bias), "logit_bias is not supported"),
+        ("ignore_eos", body.ignore_eos, "ignore_eos is not supported; leave it false"),
     ]
     if isinstance(body, CompletionRequest):
         checks += [
@@ -118,6 +123,11 @@ def unsupported(body: CommonParams) -> tuple[str, str] | None:
             ("best_of", (body.best_of or 1) > 1, "best_of is not supported; use n"),
         ]
     elif isinstance(body, ChatCompletionRequest):
+        text_only = (body.response_format or {}).get("type", "text") == "text"
+        checks += [
+            ("tools", bool(body.tools), "tools are not supported"),
+            ("response_format", not text_only, "only the text response format is supported"),
+        ]
         for message in body.messages:
             parts = message.content if isinstance(message.content, list) else []
             if any(part.get("type", "text") != "text" for part in parts):
