@@ -162,7 +162,7 @@ async def start(cfg: RouterConfig) -> tuple[Running, RouterDeps]:
     servicer = GenerationServicer(deps, Path(cfg.model).resolve().name, cfg.draft_model, keys)
     service = generation_pb2.DESCRIPTOR.services_by_name["Generation"]
     # HTTP first: once health says SERVING (what `specdec up` waits for), both faces answer.
-    http = await _start_http(cfg, deps, keys) if cfg.http_listen else None
+    http = await _start_http(cfg.http_listen, cfg, deps, keys) if cfg.http_listen else None
     try:
         running = await start_service(
             cfg.listen,
@@ -182,17 +182,18 @@ async def start(cfg: RouterConfig) -> tuple[Running, RouterDeps]:
     return running, deps
 
 
-async def _start_http(cfg: RouterConfig, deps: RouterDeps, keys: ApiKeys | None) -> HttpServer:
-    """The OpenAI-compatible face on ``cfg.http_listen`` (imports Starlette only when used)."""
+async def _start_http(
+    address: str, cfg: RouterConfig, deps: RouterDeps, keys: ApiKeys | None
+) -> HttpServer:
+    """The OpenAI-compatible face on ``address`` (imports Starlette only when used)."""
     from specdec.router.http.app import OpenAIFace
     from specdec.router.http.chat_template import ChatTemplate
     from specdec.router.http.server import start_http
 
-    assert cfg.http_listen is not None
     model_id = cfg.served_model_name or Path(cfg.model).resolve().name
     template = ChatTemplate.load(cfg.model, cfg.chat_template)
     face = OpenAIFace(deps, model_id, keys, template)
-    http = await start_http(face.app(), cfg.http_listen, cfg.transport)
+    http = await start_http(face.app(), address, cfg.transport)
     log.info("OpenAI-compatible HTTP on port %d (model %s)", http.port, model_id)
     return http
 

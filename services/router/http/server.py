@@ -26,6 +26,7 @@ from typing import Any
 
 import uvicorn
 
+from specdec.core.errors import SpecdecError
 from specdec.serving.server import Transport, check_listen
 
 STARTUP_TIMEOUT_S = 10.0
@@ -55,7 +56,7 @@ def _bind(address: str) -> socket.socket:
     host, _, port = address.rpartition(":")
     host = host.strip("[]")
     if not port.isdigit():
-        raise ValueError(f"--http-listen {address}: expected HOST:PORT")
+        raise SpecdecError(f"--http-listen {address}: expected HOST:PORT")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -63,7 +64,9 @@ def _bind(address: str) -> socket.socket:
         sock.bind((host or "0.0.0.0", int(port)))
     except OSError as exc:
         sock.close()
-        raise OSError(f"cannot listen on {address} (HTTP): {exc.strerror}") from exc
+        raise SpecdecError(
+            f"cannot listen on {address} for HTTP ({exc.strerror}): pick another --http-listen"
+        ) from exc
     sock.listen(1024)
     sock.setblocking(False)
     return sock
