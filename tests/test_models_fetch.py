@@ -63,6 +63,16 @@ def vocabulary() -> list[str]:
     return [*SPECIALS, USER_DEFINED, *alphabet, *(m.replace(" ", "") for m in MERGES)]
 
 
+def tiny_tokenizer_meta() -> dict[str, object]:
+    """The tokenizer metadata ``write_tiny_gguf`` writes, as a plain dict."""
+    return {
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.pre": "smollm",
+        "tokenizer.ggml.tokens": vocabulary(),
+        "tokenizer.ggml.merges": MERGES,
+    }
+
+
 def llama_cpp_permute(weight: np.ndarray, num_heads: int) -> np.ndarray:
     """What llama.cpp's converter does to q/k rows (written here from its description)."""
     rows = weight.shape[0]  # [heads * head_dim, in]
@@ -238,6 +248,10 @@ def test_unsupported_files_are_refused_with_a_reason(tmp_path: Path) -> None:
         convert_gguf(tmp_path / "junk.gguf", tmp_path / "out", progress=False)
     with pytest.raises(GGUFTokenizerError, match="only byte-level BPE"):
         build_tokenizer({"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": ["a"]})
+    with pytest.raises(GGUFTokenizerError, match=r"no tokenizer\.ggml\.tokens"):
+        build_tokenizer({"tokenizer.ggml.model": "gpt2"})
+    with pytest.raises(GGUFTokenizerError, match="malformed merge"):
+        build_tokenizer({**tiny_tokenizer_meta(), "tokenizer.ggml.merges": ["Ġt"]})
 
 
 # ---- the fetch: real pip against a local find-links folder --------------------------------------

@@ -60,7 +60,9 @@ def build_tokenizer(meta: Mapping[str, Any]) -> Tokenizer:
         raise GGUFTokenizerError(
             f"tokenizer.ggml.pre is {pre!r}; supported: {', '.join(sorted(PRE_TOKENIZERS))}"
         )
-    tokens: list[str] = list(meta["tokenizer.ggml.tokens"])
+    tokens: list[str] = list(meta.get("tokenizer.ggml.tokens") or [])
+    if not tokens:
+        raise GGUFTokenizerError("the GGUF file has no tokenizer.ggml.tokens (no vocabulary)")
     token_types: list[int] = list(
         meta.get("tokenizer.ggml.token_type", [TOKEN_NORMAL] * len(tokens))
     )
