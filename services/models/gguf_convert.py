@@ -104,7 +104,8 @@ def hf_config(meta: dict[str, Any], tensor_names: Iterable[str]) -> dict[str, An
         raise GGUFConvertError("partial rotary embeddings (rope.dimension_count) are unsupported")
     scaling = meta.get(f"{ARCH}.rope.scaling.type", "none")
     if scaling != "none" or "rope_freqs.weight" in names:
-        raise GGUFConvertError(f"rope scaling ({scaling}) is not supported by this converter")
+        kind = scaling if scaling != "none" else "rope_freqs.weight (llama3-style)"
+        raise GGUFConvertError(f"rope scaling {kind} is not supported by this converter")
     vocab = meta.get("tokenizer.ggml.tokens")
     return {
         "architectures": ["LlamaForCausalLM"],
@@ -139,7 +140,12 @@ def hf_tensor(tensor: ReaderTensor, config: dict[str, Any]) -> tuple[str, np.nda
     """One GGUF tensor as (Hugging Face name, fp32 array in Hugging Face layout)."""
     name = hf_name(tensor.name)
     # GGUF lists dims fastest first; the reader's arrays are already [out_features, in_features].
-    values = dequantize(tensor.data, tensor.tensor_type).astype(np.float32, copy=False)
+    try:
+        values = dequantize(tensor.data, tensor.tensor_type).astype(np.float32, copy=False)
+    except NotImplementedError as exc:
+        raise GGUFConvertError(
+            f"{tensor.name}: gguf cannot dequantize {tensor.tensor_type.name} ({exc})"
+        ) from exc
     expected = tuple(int(d) for d in reversed(tensor.shape))
     if values.shape != expected:
         raise GGUFConvertError(f"{tensor.name}: dequantized to {values.shape}, expected {expected}")
