@@ -128,7 +128,7 @@ class OpenAIFace:
             await fanout.start()
         except Exception as exc:
             return from_exception(exc, request_id).response()
-        answer = Answer(kind, self.model_id, f"{_PREFIX[kind]}-{request_id}")
+        answer = Answer(kind, self.model_id, request_id)
         if body.stream:
             events = _stream(fanout, answer, chosen, body.include_usage(), request_id)
             headers = {"Cache-Control": "no-cache"}
@@ -139,9 +139,6 @@ class OpenAIFace:
             return from_exception(exc, request_id).response()
         finally:
             await fanout.close()
-
-
-_PREFIX = {"completion": "cmpl", "chat": "chatcmpl"}
 
 
 async def _body(request: Request, schema: type[CommonParams]) -> CommonParams:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -62,12 +61,12 @@ class Answer:
 
     kind: Literal["completion", "chat"]
     model: str
-    id: str = ""
+    request_id: str  # the answer's id is cmpl-<request_id> or chatcmpl-<request_id>
     created: int = field(default_factory=lambda: int(time.time()))
 
-    def __post_init__(self) -> None:
-        prefix = "cmpl" if self.kind == "completion" else "chatcmpl"
-        self.id = self.id or f"{prefix}-{uuid.uuid4().hex}"
+    @property
+    def id(self) -> str:
+        return f"{'cmpl' if self.kind == 'completion' else 'chatcmpl'}-{self.request_id}"
 
     def _head(self, object_: str) -> dict[str, Any]:
         return {"id": self.id, "object": object_, "created": self.created, "model": self.model}
