@@ -67,6 +67,8 @@ def _config_template(folder: Path) -> str | None:
 
 @dataclass(frozen=True)
 class ChatTemplate:
+    """A compiled chat template and the special tokens it may write."""
+
     template: jinja2.Template
     bos_token: str
     eos_token: str

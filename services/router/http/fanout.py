@@ -28,6 +28,8 @@ _CLOSING: set[asyncio.Task[None]] = set()
 
 
 class Fanout:
+    """The choices of one request: ``start``, then ``events``, and always ``close``."""
+
     def __init__(self, deps: RouterDeps, choices: Sequence[Choice], identity: str) -> None:
         self.deps = deps
         self.choices = choices

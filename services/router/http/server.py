@@ -33,6 +33,8 @@ STARTUP_TIMEOUT_S = 10.0
 
 
 class _Server(uvicorn.Server):
+    """uvicorn without its signal handlers."""
+
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield  # the router's serve_forever owns SIGINT/SIGTERM
@@ -40,6 +42,8 @@ class _Server(uvicorn.Server):
 
 @dataclass
 class HttpServer:
+    """A running uvicorn server (a task of the router's loop) and the port it bound."""
+
     server: uvicorn.Server
     task: asyncio.Task[None]
     port: int
