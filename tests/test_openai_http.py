@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import urllib.error
 import urllib.request
@@ -419,3 +420,31 @@ def test_https_with_the_routers_certificate(pipeline, model_dir, tmp_path):
             urllib.request.urlopen(url.replace("https", "http"), timeout=10)
     finally:
         pipeline.loop.run(router_app.stop(running, deps, 0))
+
+
+def test_an_error_mid_stream_is_an_error_event_then_done(model_dir):
+    """A verifier lost mid-stream (the only one): the answer has begun, so the error comes as
+    an event with OpenAI's error object, and the stream still ends with [DONE]."""
+    alone = HttpPipeline(str(model_dir / "target"), str(model_dir / "draft_close")).start()
+    try:
+        port = alone.servers["router"].http_port  # type: ignore[attr-defined]
+        body = json.dumps({"prompt": PROMPT, "max_tokens": 200, "stream": True})
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+            conn.sendall(
+                b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n{body}".encode()
+            )
+            received = conn.recv(65536)
+            while b"data: " not in received:
+                received += conn.recv(65536)
+            alone.stop_server("verifier")
+            while piece := conn.recv(65536):
+                received += piece
+        # one SSE event per HTTP chunk: its data line is whole
+        events = re.findall(r"^data: (.*)$", received.decode(), flags=re.MULTILINE)
+        assert events[-1] == "[DONE]"
+        error = json.loads(events[-2])["error"]
+        assert error["code"] == "unavailable" and error["type"] == "server_error"
+        assert all("choices" in json.loads(e) for e in events[:-2])
+    finally:
+        alone.close()
