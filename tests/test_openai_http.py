@@ -448,3 +448,18 @@ def test_an_error_mid_stream_is_an_error_event_then_done(model_dir):
         assert all("choices" in json.loads(e) for e in events[:-2])
     finally:
         alone.close()
+
+
+def test_up_serves_http_by_default_and_refuses_a_busy_port():
+    from specdec.cli import DEFAULT_HTTP_ADDR, build_parser
+    from specdec.core.errors import Unavailable
+    from specdec.up import up
+
+    assert build_parser().parse_args(["up"]).http_listen == DEFAULT_HTTP_ADDR
+    assert build_parser().parse_args(["up", "--no-http"]).no_http
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        address = f"127.0.0.1:{busy.getsockname()[1]}"
+        with pytest.raises(Unavailable, match="--no-http"):
+            up("no-target", None, "127.0.0.1:0", None, None, http_listen=address)
