@@ -5,8 +5,9 @@ For each precision (fp32, bf16) and thread count (1, 2 by default) this starts `
 on the demo target's GGUF of that precision (``make peer-llamacpp`` writes them) with that many
 threads, and loads the target with specdec's engine in that dtype with that many torch threads.
 Then it alternates blocks: llama-server generates 64 tokens greedily from a fixed prompt (its
-own ``predicted_per_token_ms``: decode only, no HTTP), and the engine times one decode step
-and one verify step of 5 tokens at the same context, rolled back each time. Medians per system;
+own ``predicted_per_token_ms``: decode only, no HTTP), and, once llama-server's threads have
+stopped polling for work, the engine times 16 decode steps and 16 verify steps of 5 tokens at
+the same context, rolled back each time. Medians per system;
 a busy machine slows both alike because the blocks alternate. Nothing here asserts a speed.
 
     make bench-step
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -37,6 +39,7 @@ from specdec.router.redis_server import free_loopback_port
 DTYPES = {"fp32": (torch.float32, "f32"), "bf16": (torch.bfloat16, "bf16")}
 PROMPT = list(range(10, 110))  # token ids: 100 of them, the same for both engines
 NEW_TOKENS = 64  # llama-server's generation; the engine steps at the middle of that span
+SETTLE_S = 0.5  # after a completion llama-server's threads poll for more work a while
 
 
 def engine_times(runner: ModelRunner, slot: int, steps: int) -> tuple[list[float], list[float]]:
@@ -67,6 +70,7 @@ def measure(model: str, gguf: Path, dtype: torch.dtype, threads: int, blocks: in
         try:
             for block in range(blocks + 1):  # block 0 warms both up
                 _, timings = parse_completion(server.complete(completion_body(PROMPT, NEW_TOKENS)))
+                time.sleep(SETTLE_S)
                 d, v = engine_times(runner, slot, 16)
                 if block:
                     llama_ms.append(timings["predicted_per_token_ms"])
