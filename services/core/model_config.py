@@ -18,6 +18,7 @@ from specdec.core.errors import CheckpointError
 # model_type in config.json → does the family put a bias on q/k/v, a norm on q/k?
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+HEAD_VOCAB_KEY = "specdec_head_vocab_size"  # config.json: a reduced LM head (drafts)
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,9 @@ class ModelConfig:
     mlp_bias: bool = False
     qk_norm: bool = False  # RMSNorm over head_dim on q and k before RoPE (Qwen3)
     tie_word_embeddings: bool = False
+    # A draft's LM head over only this many tokens (FR-Spec, arXiv 2502.14856): config.json's
+    # ``specdec_head_vocab_size``; the ids are the ``lm_head.token_ids`` tensor. None: all.
+    head_vocab_size: int | None = None
     sliding_window: int | None = None  # keys older than this many positions are masked
     eos_token_ids: tuple[int, ...] = field(default_factory=tuple)
     bos_token_id: int | None = None
@@ -77,6 +81,8 @@ class ModelConfig:
             raise CheckpointError(f"{source}: hidden_act {hidden_act!r} is not supported (silu)")
         cfg_kwargs["rope_theta"], cfg_kwargs["rope_scaling"] = _rope(raw, source)
         cfg_kwargs.update(_family_switches(raw, model_type, source))
+        head = raw.get(HEAD_VOCAB_KEY)
+        cfg_kwargs["head_vocab_size"] = int(head) if head is not None else None
         eos = raw.get("eos_token_id")
         cfg_kwargs["eos_token_ids"] = _as_id_tuple(eos)
         bos = raw.get("bos_token_id")
@@ -112,6 +118,16 @@ class ModelConfig:
             )
         if self.head_dim % 2:
             raise CheckpointError(f"{source}: head_dim must be even for RoPE")
+        if self.head_vocab_size is not None:
+            if not 0 < self.head_vocab_size <= self.vocab_size:
+                raise CheckpointError(
+                    f"{source}: {HEAD_VOCAB_KEY} must be in [1, vocab_size={self.vocab_size}]"
+                )
+            if self.tie_word_embeddings:
+                raise CheckpointError(
+                    f"{source}: {HEAD_VOCAB_KEY} needs an untied LM head "
+                    "(tie_word_embeddings: false)"
+                )
 
 
 def _as_id_tuple(value: Any) -> tuple[int, ...]:

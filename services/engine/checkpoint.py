@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from specdec.core.errors import CheckpointError
-from specdec.core.model_config import ModelConfig, load_config, read_json
+from specdec.core.model_config import HEAD_VOCAB_KEY, ModelConfig, load_config, read_json
 from specdec.engine.model import DecoderModel
 from specdec.engine.rope import inv_frequencies
 
@@ -93,9 +93,24 @@ def load_model(
     model.load_state_dict(state, strict=not cfg.tie_word_embeddings, assign=True)
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
+    _check_head_ids(folder, model)
     inv_freq = inv_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
     model.inv_freq = inv_freq.to(device)  # non-persistent buffer: rebuilt off the meta device
     return model.eval().requires_grad_(False).fuse_projections().pack_linears()
+
+
+def _check_head_ids(folder: Path, model: DecoderModel) -> None:
+    """A reduced LM head's token ids: int64, distinct, inside the vocabulary."""
+    ids = model.head_token_ids
+    if ids is None:
+        return
+    vocab = model.config.vocab_size
+    if ids.dtype != torch.int64 or ids.dim() != 1:
+        raise CheckpointError(f"{folder}: lm_head.token_ids must be a 1-D int64 tensor")
+    if len(ids) and not (int(ids.min()) >= 0 and int(ids.max()) < vocab):
+        raise CheckpointError(f"{folder}: lm_head.token_ids holds ids outside [0, {vocab})")
+    if len(torch.unique(ids)) != len(ids):
+        raise CheckpointError(f"{folder}: lm_head.token_ids repeats a token id")
 
 
 def _few(names: list[str], limit: int = 5) -> str:
@@ -131,6 +146,8 @@ def hf_config_dict(cfg: ModelConfig) -> dict[str, Any]:
         else list(cfg.eos_token_ids),
         "torch_dtype": "bfloat16",
     }
+    if cfg.head_vocab_size is not None:
+        out[HEAD_VOCAB_KEY] = cfg.head_vocab_size
     return out
 
 
@@ -149,8 +166,8 @@ def save_model(
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     generation = {"eos_token_id": config["eos_token_id"], "bos_token_id": cfg.bos_token_id}
     (folder / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
-    state = {
-        name: tensor.detach().to("cpu", dtype).clone()  # clone: fused weights share storage
+    state = {  # clone: fused weights share storage; integer tensors (head token ids) stay
+        name: tensor.detach().to("cpu", dtype if tensor.is_floating_point() else None).clone()
         for name, tensor in model.state_dict().items()
         if not (cfg.tie_word_embeddings and name == "lm_head.weight")
     }

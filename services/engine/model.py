@@ -14,6 +14,7 @@ Non-goals: training features (dropout, gradient checkpointing), tensor paralleli
 
 from __future__ import annotations
 
+import math
 from typing import cast
 
 import torch
@@ -268,7 +269,10 @@ class DecoderModel(nn.Module):
         super().__init__()
         self.config = cfg
         self.model = Backbone(cfg)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.head_vocab_size or cfg.vocab_size, bias=False)
+        if cfg.head_vocab_size is not None:  # the token id of each head row (FR-Spec drafts)
+            ids = torch.zeros(cfg.head_vocab_size, dtype=torch.int64)  # [Vh], from the checkpoint
+            self.lm_head.register_buffer("token_ids", ids)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         inv_freq = inv_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
@@ -332,12 +336,33 @@ class DecoderModel(nn.Module):
         for layer in self.model.layers:
             x = layer(x, batch, cache, cos, sin)
         x = self.model.norm(x[batch.logit_indices])  # [N, C]
-        return linear(x, self.lm_head_packed, self.lm_head.weight, None).float()  # [N, V]
+        logits = linear(x, self.lm_head_packed, self.lm_head.weight, None).float()  # [N, Vh]
+        return self.full_vocab(logits)  # [N, V]
+
+    @property
+    def head_token_ids(self) -> torch.Tensor | None:
+        """[Vh] int64: the token of each LM head row, when the head covers a subset; else None."""
+        ids = getattr(self.lm_head, "token_ids", None)
+        return ids if isinstance(ids, torch.Tensor) else None
+
+    def full_vocab(self, logits: torch.Tensor) -> torch.Tensor:
+        """Head logits over the whole vocabulary.  # [..., Vh] → [..., V]
+
+        A reduced head's rows go to their token ids and every other token gets -inf: the
+        draft's distribution is exactly zero outside its subset, which the verifier's
+        acceptance test handles like any other draft distribution (the output stays exact).
+        """
+        ids = self.head_token_ids
+        if ids is None:
+            return logits
+        full = logits.new_full((*logits.shape[:-1], self.config.vocab_size), -math.inf)
+        return full.index_copy_(-1, ids, logits)
 
     def forward_dense(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Whole sequences from position 0, causal, no cache (training, scoring).
 
-        input_ids [B, T] int64 → logits [B, T, V] in the model's dtype.
+        input_ids [B, T] int64 → logits [B, T, V] in the model's dtype (-inf outside a
+        reduced head's tokens).
         """
         t = input_ids.shape[1]
         x = self.model.embed_tokens(input_ids)  # [B, T, C]
@@ -345,4 +370,4 @@ class DecoderModel(nn.Module):
         cos, sin = cos_sin(positions, self.inv_freq, x.dtype)  # [T, 1, D] each
         for layer in self.model.layers:
             x = cast(DecoderLayer, layer).forward_dense(x, cos, sin)
-        return self.lm_head(self.model.norm(x))
+        return self.full_vocab(self.lm_head(self.model.norm(x)))
