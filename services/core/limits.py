@@ -14,6 +14,17 @@ MAX_SPEC_DEPTH = 16
 # Draft probabilities shipped per position when sampling (the draft's top tokens).
 MAX_SPARSE_WIDTH = 256
 
+# Likeliest alternatives returned with each generated token's logprob (OpenAI's and vLLM's bound).
+MAX_TOP_LOGPROBS = 20
+
+
+def check_logprobs(num_top: int | None, field: str = "logprobs") -> None:
+    """Raise ``InvalidRequest`` unless logprobs are off (None) or 0 <= num_top <= 20."""
+    if num_top is not None and not 0 <= num_top <= MAX_TOP_LOGPROBS:
+        raise InvalidRequest(
+            field, f"alternatives per token must be in [0, {MAX_TOP_LOGPROBS}], got {num_top}"
+        )
+
 
 def check_depth(k: int, field: str = "k") -> None:
     """Raise ``InvalidRequest`` unless 0 <= k <= MAX_SPEC_DEPTH."""

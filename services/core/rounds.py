@@ -57,6 +57,10 @@ class Verdict:
     verifier_active: int = 1  # sequences open on the verifier, as it reported
     verifier_queue: int = 0  # steps waiting there, as it reported
     cached_prompt_tokens: int = 0  # (prefill) context tokens reused from a session's cache
+    # When the request asked for logprobs: one per token of the verdict (the accepted drafts,
+    # then next_token_id), in the form its port gives (engine records in process, wire messages
+    # in the router); empty otherwise.
+    logprobs: Sequence[Any] = ()
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,7 @@ class Round:
     verifier_queue: int
     batch_size: int = 1
     cached_prompt_tokens: int = 0
+    logprobs: tuple[Any, ...] = ()  # one per token of token_ids when asked for (see Verdict)
 
     def __post_init__(self) -> None:
         if not 0 <= self.num_accepted <= self.num_proposed <= self.depth <= MAX_SPEC_DEPTH:

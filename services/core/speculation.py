@@ -196,4 +196,5 @@ def _round(
         verifier_queue=verdict.verifier_queue,
         batch_size=verdict.batch_size,
         cached_prompt_tokens=verdict.cached_prompt_tokens,
+        logprobs=tuple(verdict.logprobs[: len(tokens)]),
     )

@@ -43,16 +43,22 @@ class _Done(Awaitable[T]):
 class EngineVerifier:
     """The target model verifying one sequence, one forward per step."""
 
-    def __init__(self, runner: ModelRunner, params: SamplingParams, seed: int) -> None:
+    def __init__(
+        self,
+        runner: ModelRunner,
+        params: SamplingParams,
+        seed: int,
+        logprobs: int | None = None,  # alternatives per token's logprob; None: no logprobs
+    ) -> None:
         self.runner = runner
         self.params = params
         self.seed = seed
+        self.logprobs = logprobs
         self.seq: SequenceState | None = None
 
     async def open(self, context: Sequence[int]) -> Awaitable[Verdict]:
-        self.seq = SequenceState(
-            self.runner.cache.allocate(), list(context), self.params, self.seed
-        )
+        slot = self.runner.cache.allocate()
+        self.seq = SequenceState(slot, list(context), self.params, self.seed, [], self.logprobs)
         return _Done(self._step(EMPTY_PROPOSAL))
 
     async def verify(self, committed: Sequence[int], proposal: Proposal) -> Awaitable[Verdict]:
@@ -71,7 +77,14 @@ class EngineVerifier:
         if isinstance(result, Exception):
             raise result
         elapsed = time.perf_counter_ns() - start
-        return Verdict(result.num_accepted, result.next_token_id, elapsed, 0, elapsed)
+        return Verdict(
+            result.num_accepted,
+            result.next_token_id,
+            elapsed,
+            0,
+            elapsed,
+            logprobs=result.logprobs,
+        )
 
     def close(self) -> None:
         if self.seq is not None:

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from specdec.core.errors import InvalidRequest
+from specdec.engine.logprobs import TokenLogprob
 from specdec.engine.sampling import sample_token
 
 # A sparse draft row must sum to 1 within this (fp16 rounding on the wire stays inside it).
@@ -51,6 +52,8 @@ class VerifyResult:
     num_accepted: int  # leading draft tokens kept, 0..K
     next_token_id: int  # the recovered token on a rejection, the bonus token otherwise
     is_bonus: bool  # True when all K were accepted and next_token_id is the bonus token
+    # When asked for: the target's logprob of each committed token (``token_ids``), in order.
+    logprobs: tuple[TokenLogprob, ...] = ()
 
     @property
     def bonus_token_id(self) -> int | None:

@@ -11,12 +11,13 @@ Non-goals: scheduling and admission (the services decide which sequences go toge
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from specdec.core.errors import InvalidRequest
 from specdec.engine.batch import Chunk
+from specdec.engine.logprobs import token_logprobs
 from specdec.engine.proposer import Proposal
 from specdec.engine.rejection import VerifyResult, verify_greedy, verify_sampling
 from specdec.engine.runner import ModelRunner
@@ -33,6 +34,7 @@ class SequenceState:
     params: SamplingParams
     seed: int
     cached: list[int] = field(default_factory=list)
+    logprobs: int | None = None  # alternatives per committed token's logprob; None: no logprobs
 
     def sync_cache(self, runner: ModelRunner) -> list[int]:
         """Roll the slot back to the longest cached prefix of ``committed`` that leaves at least
@@ -74,6 +76,10 @@ def verify_batch(
         n = len(seq.committed)
         try:
             result = _accept(proposal, logits, seq.params, seq.seed, n)
+            if seq.logprobs is not None:  # rows 0..num_accepted decided the committed tokens
+                tokens = result.token_ids(proposal.draft_token_ids)
+                found = token_logprobs(logits[: len(tokens)], tokens, seq.logprobs)
+                result = replace(result, logprobs=tuple(found))
         except Exception as exc:
             runner.cache.rollback_to(seq.slot, len(seq.cached))
             results.append(exc)

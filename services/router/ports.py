@@ -82,6 +82,7 @@ def _verdict(reply: verifier_pb2.VerifyResponse) -> Verdict:
         verifier_active=reply.load.active_sequences,
         verifier_queue=reply.load.queued_steps,
         cached_prompt_tokens=reply.cached_prompt_tokens,
+        logprobs=reply.logprobs,
     )
 
 
@@ -122,9 +123,11 @@ class StreamVerifier:
         request_id: str,
         timeout_s: float,
         metadata: tuple,
+        logprobs: int | None = None,
     ) -> None:
         self.pool, self.preferred = pool, preferred
         self.sampling, self.seed = sampling, seed
+        self.logprobs = logprobs  # alternatives per token's logprob; None: no logprobs
         self.session_id, self.request_id = session_id, request_id
         self.timeout_s, self.metadata = timeout_s, metadata
         self.replica: Replica | None = None
@@ -165,6 +168,7 @@ class StreamVerifier:
             seed=self.seed,
             session_id=self.session_id,
             request_id=self.request_id,
+            logprobs=self.logprobs,
         )
         if len(proposal):
             open_msg.step.CopyFrom(_step(len(committed), proposal))

@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass
 
 from specdec.core.errors import InvalidRequest
-from specdec.core.limits import MAX_SPEC_DEPTH
+from specdec.core.limits import MAX_SPEC_DEPTH, check_logprobs
 from specdec.core.tokenizer import Tokenizer
 from specdec.router.depth_policy import POLICIES
 from specdec.v1 import generation_pb2
@@ -65,6 +65,7 @@ class Request:
     draft_method: str | None  # "model", "ngram", "none"; None: the server's default
     draft_ahead: bool | None = None  # None: the server's default
     identity: str = ""  # the caller, from its API key ("" without API keys): owns its sessions
+    logprobs: int | None = None  # alternatives per generated token's logprob; None: no logprobs
 
 
 async def parse_request(
@@ -104,6 +105,8 @@ async def parse_request(
         )
     if msg.draft_method not in DRAFT_METHODS:
         raise InvalidRequest("draft_method", f"unknown draft method {msg.draft_method}")
+    logprobs = msg.logprobs if msg.HasField("logprobs") else None
+    check_logprobs(logprobs)
     return Request(
         prompt_ids=prompt_ids,
         temperature=temperature,
@@ -119,6 +122,7 @@ async def parse_request(
         draft_method=DRAFT_METHODS[msg.draft_method],
         draft_ahead=msg.draft_ahead if msg.HasField("draft_ahead") else None,
         identity=identity,
+        logprobs=logprobs,
     )
 
 

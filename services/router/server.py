@@ -90,6 +90,7 @@ def _merged(pending: deque[generation_pb2.GenerateResponse]) -> generation_pb2.G
         nxt = pending.popleft()
         out.text += nxt.text
         out.token_ids.extend(nxt.token_ids)
+        out.logprobs.extend(nxt.logprobs)
         if nxt.HasField("stats"):
             out.finish_reason = nxt.finish_reason
             out.stats.CopyFrom(nxt.stats)

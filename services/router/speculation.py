@@ -184,6 +184,7 @@ async def _setup(req: Request, deps: RouterDeps, span: trace.Span) -> _Setup:
         req.request_id,
         deps.verify_timeout_s,
         metadata,
+        req.logprobs,
     )
     drafter: Drafter = NoDrafter()
     if drafting:
@@ -259,7 +260,9 @@ async def _generate(
             elif rnd.finish == "stop":
                 finish = generation_pb2.FINISH_REASON_EOS
             if text or rnd.token_ids:
-                yield generation_pb2.GenerateResponse(text=text, token_ids=rnd.token_ids)
+                yield generation_pb2.GenerateResponse(
+                    text=text, token_ids=rnd.token_ids, logprobs=rnd.logprobs
+                )
             if detok.stopped:
                 break
             rnd = await anext(rounds, None)

@@ -19,7 +19,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 from specdec.core.errors import InvalidRequest
-from specdec.core.limits import MAX_SPEC_DEPTH, check_prompt
+from specdec.core.limits import MAX_SPEC_DEPTH, check_logprobs, check_prompt
 from specdec.engine.proposer import Proposal
 from specdec.engine.rejection import VerifyResult
 from specdec.engine.runner import ModelRunner
@@ -102,14 +102,23 @@ class VerifierCore:
     # --- called from stream handlers ----------------------------------------------------------
 
     def open(
-        self, prompt_ids: list[int], params: SamplingParams, seed: int, session_id: str
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        seed: int,
+        session_id: str,
+        logprobs: int | None = None,
     ) -> asyncio.Future[tuple[SequenceState, int]]:
         """A new sequence (reusing a parked session's slot when it holds a prefix) and the
-        number of context tokens reused. Its prefill runs with its first ``verify``."""
+        number of context tokens reused. Its prefill runs with its first ``verify``. With
+        ``logprobs`` (alternatives per token), every step returns the committed tokens'."""
         check_prompt(prompt_ids, self.runner.vocab_size, self.runner.max_seq_len)
         params.validate()
+        check_logprobs(logprobs)
         assert self.scheduler is not None
-        return self.scheduler.call(lambda: self._open(prompt_ids, params, seed, session_id))
+        return self.scheduler.call(
+            lambda: self._open(prompt_ids, params, seed, session_id, logprobs)
+        )
 
     def verify(
         self, seq: SequenceState, position: int, proposal: Proposal
@@ -157,13 +166,19 @@ class VerifierCore:
         return _VerifyBatch(self.runner, taken) if taken else None
 
     def _open(
-        self, prompt_ids: list[int], params: SamplingParams, seed: int, session_id: str
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        seed: int,
+        session_id: str,
+        logprobs: int | None,
     ) -> tuple[SequenceState, int]:
         parked = self._parked.pop(session_id, None) if session_id else None
         if parked is not None:  # its slot holds an earlier turn: keep what the prompt shares
-            seq = SequenceState(parked.slot, list(prompt_ids), params, seed, parked.cached)
+            slot, cached = parked.slot, parked.cached
         else:
-            seq = SequenceState(self._allocate(), list(prompt_ids), params, seed)
+            slot, cached = self._allocate(), []
+        seq = SequenceState(slot, list(prompt_ids), params, seed, cached, logprobs)
         seq.sync_cache(self.runner)  # rolls the slot back to the longest shared prefix
         reused = len(seq.cached)
         self.counters.reused_prefix_tokens_total += reused

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 import grpc
 from opentelemetry import trace
 
+from specdec.engine.logprobs import TokenLogprob
 from specdec.engine.sequence import SequenceState
 from specdec.replica.convert import check_token_ids, proposal_from_proto, sampling_from_proto
 from specdec.replica.stream import serve_stream
@@ -39,7 +40,8 @@ class _VerifyStream:
         arrived = time.perf_counter_ns()
         prompt = check_token_ids(msg.prompt_token_ids, self.core.runner.vocab_size, "prompt")
         params = sampling_from_proto(msg.sampling)
-        future = self.core.open(prompt, params, msg.seed, msg.session_id)
+        logprobs = msg.logprobs if msg.HasField("logprobs") else None
+        future = self.core.open(prompt, params, msg.seed, msg.session_id, logprobs)
         try:
             self.seq, self.cached_prompt_tokens = await asyncio.shield(future)
         except asyncio.CancelledError:  # the stream went away while the slot was being taken
@@ -94,6 +96,7 @@ class _VerifyStream:
             load=self.servicer.load(),
             batch_size=timed.batch_size,
             service_ns=time.perf_counter_ns() - arrived,
+            logprobs=[_logprob_to_proto(t) for t in result.logprobs],
         )
 
     def close(self) -> None:
@@ -103,6 +106,11 @@ class _VerifyStream:
     def _close_orphan(self, future: asyncio.Future[tuple[SequenceState, int]]) -> None:
         if not future.cancelled() and future.exception() is None:
             self.core.close(future.result()[0], "")
+
+
+def _logprob_to_proto(found: TokenLogprob) -> common_pb2.TokenLogprob:
+    top = [common_pb2.TopLogprob(token_id=t, logprob=lp) for t, lp in found.top]
+    return common_pb2.TokenLogprob(token_id=found.token_id, logprob=found.logprob, top=top)
 
 
 class VerifierServicer(verifier_pb2_grpc.VerifierServicer):

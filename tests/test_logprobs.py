@@ -1,0 +1,159 @@
+"""Logprobs while speculating, gRPC and HTTP, and the gauges an inference gateway reads.
+
+Real servers on loopback (``local_pipeline``), the tiny test models. The logprobs are checked
+three ways: the same at k = 0 (target-only decoding) as at k = 4 and under the default policy
+with draft-ahead; equal to ``log_softmax`` of an in-process forward of the target over the
+same tokens (so the distribution sums to 1); top-N sorted and holding the chosen token when it
+ranks that high. Then the OpenAI shapes, and ``/metrics`` of the router.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import openai
+import pytest
+import torch
+
+from specdec.engine.batch import Chunk
+from specdec.engine.checkpoint import load_model
+from specdec.engine.runner import ModelRunner
+from specdec.local_pipeline import Pipeline
+from specdec.router import app as router_app
+from specdec.v1 import common_pb2, generation_pb2
+
+pytestmark = pytest.mark.service
+
+PROMPT = "def add(a, b):\n"
+MODEL = "tiny-target"
+TOL = 1e-5
+N_TOKENS = 20
+
+
+class HttpPipeline(Pipeline):
+    """The test pipeline whose router also serves HTTP (on a free port)."""
+
+    def add_router(self, **overrides: Any) -> router_app.RouterRunning:
+        return super().add_router(  # type: ignore[return-value]
+            http_listen="127.0.0.1:0", served_model_name=MODEL, **overrides
+        )
+
+
+@pytest.fixture(scope="module")
+def pipeline(model_dir: Path) -> Iterator[HttpPipeline]:
+    p = HttpPipeline(str(model_dir / "target"), str(model_dir / "draft_close")).start()
+    yield p
+    p.close()
+
+
+@pytest.fixture(scope="module")
+def target(model_dir: Path) -> ModelRunner:
+    return ModelRunner(load_model(model_dir / "target"), num_slots=1)
+
+
+@pytest.fixture(scope="module")
+def url(pipeline: HttpPipeline) -> str:
+    return f"http://127.0.0.1:{pipeline.servers['router'].http_port}/v1"  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="module")
+def client(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
+
+
+# --- gRPC ----------------------------------------------------------------------------------------
+
+
+def generate(pipeline: Pipeline, **fields: Any) -> tuple[list[int], list[common_pb2.TokenLogprob]]:
+    """Token ids and logprobs of one Generate call."""
+    request = generation_pb2.GenerateRequest(prompt_text=PROMPT, max_tokens=N_TOKENS, **fields)
+    ids: list[int] = []
+    logprobs: list[common_pb2.TokenLogprob] = []
+    for response in pipeline.client().Generate(request):
+        ids += response.token_ids
+        logprobs += response.logprobs
+    return ids, logprobs
+
+
+def reference(target: ModelRunner, prompt: list[int], ids: list[int]) -> torch.Tensor:
+    """log_softmax (in fp64) of the target's logits before each of ``ids``, in one forward of
+    prompt and output: [N, V]."""
+    slot = target.cache.allocate()
+    try:
+        logits = target.step([Chunk(slot, prompt + ids[:-1], 0, len(ids))])[0]  # [N, V]
+    finally:
+        target.cache.free(slot)
+    return torch.log_softmax(logits.double(), dim=-1)
+
+
+def assert_same(a: list[common_pb2.TokenLogprob], b: list[common_pb2.TokenLogprob]) -> None:
+    assert [t.token_id for t in a] == [t.token_id for t in b]
+    for x, y in zip(a, b, strict=True):
+        assert x.logprob == pytest.approx(y.logprob, abs=TOL)
+        assert [t.token_id for t in x.top] == [t.token_id for t in y.top]
+        assert [t.logprob for t in x.top] == pytest.approx([t.logprob for t in y.top], abs=TOL)
+
+
+SAMPLED = common_pb2.SamplingParams(temperature=0.8, seed=1234)
+MODES = [
+    pytest.param({}, id="greedy"),
+    pytest.param({"sampling": SAMPLED}, id="sampled-0.8"),
+]
+
+
+def assert_exact(found: list[common_pb2.TokenLogprob], exact: torch.Tensor, num_top: int) -> None:
+    """``found`` equals the reference rows ``exact`` [N, V]: chosen logprob and sorted top-N."""
+    assert torch.logsumexp(exact, dim=-1) == pytest.approx(torch.zeros(len(found)), abs=1e-9)
+    for row, token in zip(exact, found, strict=True):
+        assert token.logprob == pytest.approx(float(row[token.token_id]), abs=TOL)
+        values, ids = torch.topk(row, num_top)
+        assert [t.token_id for t in token.top] == ids.tolist()
+        tops = [t.logprob for t in token.top]
+        assert tops == pytest.approx(values.tolist(), abs=TOL)
+        assert tops == sorted(tops, reverse=True)
+        if token.logprob >= tops[-1] + TOL:  # it ranks in the top N: it is among them
+            assert token.token_id in [t.token_id for t in token.top]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_logprobs_are_the_targets_whatever_the_depth(pipeline, target, mode):
+    """k = 0 (target-only), k = 4, and the default policy with draft-ahead. Greedy: the same
+    tokens and logprobs every time. Sampling (seeded, T = 0.8): the tokens depend on the depths
+    (the same distribution, other draws), so each run is checked against the reference for its
+    own tokens: the target's raw logprobs, not the warped distribution it sampled from."""
+    fixed = generation_pb2.DEPTH_POLICY_FIXED
+    runs = {
+        "k=0": generate(pipeline, depth_policy=fixed, fixed_depth=0, logprobs=5, **mode),
+        "k=4": generate(pipeline, depth_policy=fixed, fixed_depth=4, logprobs=5, **mode),
+        "default": generate(pipeline, draft_ahead=True, logprobs=5, **mode),
+    }
+    prompt = pipeline.router_deps.tokenizer.encode(PROMPT)
+    for ids, found in runs.values():
+        assert len(found) == len(ids) > 1
+        assert [t.token_id for t in found] == ids
+        assert_exact(found, reference(target, prompt, ids), 5)
+    if not mode:
+        plain_ids, plain = runs["k=0"]
+        for ids, found in runs.values():
+            assert ids == plain_ids
+            assert_same(found, plain)
+
+
+def test_no_logprobs_unless_asked(pipeline):
+    ids, logprobs = generate(pipeline)
+    assert ids and logprobs == []
+    ids, logprobs = generate(pipeline, logprobs=0)
+    assert len(logprobs) == len(ids) and all(len(t.top) == 0 for t in logprobs)
+
+
+def test_logprobs_beyond_20_are_invalid(pipeline):
+    ids, logprobs = generate(pipeline, logprobs=20)
+    assert len(logprobs) == len(ids)
+    assert all(len(t.top) == 20 for t in logprobs)
+    with pytest.raises(grpc.RpcError) as raised:
+        generate(pipeline, logprobs=21)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "logprobs" in raised.value.details() and "20" in raised.value.details()
