@@ -9,6 +9,9 @@ ranks that high. Then the OpenAI shapes, and ``/metrics`` of the router.
 
 from __future__ import annotations
 
+import json
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,12 +36,18 @@ TOL = 1e-5
 N_TOKENS = 20
 
 
+DEMO_TEMPLATE = Path(__file__).resolve().parents[1] / "models/demo-target/chat_template.jinja"
+
+
 class HttpPipeline(Pipeline):
     """The test pipeline whose router also serves HTTP (on a free port)."""
 
     def add_router(self, **overrides: Any) -> router_app.RouterRunning:
         return super().add_router(  # type: ignore[return-value]
-            http_listen="127.0.0.1:0", served_model_name=MODEL, **overrides
+            http_listen="127.0.0.1:0",
+            served_model_name=MODEL,
+            chat_template=str(DEMO_TEMPLATE),
+            **overrides,
         )
 
 
@@ -157,3 +166,129 @@ def test_logprobs_beyond_20_are_invalid(pipeline):
         generate(pipeline, logprobs=21)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "logprobs" in raised.value.details() and "20" in raised.value.details()
+
+
+# --- HTTP ----------------------------------------------------------------------------------------
+
+
+def http_json(url: str, body: dict[str, Any]) -> tuple[int, Any]:
+    """POST ``body``; the status and the JSON answer (errors included)."""
+    request = urllib.request.Request(
+        url, json.dumps(body).encode(), {"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def completion_logprobs(client: openai.OpenAI, k: int | None, **fields: Any) -> Any:
+    extra = {"specdec": {"k": k}} if k is not None else {}
+    out = client.completions.create(
+        model=MODEL, prompt=PROMPT, max_tokens=N_TOKENS, extra_body=extra, **fields
+    )
+    return out.choices[0]
+
+
+@pytest.mark.parametrize("k", [0, 4, None])
+@pytest.mark.parametrize("sampled", [False, True], ids=["greedy", "sampled-0.8"])
+def test_completions_logprobs_equal_grpc(pipeline, client, k, sampled):
+    """The legacy shape carries the gRPC answer's numbers (which the gRPC test checked against
+    the target): greedy at any depth; seeded sampling at the same fixed depth (same draws)."""
+    sampling = {"temperature": 0.8, "seed": 99} if sampled else {"temperature": 0}
+    choice = completion_logprobs(client, k, logprobs=3, **sampling)
+    fields: dict[str, Any] = {"logprobs": 3}
+    if sampled:
+        fields["sampling"] = common_pb2.SamplingParams(temperature=0.8, seed=99)
+        if k is None:  # the default policy's depths vary from run to run
+            fields["depth_policy"] = generation_pb2.DEPTH_POLICY_FIXED
+            fields["fixed_depth"] = 4
+            choice = completion_logprobs(client, 4, logprobs=3, **sampling)
+    if k is not None:
+        fields.update(depth_policy=generation_pb2.DEPTH_POLICY_FIXED, fixed_depth=k)
+    ids, expected = generate(pipeline, **fields)
+    texts = pipeline.router_deps.tokenizer
+    found = choice.logprobs
+    assert found.tokens == [texts.decode([t], skip_special_tokens=False) for t in ids]
+    assert found.token_logprobs == pytest.approx([t.logprob for t in expected], abs=TOL)
+    for tops, token in zip(found.top_logprobs, expected, strict=True):
+        assert len(tops) <= 3 and list(tops.values()) == sorted(tops.values(), reverse=True)
+        want: dict[str, float] = {}
+        for a in token.top:  # texts may coincide (U+FFFD): the likeliest one's value stays
+            want.setdefault(texts.decode([a.token_id], skip_special_tokens=False), a.logprob)
+        assert tops == pytest.approx(want, abs=TOL)
+    offsets = [0]
+    for text in found.tokens[:-1]:
+        offsets.append(offsets[-1] + len(text))
+    assert found.text_offset == offsets
+    joined = "".join(found.tokens)
+    if choice.finish_reason == "length" and "\ufffd" not in joined:  # (no partial characters)
+        assert joined == choice.text
+
+
+def test_streamed_completion_logprobs_equal_whole(client):
+    whole = completion_logprobs(client, None, logprobs=2, temperature=0).logprobs
+    stream = client.completions.create(
+        model=MODEL, prompt=PROMPT, max_tokens=N_TOKENS, temperature=0, logprobs=2, stream=True
+    )
+    tokens: list[str] = []
+    token_logprobs: list[float] = []
+    offsets: list[int] = []
+    for chunk in stream:
+        found = chunk.choices[0].logprobs
+        if found is not None:
+            tokens += found.tokens
+            token_logprobs += found.token_logprobs
+            offsets += found.text_offset
+    assert tokens == whole.tokens and offsets == whole.text_offset
+    assert token_logprobs == pytest.approx(whole.token_logprobs, abs=TOL)
+
+
+def test_chat_logprobs_whole_and_streamed(pipeline, client):
+    messages = [{"role": "user", "content": "def f():"}]
+    common: dict[str, Any] = {"model": MODEL, "messages": messages, "max_tokens": 12}
+    whole = client.chat.completions.create(
+        **common, temperature=0, logprobs=True, top_logprobs=4
+    ).choices[0]
+    content = whole.logprobs.content
+    assert content and all(len(t.top_logprobs) == 4 for t in content)
+    for token in content:
+        assert token.bytes == list(token.token.encode())
+        tops = [a.logprob for a in token.top_logprobs]
+        assert tops == sorted(tops, reverse=True)
+        assert token.logprob <= tops[0] + TOL
+        if token.logprob >= tops[-1] + TOL:
+            assert token.token in [a.token for a in token.top_logprobs]
+    joined = "".join(t.token for t in content)
+    if whole.finish_reason == "length" and "\ufffd" not in joined:
+        assert joined == whole.message.content
+    streamed = []
+    for chunk in client.chat.completions.create(
+        **common, temperature=0, logprobs=True, top_logprobs=4, stream=True
+    ):
+        if chunk.choices and chunk.choices[0].logprobs is not None:
+            streamed += chunk.choices[0].logprobs.content
+    assert [t.token for t in streamed] == [t.token for t in content]
+    assert [t.logprob for t in streamed] == pytest.approx([t.logprob for t in content], abs=TOL)
+    plain = client.chat.completions.create(**common, temperature=0).choices[0]
+    assert plain.logprobs is None and plain.message.content == whole.message.content
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("completions", {"prompt": PROMPT, "logprobs": 21}, "logprobs"),
+        ("completions", {"prompt": PROMPT, "logprobs": True}, "logprobs"),
+        ("completions", {"prompt": PROMPT, "top_logprobs": 2}, "top_logprobs"),
+        ("chat/completions", {"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ("chat/completions", {"top_logprobs": 2}, "top_logprobs"),
+        ("chat/completions", {"logprobs": 3}, "logprobs"),
+    ],
+)
+def test_logprobs_bounds_are_400_naming_the_field(url, path, body, param):
+    if path.startswith("chat"):
+        body = {"messages": [{"role": "user", "content": "hi"}], **body}
+    status, answer = http_json(f"{url}/{path}", {"model": MODEL, "max_tokens": 2, **body})
+    assert status == 400, answer
+    assert answer["error"]["param"] == param and param in answer["error"]["message"]

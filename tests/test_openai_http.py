@@ -237,7 +237,7 @@ def error_of(response: Reply, status: int) -> dict[str, Any]:
     [
         ({"prompt": "x", "max_tokens": 300}, "prompt", "maximum context length is 256 tokens"),
         ({"prompt": "x", "temperature": 200}, "temperature", "must be in [0, 100]"),
-        ({"prompt": "x", "logprobs": 2}, "logprobs", "not supported yet"),
+        ({"prompt": "x", "logprobs": 21}, "logprobs", "must be in [0, 20]"),
         ({"prompt": "x", "min_p": 0.1}, "min_p", "not supported"),
         ({"prompt": "x", "echo": True}, "echo", "echo"),
         ({"prompt": "x", "ignore_eos": True}, "ignore_eos", "not supported"),

@@ -8,7 +8,10 @@ same validation (``parse_request``), the same admission queue and speculation lo
 (``fanout.py``). Every error is OpenAI's JSON (``errors.py``); an error after a stream has begun
 is sent as an event with an ``error`` object, then ``[DONE]``.
 
-Non-goals: the legacy engines/edits endpoints, embeddings, files, logprobs (next slice).
+With ``logprobs`` asked for, each choice carries the target's raw logprobs of its tokens
+(``logprobs.py``), whole or chunk by chunk.
+
+Non-goals: the legacy engines/edits endpoints, embeddings, files, prompt logprobs.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from specdec.router.http.chat_template import ChatTemplate
 from specdec.router.http.convert import Choice, chat_prompt, choices, completion_prompts, max_tokens
 from specdec.router.http.errors import ApiError, bad_request, from_exception, model_not_found
 from specdec.router.http.fanout import Fanout
+from specdec.router.http.logprobs import ChatLogprobs, CompletionLogprobs, TokenTexts
 from specdec.router.http.responses import Answer, finish_name, sse, usage
 from specdec.router.http.schemas import ChatCompletionRequest, CommonParams, CompletionRequest
 from specdec.router.http.schemas import unsupported as unsupported_field
@@ -129,12 +133,13 @@ class OpenAIFace:
         except Exception as exc:
             return from_exception(exc, request_id).response()
         answer = Answer(kind, self.model_id, request_id)
+        shapes = _logprob_shapes(kind, chosen, self.deps)
         if body.stream:
-            events = _stream(fanout, answer, chosen, body.include_usage(), request_id)
+            events = _stream(fanout, answer, chosen, body.include_usage(), request_id, shapes)
             headers = {"Cache-Control": "no-cache"}
             return StreamingResponse(events, media_type="text/event-stream", headers=headers)
         try:
-            return JSONResponse(await _whole(fanout, answer, chosen))
+            return JSONResponse(await _whole(fanout, answer, chosen, shapes))
         except Exception as exc:
             return from_exception(exc, request_id).response()
         finally:
@@ -158,20 +163,49 @@ async def _body(request: Request, schema: type[CommonParams]) -> CommonParams:
         raise bad_request(param or None, message) from exc
 
 
-async def _whole(fanout: Fanout, answer: Answer, chosen: Sequence[Choice]) -> dict[str, Any]:
+LogprobShape = CompletionLogprobs | ChatLogprobs
+
+
+def _logprob_shapes(
+    kind: Literal["completion", "chat"], chosen: Sequence[Choice], deps: RouterDeps
+) -> dict[int, LogprobShape] | None:
+    """One logprobs writer per choice when they were asked for; None otherwise."""
+    if not chosen or not chosen[0].message.HasField("logprobs"):
+        return None
+    texts = TokenTexts(deps.tokenizer)
+    shape = CompletionLogprobs if kind == "completion" else ChatLogprobs
+    return {c.index: shape(texts) for c in chosen}
+
+
+async def _whole(
+    fanout: Fanout,
+    answer: Answer,
+    chosen: Sequence[Choice],
+    shapes: dict[int, LogprobShape] | None,
+) -> dict[str, Any]:
     texts = {c.index: "" for c in chosen}
+    found: dict[int, list[Any]] = {c.index: [] for c in chosen}
     finishes: dict[int, int] = {}
     stats: dict[int, generation_pb2.GenerationStats] = {}
     async for index, response in fanout.events():
         texts[index] += response.text
+        found[index] += response.logprobs
         if response.HasField("stats"):
             finishes[index] = response.finish_reason
             stats[index] = response.stats
-    return answer.whole(texts, finishes, usage(chosen, stats))
+    logprobs = None
+    if shapes is not None:
+        logprobs = {index: shapes[index].shape(found[index]) for index in found}
+    return answer.whole(texts, finishes, usage(chosen, stats), logprobs)
 
 
 async def _stream(
-    fanout: Fanout, answer: Answer, chosen: Sequence[Choice], with_usage: bool, request_id: str
+    fanout: Fanout,
+    answer: Answer,
+    chosen: Sequence[Choice],
+    with_usage: bool,
+    request_id: str,
+    shapes: dict[int, LogprobShape] | None,
 ) -> AsyncIterator[str]:
     begun: set[int] = set()
     stats: dict[int, generation_pb2.GenerationStats] = {}
@@ -183,8 +217,12 @@ async def _stream(
             if response.HasField("stats"):
                 finish = finish_name(response.finish_reason)
                 stats[index] = response.stats
-            if response.text or first or finish:
-                yield sse(answer.chunk(index, response.text, finish, first, with_usage))
+            logprobs = None
+            if shapes is not None and response.logprobs:
+                logprobs = shapes[index].shape(response.logprobs)
+            if response.text or first or finish or logprobs:
+                chunk = answer.chunk(index, response.text, finish, first, with_usage, logprobs)
+                yield sse(chunk)
         if with_usage:
             yield sse(answer.usage_chunk(usage(chosen, stats)))
     except Exception as exc:  # the answer has begun: the error goes in the stream

@@ -17,6 +17,7 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from specdec.core.limits import MAX_TOP_LOGPROBS
 from specdec.core.tokenizer import Tokenizer
 from specdec.router.http.chat_template import ChatTemplate
 from specdec.router.http.errors import ApiError, bad_request
@@ -129,6 +130,40 @@ def max_tokens(body: CommonParams, prompts: Sequence[list[int]], limits: Limits,
     return asked
 
 
+def logprobs_asked(body: CommonParams) -> int | None:
+    """Alternatives per token asked for (``GenerateRequest.logprobs``); None: no logprobs.
+    Completions take ``logprobs: N``; chat takes ``logprobs: true`` and ``top_logprobs: N``."""
+    if isinstance(body, ChatCompletionRequest):
+        if not body.logprobs:
+            if body.top_logprobs is not None:
+                raise bad_request("top_logprobs", "top_logprobs: needs logprobs: true")
+            return None
+        if not isinstance(body.logprobs, bool):
+            raise bad_request(
+                "logprobs",
+                "logprobs: true or false on chat completions (top_logprobs: N sets how many "
+                "alternatives per token)",
+            )
+        param, asked = "top_logprobs", body.top_logprobs or 0
+    else:
+        if body.top_logprobs is not None:
+            raise bad_request(
+                "top_logprobs", "top_logprobs: is for chat; /v1/completions takes logprobs: N"
+            )
+        if body.logprobs is None or body.logprobs is False:
+            return None
+        if body.logprobs is True:
+            raise bad_request(
+                "logprobs",
+                f"logprobs: a count of alternatives per token (0-{MAX_TOP_LOGPROBS}) on "
+                "/v1/completions, not true",
+            )
+        param, asked = "logprobs", body.logprobs
+    if not 0 <= asked <= MAX_TOP_LOGPROBS:
+        raise bad_request(param, f"{param}: must be in [0, {MAX_TOP_LOGPROBS}], got {asked}")
+    return asked
+
+
 def choices(
     body: CommonParams, prompts: Sequence[list[int]], budget: int, request_id: str
 ) -> list[Choice]:
@@ -141,6 +176,7 @@ def choices(
     options = body.specdec
     policy = options.depth_policy if options else None
     k = options.k if options else None
+    num_top = logprobs_asked(body)
     if k is not None and policy is None:
         policy = "fixed"  # a depth asked for: keep it
     out = []
@@ -165,5 +201,7 @@ def choices(
             )
             if options is not None and options.draft_ahead is not None:
                 message.draft_ahead = options.draft_ahead
+            if num_top is not None:
+                message.logprobs = num_top
             out.append(Choice(index, p, message))
     return out

@@ -41,6 +41,7 @@ PARAMS = {
     "depth_policy": "specdec.depth_policy",
     "fixed_depth": "specdec.k",
     "draft_method": "specdec.draft_method",
+    "logprobs": "logprobs",
 }
 
 

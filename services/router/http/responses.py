@@ -7,7 +7,8 @@ role), and the ``usage`` object built from the loop's ``GenerationStats``: OpenA
 (prompt tokens counted once per prompt, however many choices continue it), the cached prompt
 tokens, and a ``specdec`` object with the speculation's own counts.
 
-Non-goals: logprobs (always null here), tool calls, ``system_fingerprint``.
+A choice's ``logprobs`` is null unless asked for; its shape is ``logprobs.py``'s.
+Non-goals: tool calls, ``system_fingerprint``.
 """
 
 from __future__ import annotations
@@ -72,9 +73,13 @@ class Answer:
         return {"id": self.id, "object": object_, "created": self.created, "model": self.model}
 
     def whole(
-        self, texts: Mapping[int, str], finishes: Mapping[int, int], usage_: dict[str, Any]
+        self,
+        texts: Mapping[int, str],
+        finishes: Mapping[int, int],
+        usage_: dict[str, Any],
+        logprobs: Mapping[int, dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
-        """The non-streamed answer (choice index → text, finish reason)."""
+        """The non-streamed answer (choice index → text, finish reason, logprobs object)."""
         choices = []
         for index in sorted(texts):
             choice: dict[str, Any] = {"index": index}
@@ -82,26 +87,34 @@ class Answer:
                 choice["text"] = texts[index]
             else:
                 choice["message"] = {"role": "assistant", "content": texts[index]}
-            choice.update(logprobs=None, finish_reason=finish_name(finishes[index]))
+            found = logprobs.get(index) if logprobs is not None else None
+            choice.update(logprobs=found, finish_reason=finish_name(finishes[index]))
             choices.append(choice)
         object_ = "text_completion" if self.kind == "completion" else "chat.completion"
         return {**self._head(object_), "choices": choices, "usage": usage_}
 
     def chunk(
-        self, index: int, text: str, finish: str | None, first: bool, with_usage: bool
+        self,
+        index: int,
+        text: str,
+        finish: str | None,
+        first: bool,
+        with_usage: bool,
+        logprobs: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """A stream chunk of choice ``index`` (``first``: its first chunk)."""
+        """A stream chunk of choice ``index`` (``first``: its first chunk) and the logprobs
+        object of its tokens, when asked for."""
         choice: dict[str, Any] = {"index": index}
         if self.kind == "completion":
             choice["text"] = text
             object_ = "text_completion"
         else:
             delta: dict[str, str] = {"role": "assistant"} if first else {}
-            if text or first:
+            if text or first or logprobs:
                 delta["content"] = text
             choice["delta"] = delta
             object_ = "chat.completion.chunk"
-        choice.update(logprobs=None, finish_reason=finish)
+        choice.update(logprobs=logprobs, finish_reason=finish)
         body = {**self._head(object_), "choices": [choice]}
         if with_usage:
             body["usage"] = None  # OpenAI's shape: null on every chunk but the last

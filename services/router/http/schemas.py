@@ -53,9 +53,11 @@ class CommonParams(BaseModel):
     stream_options: StreamOptions | None = None
     user: str | None = None  # accepted, not used
     specdec: SpecdecOptions | None = None
-    # Declared so they can be refused by name (see ``unsupported``).
+    # Completions: alternatives per token, 0-20; chat: true, with top_logprobs alternatives.
+    # The target's raw logprobs (before temperature, top-k, top-p), as vLLM returns by default.
     logprobs: bool | int | None = None
-    top_logprobs: int | None = None
+    top_logprobs: int | None = None  # chat only
+    # Declared so they can be refused by name (see ``unsupported``).
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
@@ -108,8 +110,6 @@ class ChatCompletionRequest(CommonParams):
 def unsupported(body: CommonParams) -> tuple[str, str] | None:
     """The first field set to something this server cannot do: (param, message); else None."""
     checks: list[tuple[str, bool, str]] = [
-        ("logprobs", bool(body.logprobs), "logprobs are not supported yet; leave it unset"),
-        ("top_logprobs", body.top_logprobs is not None, "logprobs are not supported yet"),
         ("min_p", bool(body.min_p), "min_p is not supported by this server; use top_p or top_k"),
         ("presence_penalty", bool(body.presence_penalty), "penalties are not supported"),
         ("frequency_penalty", bool(body.frequency_penalty), "penalties are not supported"),
