@@ -10,9 +10,11 @@ ranks that high. Then the OpenAI shapes, and ``/metrics`` of the router.
 from __future__ import annotations
 
 import json
+import threading
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +22,15 @@ import grpc
 import openai
 import pytest
 import torch
+from prometheus_client import start_http_server
+from prometheus_client.parser import text_string_to_metric_families
 
 from specdec.engine.batch import Chunk
 from specdec.engine.checkpoint import load_model
 from specdec.engine.runner import ModelRunner
 from specdec.local_pipeline import Pipeline
 from specdec.router import app as router_app
-from specdec.v1 import common_pb2, generation_pb2
+from specdec.v1 import common_pb2, generation_pb2, verifier_pb2, verifier_pb2_grpc
 
 pytestmark = pytest.mark.service
 
@@ -53,7 +57,8 @@ class HttpPipeline(Pipeline):
 
 @pytest.fixture(scope="module")
 def pipeline(model_dir: Path) -> Iterator[HttpPipeline]:
-    p = HttpPipeline(str(model_dir / "target"), str(model_dir / "draft_close")).start()
+    # One verifier slot: the gauge test fills it (the tests run one request at a time).
+    p = HttpPipeline(str(model_dir / "target"), str(model_dir / "draft_close"), slots=1).start()
     yield p
     p.close()
 
@@ -78,7 +83,9 @@ def client(url: str) -> openai.OpenAI:
 
 def generate(pipeline: Pipeline, **fields: Any) -> tuple[list[int], list[common_pb2.TokenLogprob]]:
     """Token ids and logprobs of one Generate call."""
-    request = generation_pb2.GenerateRequest(prompt_text=PROMPT, max_tokens=N_TOKENS, **fields)
+    request = generation_pb2.GenerateRequest(
+        prompt_text=PROMPT, **{"max_tokens": N_TOKENS, **fields}
+    )
     ids: list[int] = []
     logprobs: list[common_pb2.TokenLogprob] = []
     for response in pipeline.client().Generate(request):
@@ -292,3 +299,102 @@ def test_logprobs_bounds_are_400_naming_the_field(url, path, body, param):
     status, answer = http_json(f"{url}/{path}", {"model": MODEL, "max_tokens": 2, **body})
     assert status == 400, answer
     assert answer["error"]["param"] == param and param in answer["error"]["message"]
+
+
+# --- the gauges an inference gateway reads -----------------------------------------------------
+
+GAUGES = (
+    "vllm:num_requests_waiting",
+    "vllm:num_requests_running",
+    "vllm:kv_cache_usage_perc",
+    "vllm:gpu_cache_usage_perc",
+)
+
+
+@pytest.fixture(scope="module")
+def scrape() -> Iterator[Callable[[], dict[tuple[str, tuple[tuple[str, str], ...]], float]]]:
+    """The router's ``/metrics`` (this process's registry, as ``serve_metrics`` serves it),
+    read over HTTP: (sample name, labels) → value."""
+    server, thread = start_http_server(0, addr="127.0.0.1")
+    address = f"http://127.0.0.1:{server.server_port}/metrics"
+
+    def read() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        with urllib.request.urlopen(address, timeout=10) as response:
+            text = response.read().decode()
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+
+    yield read
+    server.shutdown()
+    thread.join(timeout=5)
+
+
+def wait_for(scrape: Callable[[], dict], want: dict[str, float], timeout_s: float = 10) -> None:
+    """Scrape until every gauge in ``want`` reads its value (the router polls the verifiers'
+    slots every second)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        seen = {name: scrape().get((name, ())) for name in want}
+        if seen == want:
+            return
+        assert time.monotonic() < deadline, f"gauges {seen}, expected {want}"
+        time.sleep(0.05)
+
+
+def test_gateway_gauges_follow_the_queue_and_the_slots(pipeline, scrape):
+    """Another client holds the verifier's only slot: the router's first request is admitted
+    (running, waiting for the slot to come free), the second waits in the queue, and the KV
+    cache reads full. Once the slot is freed both finish and the gauges fall back."""
+    wait_for(scrape, dict.fromkeys(GAUGES, 0.0))
+    assert pipeline.router_deps.admission.capacity() == 1
+    release = threading.Event()
+
+    def hold() -> Iterator[verifier_pb2.VerifyRequest]:
+        opening = verifier_pb2.OpenSequence(prompt_token_ids=[1, 2, 3], seed=1)
+        yield verifier_pb2.VerifyRequest(open=opening)
+        release.wait(30)
+
+    channel = grpc.insecure_channel(pipeline.address("verifier"))
+    held = verifier_pb2_grpc.VerifierStub(channel).Verify(hold())
+    next(held)  # opened: the slot is taken
+    done: list[list[int]] = []
+    clients = [
+        threading.Thread(target=lambda: done.append(generate(pipeline, max_tokens=4)[0]))
+        for _ in range(2)
+    ]
+    try:
+        for client_thread in clients:
+            client_thread.start()
+        busy = {
+            "vllm:num_requests_running": 1.0,
+            "vllm:num_requests_waiting": 1.0,
+            "vllm:kv_cache_usage_perc": 1.0,
+            "vllm:gpu_cache_usage_perc": 1.0,
+        }
+        wait_for(scrape, busy)
+    finally:
+        release.set()
+        list(held)
+        channel.close()
+        for client_thread in clients:
+            client_thread.join(timeout=30)
+    assert len(done) == 2 and all(done)
+    wait_for(scrape, dict.fromkeys(GAUGES, 0.0))
+    samples = scrape()
+    assert samples[("specdec_num_requests_waiting", ())] == 0.0  # specdec's own names stay
+
+
+def test_http_requests_are_counted(url, client, scrape):
+    def count(status: str) -> float:
+        return scrape().get(("specdec_requests_total", (("status", status),)), 0.0)
+
+    ok, invalid = count("OK"), count("INVALID_ARGUMENT")
+    client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=2)
+    list(client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=2, stream=True))
+    status, _ = http_json(f"{url}/completions", {"prompt": PROMPT, "logprobs": 99})
+    assert status == 400
+    assert count("OK") == ok + 2
+    assert count("INVALID_ARGUMENT") == invalid + 1

@@ -108,6 +108,7 @@ class Admission:
         self.refresh_s = refresh_s
         self.clock = clock
         self.slots_total: dict[str, int] = {}  # verifier address -> its KV-cache slots
+        self.slots_used: dict[str, int] = {}  # verifier address -> slots its sequences hold
         self.admitted = 0  # tickets held
         self.waiting = 0
         self.hold_s = DEFAULT_HOLD_S
@@ -126,12 +127,21 @@ class Admission:
         ]
         return sum(known) if known else None
 
-    def set_slots(self, address: str, slots_total: int | None) -> None:
+    def kv_usage(self) -> float:
+        """Slots in use ÷ slots over the verifiers that are up and known (0 when none is)."""
+        known = [a for a, r in self.verifiers.replicas.items() if r.up and a in self.slots_total]
+        total = sum(self.slots_total[a] for a in known)
+        return sum(self.slots_used.get(a, 0) for a in known) / total if total else 0.0
+
+    def set_slots(self, address: str, slots_total: int | None, slots_used: int = 0) -> None:
         """What a verifier reported (None: it did not answer); grants what now fits."""
         if slots_total:
             self.slots_total[address] = slots_total
+            self.slots_used[address] = slots_used
         else:
             self.slots_total.pop(address, None)
+            self.slots_used.pop(address, None)
+        metrics.set_kv_usage(self.kv_usage())
         self._dispatch()
 
     async def refresh(self) -> None:
@@ -150,9 +160,14 @@ class Admission:
             elif isinstance(status, BaseException):
                 raise status
             else:
-                self.set_slots(replica.address, status.load.slots_total)
+                load = status.load  # parked sessions count as free: evicted on demand
+                self.set_slots(
+                    replica.address, load.slots_total, load.slots_total - load.slots_free
+                )
         for gone in set(self.slots_total) - set(self.verifiers.replicas):
             self.slots_total.pop(gone)
+            self.slots_used.pop(gone, None)
+        metrics.set_kv_usage(self.kv_usage())
 
     async def start(self) -> None:
         """Learn the verifiers' slots, then keep them up to date in the background."""
@@ -285,3 +300,4 @@ class Admission:
     def _count_waiting(self, delta: int) -> None:
         self.waiting += delta
         metrics.QUEUE_WAITING.set(self.waiting)
+        metrics.GATEWAY_WAITING.set(self.waiting)

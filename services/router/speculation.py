@@ -114,11 +114,13 @@ async def generate(
             ticket = await deps.admission.admit(req.identity)
             span.set_attribute("specdec.queue_ns", ticket.queued_ns)
         deps.in_flight += 1
+        metrics.GATEWAY_RUNNING.inc()
         try:
             async for response in _generate(req, deps, span, started, ticket):
                 yield response
         finally:
             deps.in_flight -= 1
+            metrics.GATEWAY_RUNNING.dec()
     except BaseException as exc:
         span.record_exception(exc)
         span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))

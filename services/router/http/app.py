@@ -5,7 +5,8 @@ events ending with ``data: [DONE]``), ``GET /v1/models``, and ``GET /health`` (2
 verifier is up and its slots are known, else 503; no API key needed). Each request goes the
 gRPC way: the caller's API key (``serving/auth.py``, the ``Authorization: Bearer`` header), the
 same validation (``parse_request``), the same admission queue and speculation loop
-(``fanout.py``). Every error is OpenAI's JSON (``errors.py``); an error after a stream has begun
+(``fanout.py``), and is counted in the same ``specdec_requests_total`` by gRPC status name.
+Every error is OpenAI's JSON (``errors.py``); an error after a stream has begun
 is sent as an event with an ``error`` object, then ``[DONE]``.
 
 With ``logprobs`` asked for, each choice carries the target's raw logprobs of its tokens
@@ -38,6 +39,7 @@ from specdec.router.http.responses import Answer, finish_name, sse, usage
 from specdec.router.http.schemas import ChatCompletionRequest, CommonParams, CompletionRequest
 from specdec.router.http.schemas import unsupported as unsupported_field
 from specdec.router.speculation import RouterDeps
+from specdec.serving import metrics
 from specdec.serving.auth import ApiKeys
 from specdec.v1 import generation_pb2
 
@@ -131,19 +133,32 @@ class OpenAIFace:
             fanout = Fanout(deps, chosen, identity)
             await fanout.start()
         except Exception as exc:
-            return from_exception(exc, request_id).response()
+            return _failed(exc, request_id)
         answer = Answer(kind, self.model_id, request_id)
         shapes = _logprob_shapes(kind, chosen, self.deps)
         if body.stream:
             events = _stream(fanout, answer, chosen, body.include_usage(), request_id, shapes)
             headers = {"Cache-Control": "no-cache"}
             return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+        status = "CANCELLED"  # unless it ends otherwise: the client went away
         try:
-            return JSONResponse(await _whole(fanout, answer, chosen, shapes))
+            whole = await _whole(fanout, answer, chosen, shapes)
+            status = "OK"
+            return JSONResponse(whole)
         except Exception as exc:
-            return from_exception(exc, request_id).response()
+            status = ""  # counted by _failed
+            return _failed(exc, request_id)
         finally:
+            if status:
+                metrics.REQUESTS.labels(status).inc()
             await fanout.close()
+
+
+def _failed(exc: BaseException, request_id: str) -> Response:
+    """The error answer for ``exc``, counted under its gRPC status name."""
+    error = from_exception(exc, request_id)
+    metrics.REQUESTS.labels(error.grpc_status).inc()
+    return error.response()
 
 
 async def _body(request: Request, schema: type[CommonParams]) -> CommonParams:
@@ -209,6 +224,7 @@ async def _stream(
 ) -> AsyncIterator[str]:
     begun: set[int] = set()
     stats: dict[int, generation_pb2.GenerationStats] = {}
+    status = "CANCELLED"  # unless it ends otherwise: the client went away
     try:
         async for index, response in fanout.events():
             first = index not in begun
@@ -223,11 +239,15 @@ async def _stream(
             if response.text or first or finish or logprobs:
                 chunk = answer.chunk(index, response.text, finish, first, with_usage, logprobs)
                 yield sse(chunk)
+        status = "OK"
         if with_usage:
             yield sse(answer.usage_chunk(usage(chosen, stats)))
     except Exception as exc:  # the answer has begun: the error goes in the stream
-        yield sse(from_exception(exc, request_id).body())
+        error = from_exception(exc, request_id)
+        status = error.grpc_status
+        yield sse(error.body())
     finally:
+        metrics.REQUESTS.labels(status).inc()
         await fanout.close()
     yield sse("[DONE]")
 

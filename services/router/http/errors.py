@@ -45,6 +45,17 @@ PARAMS = {
 }
 
 
+# HTTP status → the gRPC status name requests are counted under (``specdec_requests_total``).
+GRPC_STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    404: "NOT_FOUND",
+    413: "INVALID_ARGUMENT",
+    429: "RESOURCE_EXHAUSTED",
+    503: "UNAVAILABLE",
+}
+
+
 class ApiError(Exception):
     """An HTTP error answer: status, OpenAI error fields, optional retry hint."""
 
@@ -64,6 +75,11 @@ class ApiError(Exception):
         self.param = param
         self.code = code
         self.retry_after_s = retry_after_s
+
+    @property
+    def grpc_status(self) -> str:
+        """The gRPC status name of this error, for the request counter."""
+        return GRPC_STATUS.get(self.status, "INTERNAL")
 
     def body(self) -> dict[str, object]:
         error = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
