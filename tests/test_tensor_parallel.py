@@ -1,0 +1,352 @@
+"""Tensor parallelism over two gloo ranks on this CPU: sharding, loading, logits, the service.
+
+The logit tests start a real group: rank 1 is a spawned process (``launch.start_leader``), rank
+0 is this test process. Each case compares the TP = 2 logits with the single-device engine and
+with ``transformers`` (fp32, 1e-4) for a prefill, token-by-token decoding, k+1 verify chunks
+batched over several slots at different positions, and rollback then overwrite against a clean
+slot: the gathered logits mix every rank's heads, so they match only if every rank's cache does.
+Non-goals: NCCL (the same code on GPUs; ``benchmarks/tp_step.py`` runs there when one is lent).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from fixtures import TINY, save_random_model
+
+from specdec.engine.batch import Chunk
+from specdec.engine.checkpoint import load_model
+from specdec.engine.runner import ModelRunner
+from specdec.engine.tp.launch import Leader, TPSpec, start_leader
+from specdec.engine.tp.loading import load_tp_model
+from specdec.engine.tp.ranks import decode, encode
+from specdec.engine.tp.sharding import ShardingError, plan
+
+HF_TOL = 1e-4
+SEQ_LEN = 48
+
+# case id → (model_type, overrides). TINY: 4 query heads, 2 KV heads, vocab 320.
+ARCHS: dict[str, tuple[str, dict[str, Any]]] = {
+    "llama-gqa": ("llama", {}),
+    # one KV head for two ranks (replicated), biases on o and down (rank 0 adds them), tied
+    # embeddings and a vocabulary that does not split evenly (the last shard is padded)
+    "llama-mqa-bias-tied-321": (
+        "llama",
+        {
+            "num_key_value_heads": 1,
+            "attention_bias": True,
+            "mlp_bias": True,
+            "tie_word_embeddings": True,
+            "vocab_size": 321,
+        },
+    ),
+    "qwen2": ("qwen2", {}),  # bias on q/k/v
+    "qwen3": ("qwen3", {"head_dim": 32}),  # q/k norm, head_dim x heads != hidden
+}
+
+
+def random_ids(n: int, seed: int, vocab: int = TINY["vocab_size"]) -> list[int]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (n,), generator=gen).tolist()
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return (a - b).abs().max().item()
+
+
+# --- sharding: pure functions ---------------------------------------------------------------------
+
+
+def _cfg(**overrides: Any) -> Any:
+    from specdec.core.model_config import ModelConfig
+
+    base = dict(TINY, model_type="llama", head_dim=16)
+    base.update(overrides)
+    return ModelConfig(**base)
+
+
+@pytest.mark.unit
+def test_plan_splits_heads_rows_and_vocabulary() -> None:
+    cfg = _cfg(num_attention_heads=8, num_key_value_heads=4, vocab_size=10, intermediate_size=64)
+    shards = [plan(cfg, 4, r) for r in range(4)]
+    assert [(s.q_heads.start, s.q_heads.size) for s in shards] == [(0, 2), (2, 2), (4, 2), (6, 2)]
+    assert [(s.kv_heads.start, s.kv_heads.size) for s in shards] == [(0, 1), (1, 1), (2, 1), (3, 1)]
+    assert [(s.intermediate.start, s.intermediate.stop) for s in shards][-1] == (48, 64)
+    assert [(s.vocab.start, s.vocab.stop) for s in shards] == [(0, 3), (3, 6), (6, 9), (9, 10)]
+    assert {s.vocab_padded for s in shards} == {3}
+
+
+@pytest.mark.unit
+def test_plan_replicates_kv_heads_when_fewer_than_ranks() -> None:
+    cfg = _cfg(num_attention_heads=8, num_key_value_heads=2)  # groups of 4 query heads
+    shards = [plan(cfg, 8, r) for r in range(8)]
+    # each rank's one query head reads KV head q // 4: ranks 0-3 keep head 0, ranks 4-7 head 1
+    assert [s.kv_heads.start for s in shards] == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert {s.kv_heads.size for s in shards} == {1}
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "overrides, world, words",
+    [
+        ({"num_attention_heads": 6, "num_key_value_heads": 6}, 4, "num_attention_heads (6)"),
+        ({"num_attention_heads": 12, "num_key_value_heads": 3}, 4, "num_key_value_heads (3)"),
+        (
+            {"intermediate_size": 100, "num_attention_heads": 8, "num_key_value_heads": 8},
+            8,
+            "intermediate_size (100)",
+        ),
+    ],
+)
+def test_plan_refuses_what_does_not_divide(overrides: dict, world: int, words: str) -> None:
+    with pytest.raises(ShardingError, match=re.escape(words)):
+        plan(_cfg(**overrides), world, 0)
+
+
+@pytest.mark.unit
+def test_step_message_round_trips() -> None:
+    chunks = [Chunk(3, [5, 6, 7], 10, 3), Chunk(0, [1], 0, 0), Chunk(7, list(range(20)), 4, 1)]
+    assert decode(encode(chunks)) == chunks
+
+
+# --- logits over two ranks ------------------------------------------------------------------------
+
+
+@dataclass
+class Case:
+    folder: Path
+    leader: Leader
+    single: Any  # the single-device DecoderModel
+    ids: list[int]
+    ref: torch.Tensor  # [SEQ_LEN, V] transformers' logits
+    vocab: int
+
+
+def _leader(folder: Path, slots: int = 4) -> Leader:
+    spec = TPSpec(
+        str(folder),
+        local_ranks=2,
+        devices=("cpu", "cpu"),
+        dtype=torch.float32,
+        num_slots=slots,
+        max_seq_len=128,
+        cpu_sets=((0,), (1,)) if len(os.sched_getaffinity(0)) >= 2 else (),
+    )
+    return start_leader(spec)
+
+
+@pytest.fixture(scope="module", params=list(ARCHS))
+def case(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Case]:
+    from transformers import AutoModelForCausalLM
+
+    model_type, overrides = ARCHS[request.param]
+    folder = tmp_path_factory.mktemp(request.param)
+    save_random_model(folder, model_type, seed=7, tokenizer=False, **overrides)
+    vocab = overrides.get("vocab_size", TINY["vocab_size"])
+    ids = random_ids(SEQ_LEN, seed=11, vocab=vocab)
+    hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    with torch.no_grad():
+        ref = hf(torch.tensor([ids])).logits[0].float()
+    affinity, threads = os.sched_getaffinity(0), torch.get_num_threads()
+    leader = _leader(folder)
+    try:
+        yield Case(folder, leader, load_model(folder), ids, ref, vocab)
+    finally:
+        leader.close()
+        os.sched_setaffinity(0, affinity)
+        torch.set_num_threads(threads)
+
+
+def _fresh(case: Case) -> tuple[ModelRunner, ModelRunner]:
+    """The TP runner with every slot freed, and a single-device runner of the same shape."""
+    tp = case.leader.runner
+    for slot in list(tp.cache._in_use):
+        tp.cache.free(slot)
+    return tp, ModelRunner(case.single, num_slots=tp.cache.num_slots, max_seq_len=128)
+
+
+def test_prefill_and_decode_match_single_device_and_transformers(case: Case) -> None:
+    tp, one = _fresh(case)
+    for runner in (tp, one):
+        slot = runner.cache.allocate()
+        logits = runner.step([Chunk(slot, case.ids[:40], 0, num_logits=40)])[0]
+        assert max_diff(logits, case.ref[:40]) <= HF_TOL
+        for pos in range(40, SEQ_LEN):
+            logits = runner.step([Chunk(slot, [case.ids[pos]], pos, num_logits=1)])[0]
+            assert max_diff(logits, case.ref[pos : pos + 1]) <= HF_TOL, f"position {pos}"
+
+
+def test_batched_verify_chunks_at_several_slots_and_positions(case: Case) -> None:
+    """A prefill, two k+1 = 5 verifies and a decode in one step, each slot at its own place."""
+    tp, one = _fresh(case)
+    seqs = [random_ids(60, seed=s, vocab=case.vocab) for s in (1, 2, 3, 4)]
+    starts = [0, 17, 33, 50]
+    outs = []
+    for runner in (tp, one):
+        slots = [runner.cache.allocate() for _ in seqs]
+        runner.step(
+            [Chunk(s, q[:n], 0, 0) for s, q, n in zip(slots, seqs, starts, strict=True) if n]
+        )
+        outs.append(
+            runner.step(
+                [
+                    Chunk(slots[0], seqs[0][:12], 0, 12),
+                    Chunk(slots[1], seqs[1][17:22], 17, 5),
+                    Chunk(slots[2], seqs[2][33:38], 33, 5),
+                    Chunk(slots[3], seqs[3][50:51], 50, 1),
+                ]
+            )
+        )
+    for b, (got, want) in enumerate(zip(*outs, strict=True)):
+        assert max_diff(got, want) <= HF_TOL, f"chunk {b}"
+
+
+def test_rollback_then_overwrite_equals_a_clean_slot(case: Case) -> None:
+    tp, _ = _fresh(case)
+    ids = case.ids
+    dirty, clean = tp.cache.allocate(), tp.cache.allocate()
+    tp.step([Chunk(dirty, ids[:30], 0, 0)])
+    wrong = random_ids(5, seed=99, vocab=case.vocab)
+    tp.step([Chunk(dirty, wrong, 30, 5)])  # rejected drafts
+    tp.cache.rollback_to(dirty, 30)
+    got = tp.step([Chunk(dirty, ids[30:35], 30, 5)])[0]
+    want = tp.step([Chunk(clean, ids[:35], 0, 5)])[0]
+    assert max_diff(got, want) <= 1e-5
+    assert max_diff(got, case.ref[30:35]) <= HF_TOL
+
+
+def test_a_bad_step_is_refused_on_rank_0_and_the_group_goes_on(case: Case) -> None:
+    from specdec.core.errors import InvalidRequest
+
+    tp, _ = _fresh(case)
+    slot = tp.cache.allocate()
+    with pytest.raises(InvalidRequest):
+        tp.step([Chunk(slot, [case.vocab + 5], 0, 1)])
+    logits = tp.step([Chunk(slot, case.ids[:8], 0, 8)])[0]
+    assert max_diff(logits, case.ref[:8]) <= HF_TOL
+
+
+# --- sharded loading ------------------------------------------------------------------------------
+
+
+@pytest.mark.unit
+def test_each_rank_loads_its_slices_of_a_sharded_checkpoint(tmp_path: Path) -> None:
+    """Through ``model.safetensors.index.json`` over several files, rank r's tensors are the
+    single-device model's rows or columns of rank r; biases of o and down live on rank 0."""
+    folder = save_random_model(
+        tmp_path / "m", "llama", seed=3, tokenizer=False, attention_bias=True, mlp_bias=True
+    )
+    sharded = tmp_path / "sharded"
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(folder).save_pretrained(sharded, max_shard_size="60KB")
+    assert (sharded / "model.safetensors.index.json").is_file()
+    assert len(list(sharded.glob("*.safetensors"))) > 2
+    full = load_model(folder).state_dict()
+    d = 16  # TINY head_dim
+    for rank in (0, 1):
+        state = load_tp_model(sharded, 2, rank).local.state_dict()
+        attn, mlp = "model.layers.1.self_attn", "model.layers.1.mlp"
+        q_rows = slice(rank * 2 * d, (rank + 1) * 2 * d)  # 2 query heads per rank
+        kv_rows = slice(rank * d, (rank + 1) * d)  # 1 KV head per rank
+        i_rows = slice(rank * 64, (rank + 1) * 64)
+        assert torch.equal(state[f"{attn}.q_proj.weight"], full[f"{attn}.q_proj.weight"][q_rows])
+        assert torch.equal(state[f"{attn}.v_proj.bias"], full[f"{attn}.v_proj.bias"][kv_rows])
+        assert torch.equal(state[f"{attn}.o_proj.weight"], full[f"{attn}.o_proj.weight"][:, q_rows])
+        assert torch.equal(state[f"{mlp}.up_proj.weight"], full[f"{mlp}.up_proj.weight"][i_rows])
+        assert torch.equal(
+            state[f"{mlp}.down_proj.weight"], full[f"{mlp}.down_proj.weight"][:, i_rows]
+        )
+        bias = state[f"{mlp}.down_proj.bias"]
+        assert torch.equal(bias, full[f"{mlp}.down_proj.bias"] if rank == 0 else 0 * bias)
+        assert torch.equal(
+            state["lm_head.weight"], full["lm_head.weight"][rank * 160 : (rank + 1) * 160]
+        )
+
+
+@pytest.mark.unit
+def test_loading_refuses_a_split_that_does_not_divide(tmp_path: Path) -> None:
+    folder = save_random_model(tmp_path / "m", "llama", seed=3, tokenizer=False)
+    with pytest.raises(ShardingError, match=r"num_attention_heads \(4\).*--tensor-parallel 3"):
+        load_tp_model(folder, 3, 0)
+
+
+_PEAK_SCRIPT = """
+import json, sys, torch
+from specdec.engine.checkpoint import load_model
+from specdec.engine.tp.loading import load_tp_model
+
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+
+torch.set_num_threads(1)
+from specdec.core.model_config import load_config
+from specdec.engine.model import DecoderModel
+with torch.device("meta"):  # torch's one-time start-up costs (tens of MB), paid before measuring
+    DecoderModel(load_config(sys.argv[1]))
+open("/proc/self/clear_refs", "w").write("5")  # start the peak (VmHWM) afresh
+before = status("VmRSS")
+folder, world, rank = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+if world == 1:
+    model = load_model(folder)
+else:
+    model = load_tp_model(folder, world, rank).local
+held = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+print(json.dumps({"peak": status("VmHWM") - before, "held": held}))
+"""
+
+
+def _peak(folder: Path, world: int, rank: int) -> dict[str, int]:
+    out = subprocess.run(
+        [sys.executable, "-c", _PEAK_SCRIPT, str(folder), str(world), str(rank)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_a_rank_peaks_at_about_half_the_single_device_memory(tmp_path: Path) -> None:
+    """A ~100 MB fp32 checkpoint in two files: each rank's peak RSS growth while loading (the
+    reads, fusing, oneDNN packing) is at most 0.6x the single-device load's."""
+    folder = save_random_model(
+        tmp_path / "m",
+        "llama",
+        seed=0,
+        tokenizer=False,
+        hidden_size=512,
+        intermediate_size=2048,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        vocab_size=8192,
+    )
+    from transformers import AutoModelForCausalLM
+
+    sharded = tmp_path / "sharded"
+    AutoModelForCausalLM.from_pretrained(folder).save_pretrained(sharded, max_shard_size="60MB")
+    single = _peak(sharded, 1, 0)
+    ranks = [_peak(sharded, 2, r) for r in (0, 1)]
+    print(
+        "peak RSS growth while loading, MB:", single["peak"] >> 20, [r["peak"] >> 20 for r in ranks]
+    )
+    for r in ranks:
+        assert r["held"] <= 0.52 * single["held"]
+        assert r["peak"] <= 0.6 * single["peak"], (r, single)
