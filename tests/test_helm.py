@@ -8,8 +8,8 @@ NetworkPolicy peers, restricted Pod Security, RBAC, Redis in-chart or external. 
 the defaults, and ci/external-redis-values.yaml (external Redis, several replicas, custom pools,
 HPA, ServiceMonitor, dashboard).
 
-Not here: installing into a cluster, or the ServiceMonitor's schema (a CRD that
-kubernetes-validate does not ship; its shape is checked by hand).
+Not here: installing into a cluster, or the schemas of the ServiceMonitor and the InferencePool
+(CRDs that kubernetes-validate does not ship; their shapes are checked by hand).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ PREFIX = f"{RELEASE}-specdec"
 # The chart's minimum (grpc probes are GA from 1.27), two current ones, and the newest shipped.
 KUBE_VERSIONS = ["1.27.0", "1.29.0", "1.31.0", kubernetes_validate.latest_version()]
 # CRDs: no schema in kubernetes-validate.
-CUSTOM_KINDS = {"ServiceMonitor", "Certificate", "Issuer"}
+CUSTOM_KINDS = {"ServiceMonitor", "Certificate", "Issuer", "InferencePool"}
 HEALTH_PORT = 8086  # plaintext health-only port of pods whose gRPC port speaks TLS
 WORKLOAD_KINDS = {"Deployment", "StatefulSet"}
 SPECDEC_COMPONENTS = ("router", "draft", "verifier")
@@ -218,6 +218,77 @@ def test_service_monitor_shape(custom: Rendered) -> None:
         service = custom.get("Service", f"{PREFIX}-{component}")
         ports = {p["name"]: p["port"] for p in service["spec"]["ports"]}
         assert ports["metrics"] == 9090
+
+
+def test_inference_pool_shape() -> None:
+    """inference.networking.k8s.io/v1: selector.matchLabels (the router pods), one targetPort
+    (the router's HTTP container port) and the endpoint picker's Service reference."""
+    rendered = render({"inferencePool": {"enabled": True}})
+    (pool,) = rendered.of_kind("InferencePool")
+    assert pool["apiVersion"] == "inference.networking.k8s.io/v1"
+    assert pool["metadata"]["name"] == PREFIX and pool["metadata"]["namespace"] == NAMESPACE
+    spec = pool["spec"]
+    assert set(spec) == {"selector", "targetPorts", "endpointPickerRef"}
+    assert set(spec["selector"]) == {"matchLabels"}
+    router_labels = _pod_labels(rendered, "Deployment", f"{PREFIX}-router")
+    assert spec["selector"]["matchLabels"].items() <= router_labels.items()
+    for other in ("draft", "verifier"):
+        other_labels = _pod_labels(rendered, "Deployment", f"{PREFIX}-{other}")
+        assert not spec["selector"]["matchLabels"].items() <= other_labels.items()
+    ports = {p["name"]: p["containerPort"] for p in rendered.container("router")["ports"]}
+    assert spec["targetPorts"] == [{"number": ports["http"]}] and ports["http"] == 8000
+    assert spec["endpointPickerRef"] == {
+        "group": "",
+        "kind": "Service",
+        "name": f"{PREFIX}-epp",
+        "portNumber": 9002,
+        "failureMode": "FailClose",
+    }
+    picker = {"name": "my-epp", "port": 9005, "failureMode": "FailOpen"}
+    custom = render({"inferencePool": {"enabled": True, "endpointPicker": picker}})
+    (pool,) = custom.of_kind("InferencePool")
+    ref = pool["spec"]["endpointPickerRef"]
+    assert (ref["name"], ref["portNumber"], ref["failureMode"]) == ("my-epp", 9005, "FailOpen")
+    assert not render().of_kind("InferencePool")  # off by default
+
+
+def test_inference_pool_needs_the_http_port() -> None:
+    needs = re.escape("inferencePool.enabled needs router.http.enabled")
+    with pytest.raises(helm.HelmRenderError, match=needs):
+        render({"inferencePool": {"enabled": True}, "router": {"http": {"enabled": False}}})
+    with pytest.raises(helm.HelmValuesError, match="failureMode"):
+        render({"inferencePool": {"endpointPicker": {"failureMode": "Sometimes"}}})
+
+
+def test_router_serves_http_on_its_own_port(default: Rendered) -> None:
+    assert default.args("router")["http-listen"] == "0.0.0.0:8000"
+    ports = {p["name"]: p["containerPort"] for p in default.container("router")["ports"]}
+    assert ports["http"] == 8000
+    service = default.get("Service", f"{PREFIX}-router")
+    (http,) = [p for p in service["spec"]["ports"] if p["name"] == "http"]
+    assert http == {
+        "name": "http",
+        "port": 8000,
+        "targetPort": "http",
+        "protocol": "TCP",
+        "appProtocol": "http",
+    }
+    # The callers the NetworkPolicy admits to gRPC reach HTTP too; pools never get the port.
+    policy = default.get("NetworkPolicy", f"{PREFIX}-router")
+    (rule,) = _rules_for_port(policy, "http")
+    assert rule == _rules_for_port(policy, "grpc")[0]
+    assert rule["from"] == [{"podSelector": {}}]
+    for component in ("draft", "verifier"):
+        pool_policy = default.get("NetworkPolicy", f"{PREFIX}-{component}")
+        assert not _rules_for_port(pool_policy, "http")
+    moved = render({"router": {"http": {"port": 8080}}})
+    assert moved.args("router")["http-listen"] == "0.0.0.0:8080"
+    off = render({"router": {"http": {"enabled": False}}})
+    assert "http-listen" not in off.args("router")
+    assert all(p["name"] != "http" for p in off.container("router")["ports"])
+    off_service = off.get("Service", f"{PREFIX}-router")
+    assert all(p["name"] != "http" for p in off_service["spec"]["ports"])
+    assert not _rules_for_port(off.get("NetworkPolicy", f"{PREFIX}-router"), "http")
 
 
 # ---- What the chart contains ------------------------------------------------------------------
@@ -533,9 +604,10 @@ def test_metrics_off_renders_no_port_and_no_flag() -> None:
     for component in SPECDEC_COMPONENTS:
         assert "metrics-port" not in rendered.args(component)
         names = [p["name"] for p in rendered.container(component)["ports"]]
-        assert names == ["grpc"] if component == "router" else ["grpc", "health"]
+        assert names == (["grpc", "http"] if component == "router" else ["grpc", "health"])
         policy = rendered.get("NetworkPolicy", f"{PREFIX}-{component}")
-        assert len(policy["spec"]["ingress"]) == len(names)  # no metrics rule
+        opened = [p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]]
+        assert opened == names  # no metrics rule
     assert not rendered.of_kind("ServiceMonitor")
 
 
