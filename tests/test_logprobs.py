@@ -398,3 +398,11 @@ def test_http_requests_are_counted(url, client, scrape):
     assert status == 400
     assert count("OK") == ok + 2
     assert count("INVALID_ARGUMENT") == invalid + 1
+
+
+def test_metrics_on_the_http_port(url):
+    """The endpoint picker scrapes the pool's target port (the HTTP one) by default."""
+    with urllib.request.urlopen(url.removesuffix("/v1") + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    names = {s.name for family in text_string_to_metric_families(text) for s in family.samples}
+    assert set(GAUGES) <= names and "specdec_requests_total" in names

@@ -1,8 +1,9 @@
 """The OpenAI-compatible routes of the router (Starlette): a second face of the same router.
 
 ``POST /v1/completions`` and ``POST /v1/chat/completions`` (whole, or streamed as server-sent
-events ending with ``data: [DONE]``), ``GET /v1/models``, and ``GET /health`` (200 while a
-verifier is up and its slots are known, else 503; no API key needed). Each request goes the
+events ending with ``data: [DONE]``), ``GET /v1/models``, ``GET /health`` (200 while a
+verifier is up and its slots are known, else 503) and ``GET /metrics`` (Prometheus, as vLLM
+serves it on its API port); neither of the last two needs an API key. Each request goes the
 gRPC way: the caller's API key (``serving/auth.py``, the ``Authorization: Bearer`` header), the
 same validation (``parse_request``), the same admission queue and speculation loop
 (``fanout.py``), and is counted in the same ``specdec_requests_total`` by gRPC status name.
@@ -23,6 +24,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -69,6 +71,7 @@ class OpenAIFace:
             Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
             Route("/v1/models", self.models, methods=["GET"]),
             Route("/health", self.health, methods=["GET"]),
+            Route("/metrics", self.metrics, methods=["GET"]),
         ]
         handlers = {HTTPException: _http_error, Exception: _unexpected}
         return Starlette(routes=routes, exception_handlers=handlers)  # type: ignore[arg-type]
@@ -77,6 +80,11 @@ class OpenAIFace:
         if ready(self.deps):
             return JSONResponse({"status": "ok"})
         return JSONResponse({"status": "no verifier is up"}, status_code=503)
+
+    async def metrics(self, request: Request) -> Response:
+        """The router's Prometheus metrics, as on ``--metrics-port``: an inference gateway's
+        endpoint picker scrapes the pool's target port by default, as vLLM serves them."""
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     async def models(self, request: Request) -> Response:
         try:
