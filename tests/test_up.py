@@ -37,6 +37,9 @@ def test_up_serves_generate_and_stops_cleanly_on_ctrl_c(model_dir: Path):
             str(model_dir / "draft_close"),
             "--listen",
             addr,
+            # A free port: a busy 8000 (the default) must not fail this test.
+            "--http-listen",
+            f"127.0.0.1:{free_port()}",
             "--device",
             "cpu",
         ],
