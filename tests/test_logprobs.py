@@ -14,7 +14,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +25,13 @@ import torch
 from prometheus_client import start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
+from specdec.core.rounds import Proposal, Verdict
 from specdec.engine.batch import Chunk
 from specdec.engine.checkpoint import load_model
+from specdec.engine.logprobs import token_logprobs
+from specdec.engine.ports import EngineVerifier, run_now
 from specdec.engine.runner import ModelRunner
+from specdec.engine.sampling import SamplingParams
 from specdec.local_pipeline import Pipeline
 from specdec.router import app as router_app
 from specdec.v1 import common_pb2, generation_pb2, verifier_pb2, verifier_pb2_grpc
@@ -78,20 +82,75 @@ def client(url: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
 
 
+# --- the engine ----------------------------------------------------------------------------------
+
+
+def test_token_logprobs_closed_form():
+    logits = torch.tensor([[0.0, 1.0, 2.0, 3.0], [5.0, 0.0, 0.0, 0.0]], dtype=torch.bfloat16)
+    found = token_logprobs(logits, [1, 0], 2)
+    exact = torch.log_softmax(logits.double(), dim=-1)  # [2, 4]
+    assert [t.token_id for t in found] == [1, 0]
+    assert found[0].logprob == pytest.approx(float(exact[0, 1]), abs=TOL)
+    assert [i for i, _ in found[0].top] == [3, 2]  # token 1 is not among the top 2
+    assert [lp for _, lp in found[0].top] == pytest.approx(exact[0, [3, 2]].tolist(), abs=TOL)
+    assert found[1].top[0][0] == 0 and found[1].top[0][1] == pytest.approx(found[1].logprob)
+    assert all(t.top == () for t in token_logprobs(logits, [1, 0], 0))
+    with pytest.raises(ValueError, match="num_top"):
+        token_logprobs(logits, [1, 0], 21)
+    with pytest.raises(ValueError, match="logits must be"):
+        token_logprobs(logits, [1], 2)
+
+
+def test_engine_verifier_returns_the_committed_tokens_logprobs(target):
+    """In process: a step that accepts every draft returns one record per committed token, the
+    same as a forward over the whole sequence."""
+    prompt = [5, 6, 7, 8]
+    plain = EngineVerifier(target, SamplingParams(), seed=0)
+    greedy = [run_now(_first(plain, prompt)).next_token_id]
+    for _ in range(3):  # target-only decoding, to draft exactly what the target would pick
+        greedy.append(run_now(_step(plain, prompt + greedy, ())).next_token_id)
+    plain.close()
+    verifier = EngineVerifier(target, SamplingParams(), seed=0, logprobs=3)
+    first = run_now(_first(verifier, prompt))
+    assert first.next_token_id == greedy[0] and len(first.logprobs) == 1
+    verdict = run_now(_step(verifier, prompt + greedy[:1], greedy[1:]))
+    verifier.close()
+    assert verdict.num_accepted == 3 and len(verdict.logprobs) == 4
+    exact = reference(target, prompt, greedy + [verdict.next_token_id])  # [5, V]
+    found = [*first.logprobs, *verdict.logprobs]
+    assert [t.token_id for t in found] == greedy + [verdict.next_token_id]
+    for row, token in zip(exact, found, strict=True):
+        assert token.logprob == pytest.approx(float(row[token.token_id]), abs=TOL)
+        assert [i for i, _ in token.top] == torch.topk(row, 3).indices.tolist()
+
+
+async def _first(verifier: EngineVerifier, prompt: list[int]) -> Verdict:
+    return await (await verifier.open(prompt))
+
+
+async def _step(verifier: EngineVerifier, committed: list[int], drafts: Sequence[int]) -> Verdict:
+    return await (await verifier.verify(committed, Proposal(tuple(drafts))))
+
+
 # --- gRPC ----------------------------------------------------------------------------------------
 
 
-def generate(pipeline: Pipeline, **fields: Any) -> tuple[list[int], list[common_pb2.TokenLogprob]]:
-    """Token ids and logprobs of one Generate call."""
+Run = tuple[list[int], list[common_pb2.TokenLogprob], generation_pb2.GenerationStats]
+
+
+def generate(pipeline: Pipeline, **fields: Any) -> Run:
+    """Token ids, logprobs and stats of one Generate call."""
     request = generation_pb2.GenerateRequest(
         prompt_text=PROMPT, **{"max_tokens": N_TOKENS, **fields}
     )
     ids: list[int] = []
     logprobs: list[common_pb2.TokenLogprob] = []
+    stats = generation_pb2.GenerationStats()
     for response in pipeline.client().Generate(request):
         ids += response.token_ids
         logprobs += response.logprobs
-    return ids, logprobs
+        stats = response.stats if response.HasField("stats") else stats
+    return ids, logprobs, stats
 
 
 def reference(target: ModelRunner, prompt: list[int], ids: list[int]) -> torch.Tensor:
@@ -147,26 +206,30 @@ def test_logprobs_are_the_targets_whatever_the_depth(pipeline, target, mode):
         "default": generate(pipeline, draft_ahead=True, logprobs=5, **mode),
     }
     prompt = pipeline.router_deps.tokenizer.encode(PROMPT)
-    for ids, found in runs.values():
+    for ids, found, _ in runs.values():
         assert len(found) == len(ids) > 1
         assert [t.token_id for t in found] == ids
         assert_exact(found, reference(target, prompt, ids), 5)
+    # The speculating runs committed several tokens per round (from one verify forward each).
+    assert runs["k=0"][2].accepted_tokens == 0
+    assert runs["k=4"][2].accepted_tokens > 0 and runs["default"][2].accepted_tokens > 0
+    assert runs["default"][2].draft_ahead
     if not mode:
-        plain_ids, plain = runs["k=0"]
-        for ids, found in runs.values():
+        plain_ids, plain, _ = runs["k=0"]
+        for ids, found, _ in runs.values():
             assert ids == plain_ids
             assert_same(found, plain)
 
 
 def test_no_logprobs_unless_asked(pipeline):
-    ids, logprobs = generate(pipeline)
+    ids, logprobs, _ = generate(pipeline)
     assert ids and logprobs == []
-    ids, logprobs = generate(pipeline, logprobs=0)
+    ids, logprobs, _ = generate(pipeline, logprobs=0)
     assert len(logprobs) == len(ids) and all(len(t.top) == 0 for t in logprobs)
 
 
 def test_logprobs_beyond_20_are_invalid(pipeline):
-    ids, logprobs = generate(pipeline, logprobs=20)
+    ids, logprobs, _ = generate(pipeline, logprobs=20)
     assert len(logprobs) == len(ids)
     assert all(len(t.top) == 20 for t in logprobs)
     with pytest.raises(grpc.RpcError) as raised:
@@ -214,7 +277,7 @@ def test_completions_logprobs_equal_grpc(pipeline, client, k, sampled):
             choice = completion_logprobs(client, 4, logprobs=3, **sampling)
     if k is not None:
         fields.update(depth_policy=generation_pb2.DEPTH_POLICY_FIXED, fixed_depth=k)
-    ids, expected = generate(pipeline, **fields)
+    ids, expected, _ = generate(pipeline, **fields)
     texts = pipeline.router_deps.tokenizer
     found = choice.logprobs
     assert found.tokens == [texts.decode([t], skip_special_tokens=False) for t in ids]
