@@ -169,10 +169,12 @@ def start_services(
     replica_flags: list[str] | None = None,
     router_flags: list[str] | None = None,
     mtls: bool = False,
+    verifier_flags: list[str] | None = None,
 ) -> Services:
     """Verifier and draft on their CPU sets, then one router on ``listen`` (and, for each entry
     of ``routers``, another router on a free port with those extra flags), all SERVING;
-    ``replica_flags`` go to the draft and the verifier, ``router_flags`` to every router;
+    ``replica_flags`` go to the draft and the verifier, ``verifier_flags`` to the verifier alone
+    (``--tensor-parallel N``), ``router_flags`` to every router;
     ``mtls``: the routers reach the replicas over mTLS (a throw-away CA). On failure, whatever
     started is stopped."""
     services = Services(split(usable()), log_dir=log_dir)
@@ -187,7 +189,7 @@ def start_services(
         dev = ["--device", device] if device else []
         ddev = ["--device", draft_device or device] if (draft_device or device) else []
         v_args = ["--model", target, "--listen", services.addresses["verifier"], *dev]
-        v_args += [*replica_flags, *_health(services, "verifier")]
+        v_args += [*replica_flags, *(verifier_flags or []), *_health(services, "verifier")]
         services.serve("verifier", *v_args, *_cpus(layout.verifier))
         d_args = ["--model", draft] if draft else ["--vocab-size", _vocab(target)]
         if (draft_device or device or "cpu") == "cpu":
@@ -234,8 +236,10 @@ def up(
     insecure: bool = False,
     compile: bool | None = None,
     http_listen: str | None = None,
+    tensor_parallel: int = 1,
 ) -> int:
     """``insecure``: the router's public ports may be plaintext on non-loopback addresses;
+    ``tensor_parallel``: the verifier's target split over that many ranks (devices);
     ``compile``: the replicas' ``--compile``/``--no-compile`` (None: their default);
     ``http_listen``: the router's OpenAI-compatible HTTP API (None: none)."""
     for address in filter(None, (listen, http_listen)):
@@ -280,6 +284,7 @@ def up(
                 ],
                 replica_flags=None if compile is None else [f"--{'' if compile else 'no-'}compile"],
                 mtls=True,
+                verifier_flags=["--tensor-parallel", str(tensor_parallel)],
             )
             http = f", OpenAI API on http://{http_listen}/v1" if http_listen else ""
             print(

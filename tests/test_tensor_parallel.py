@@ -13,8 +13,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -350,3 +354,208 @@ def test_a_rank_peaks_at_about_half_the_single_device_memory(tmp_path: Path) -> 
     for r in ranks:
         assert r["held"] <= 0.52 * single["held"]
         assert r["peak"] <= 0.6 * single["peak"], (r, single)
+
+
+# --- the pipeline with a TP = 2 verifier ----------------------------------------------------------
+
+PROMPTS = [[5, 17, 42, 99, 7], [200, 3, 3, 150], [1, 2, 3, 4, 5, 6, 7, 8]]
+MAX_TOKENS = 24
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+@dataclass
+class TPUp:
+    process: subprocess.Popen[str]
+    address: str
+    lines: list[str]
+
+    def read_console(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line)
+
+    def wait_line(self, text: str, timeout_s: float, after: int = 0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if any(text in line for line in self.lines[after:]):
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"no {text!r} on up's console:\n{''.join(self.lines[-40:])}")
+
+    def verifier(self) -> int:
+        pids = [p for p in _children(self.process.pid) if b"serve\0verifier" in _cmdline(p)]
+        assert len(pids) == 1, pids
+        return pids[0]
+
+    def ranks(self) -> list[int]:
+        """The verifier's spawned rank processes."""
+        return [p for p in _children(self.verifier()) if b"spawn_main" in _cmdline(p)]
+
+
+@pytest.fixture(scope="module")
+def tp_up(model_dir: Path) -> Iterator[TPUp]:
+    address = f"127.0.0.1:{_free_port()}"
+    cmd = [sys.executable, "-m", "specdec.cli", "up", "--listen", address, "--device", "cpu"]
+    cmd += ["--target", str(model_dir / "target"), "--draft", str(model_dir / "draft_close")]
+    cmd += ["--tensor-parallel", "2", "--no-http"]
+    process = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    running = TPUp(process, address, [])
+    threading.Thread(target=running.read_console, daemon=True).start()
+    try:
+        running.wait_line("specdec ready", 120)
+        yield running
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def target_only(model_dir: Path) -> dict[int, list[int]]:
+    """Each prompt's greedy continuation by the single-device target alone (no drafts)."""
+    model = load_model(model_dir / "target")
+    eos = set(model.config.eos_token_ids)
+    runner = ModelRunner(model, num_slots=1, max_seq_len=128)
+    out = {}
+    for i, prompt in enumerate(PROMPTS):
+        slot = runner.cache.allocate()
+        logits = runner.step([Chunk(slot, prompt, 0, 1)])[0]
+        tokens: list[int] = []
+        while len(tokens) < MAX_TOKENS:
+            token = int(logits[-1].argmax())
+            if token in eos:
+                break
+            tokens.append(token)
+            logits = runner.step([Chunk(slot, [token], len(prompt) + len(tokens) - 1, 1)])[0]
+        runner.cache.free(slot)
+        out[i] = tokens
+    return out
+
+
+def _generate(stub: Any, prompt: list[int], timeout_s: float = 60) -> list[int]:
+    from specdec.v1 import generation_pb2
+
+    request = generation_pb2.GenerateRequest(
+        prompt_token_ids=generation_pb2.TokenIds(ids=prompt), max_tokens=MAX_TOKENS
+    )
+    tokens: list[int] = []
+    for response in stub.Generate(request, timeout=timeout_s):
+        tokens += response.token_ids
+    return tokens
+
+
+@pytest.fixture(scope="module")
+def stub(tp_up: TPUp) -> Iterator[Any]:
+    import grpc
+
+    from specdec.v1 import generation_pb2_grpc
+
+    with grpc.insecure_channel(tp_up.address) as channel:
+        yield generation_pb2_grpc.GenerationStub(channel)
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_tp2_pipeline_greedy_output_equals_the_target_alone(tp_up, stub, target_only) -> None:
+    assert len(tp_up.ranks()) == 1  # rank 1 beside the verifier process (rank 0)
+    for i, prompt in enumerate(PROMPTS):
+        assert _generate(stub, prompt) == target_only[i], f"prompt {i}"
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_tp2_cancelled_streams_free_their_slots(tp_up, stub, target_only) -> None:
+    """More cancelled requests than the verifier has slots (16), then clean greedy output: the
+    slots came back, and what the cancelled ones left in both ranks' caches is overwritten."""
+    from specdec.v1 import generation_pb2
+
+    for n in range(20):
+        request = generation_pb2.GenerateRequest(
+            prompt_token_ids=generation_pb2.TokenIds(ids=PROMPTS[n % 3]), max_tokens=MAX_TOKENS
+        )
+        call = stub.Generate(request, timeout=60)
+        next(call)  # the first tokens are out: the sequence holds a slot on the verifier
+        call.cancel()
+    for i, prompt in enumerate(PROMPTS):
+        assert _generate(stub, prompt) == target_only[i], f"prompt {i}"
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_tp2_kill_9_of_a_rank_fails_clearly_and_the_replica_comes_back(
+    tp_up, stub, target_only
+) -> None:
+    import grpc
+
+    rank = tp_up.ranks()[0]
+    verifier = tp_up.verifier()
+    seen = len(tp_up.lines)
+    errors: list[grpc.RpcError] = []
+    done = threading.Event()
+
+    def load() -> None:
+        while not done.is_set():
+            try:
+                _generate(stub, PROMPTS[0], timeout_s=30)
+            except grpc.RpcError as exc:
+                errors.append(exc)
+                time.sleep(0.1)
+
+    clients = [threading.Thread(target=load, daemon=True) for _ in range(3)]
+    for t in clients:
+        t.start()
+    time.sleep(1.0)
+    os.kill(rank, signal.SIGKILL)
+    killed = time.monotonic()
+    tp_up.wait_line("the verifier exited (code 3)", 30, after=seen)
+    exited_s = time.monotonic() - killed
+    tp_up.wait_line("the verifier is back", 120, after=seen)
+    done.set()
+    for t in clients:
+        t.join(timeout=60)
+        assert not t.is_alive(), "a request hung"
+    assert tp_up.verifier() != verifier and len(tp_up.ranks()) == 1
+    for error in errors:  # failed over to nothing (one replica): UNAVAILABLE, never a hang
+        assert error.code() == grpc.StatusCode.UNAVAILABLE, error.details()
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            assert _generate(stub, PROMPTS[1]) == target_only[1]
+            break
+        except grpc.RpcError:
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+    print(f"verifier exited {exited_s:.1f} s after the rank's kill; {len(errors)} UNAVAILABLE")

@@ -17,8 +17,10 @@ from specdec.replica.app import model_name, serve_replica, warm_up
 from specdec.replica.stream import DEFAULT_IDLE_S, StreamGuard
 from specdec.serving.server import Running, Transport, run_service
 from specdec.v1 import verifier_pb2, verifier_pb2_grpc
+from specdec.verifier import tensor_parallel
 from specdec.verifier.core import VerifierCore
 from specdec.verifier.server import VerifierServicer
+from specdec.verifier.tensor_parallel import TensorParallel
 
 log = logging.getLogger("specdec.verifier")
 
@@ -39,6 +41,7 @@ class VerifierConfig:
     transport: Transport = field(default_factory=Transport)  # TLS / mTLS, health port, reflection
     stream_idle_s: float = DEFAULT_IDLE_S  # a Verify stream silent this long is ended
     max_streams_per_peer: int = 0  # Verify streams one connection may hold; 0: no cap
+    tp: TensorParallel = field(default_factory=TensorParallel)  # tensor-parallel ranks
 
 
 def build_core(cfg: VerifierConfig) -> VerifierCore:
@@ -53,10 +56,14 @@ def build_core(cfg: VerifierConfig) -> VerifierCore:
 
 
 async def start(cfg: VerifierConfig, core: VerifierCore | None = None) -> Running:
+    leader = None
+    if core is None and cfg.tp.enabled:
+        leader = await asyncio.to_thread(_start_tp, cfg)
+        core = VerifierCore(leader.runner, cfg.max_batch_tokens)
     core = core or await asyncio.to_thread(build_core, cfg)
     servicer = VerifierServicer(core, model_name(cfg.model))
     service = verifier_pb2.DESCRIPTOR.services_by_name["Verifier"]
-    return await serve_replica(
+    running = await serve_replica(
         "verifier",
         cfg.listen,
         core,
@@ -66,9 +73,29 @@ async def start(cfg: VerifierConfig, core: VerifierCore | None = None) -> Runnin
         cfg.transport,
         StreamGuard(cfg.stream_idle_s, cfg.max_streams_per_peer),
     )
+    if leader is not None:
+        tensor_parallel.watch(leader, running)
+    return running
+
+
+def _tp_spec(cfg: VerifierConfig) -> tensor_parallel.TPSpec:
+    return tensor_parallel.spec(
+        cfg.model, cfg.tp, cfg.device, cfg.dtype, cfg.slots, cfg.max_seq_len
+    )
+
+
+def _start_tp(cfg: VerifierConfig) -> tensor_parallel.Leader:
+    """Rank 0 of a tensor-parallel target, warmed up (with ``compile``: refused, not ignored)."""
+    if compile_by_default(cfg.compile):
+        log.warning("--compile is not supported with tensor parallelism; serving eagerly")
+    leader = tensor_parallel.start(_tp_spec(cfg))
+    warm_up(leader.runner)
+    return leader
 
 
 def main(cfg: VerifierConfig) -> None:
     """The process entry point (``specdec serve verifier``): owns the process-wide torch threads."""
     set_cpu_threads(cfg.threads)
+    if cfg.tp.node_rank > 0:  # a worker node of a multi-node group: ranks only, no gRPC
+        tensor_parallel.run_follower_node(_tp_spec(cfg))
     run_service("verifier", (cfg.metrics_host, cfg.metrics_port), lambda: start(cfg))
