@@ -123,31 +123,6 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         metavar="LIST",
         help="run on these CPUs only, e.g. 0-2 or 0,3 (default: any; specdec up splits them)",
     )
-    _add_tensor_parallel(p)
-
-
-def _add_tensor_parallel(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--tensor-parallel",
-        type=int,
-        default=1,
-        metavar="N",
-        help="verifier: split the target over N ranks on this machine, one device each "
-        "(cuda:0..N-1, or N CPU sets on a CPU), spawned by this process",
-    )
-    p.add_argument(
-        "--devices", default="", help="verifier: the ranks' devices, comma-separated (N of them)"
-    )
-    p.add_argument("--tp-nodes", type=int, default=1, help="verifier: nodes in one replica's group")
-    p.add_argument(
-        "--tp-node-rank",
-        type=int,
-        default=0,
-        help="verifier: this node's index; node 0 serves gRPC, the others run ranks only",
-    )
-    p.add_argument(
-        "--tp-master", default="", metavar="HOST:PORT", help="verifier: node 0's rendezvous address"
-    )
     p.add_argument("--max-seq-len", type=int, default=2048, help="tokens per sequence")
     p.add_argument("--vocab-size", type=int, default=None, help="draft without model: vocab")
     p.add_argument("--verifiers", default="", help="router: comma-separated host:port list")
@@ -266,6 +241,32 @@ def _add_tensor_parallel(p: argparse.ArgumentParser) -> None:
         help="router: Jinja chat template for /v1/chat/completions (default: the model "
         "folder's chat_template.jinja or tokenizer_config.json's chat_template)",
     )
+    _add_tensor_parallel(p)
+
+
+def _add_tensor_parallel(p: argparse.ArgumentParser) -> None:
+    """Verifier: the target split over ranks (engine/tp), on this node and across nodes."""
+    p.add_argument(
+        "--tensor-parallel",
+        type=int,
+        default=1,
+        metavar="N",
+        help="verifier: split the target over N ranks on this machine, one device each "
+        "(cuda:0..N-1, or N CPU sets on a CPU), spawned by this process",
+    )
+    p.add_argument(
+        "--devices", default="", help="verifier: the ranks' devices, comma-separated (N of them)"
+    )
+    p.add_argument("--tp-nodes", type=int, default=1, help="verifier: nodes in one replica's group")
+    p.add_argument(
+        "--tp-node-rank",
+        type=int,
+        default=0,
+        help="verifier: this node's index; node 0 serves gRPC, the others run ranks only",
+    )
+    p.add_argument(
+        "--tp-master", default="", metavar="HOST:PORT", help="verifier: node 0's rendezvous address"
+    )
 
 
 def _tensor_parallel(args: argparse.Namespace) -> Any:
@@ -283,18 +284,11 @@ def _tensor_parallel(args: argparse.Namespace) -> Any:
 
 
 def _add_up(sub: argparse._SubParsersAction) -> None:
-    from specdec.models.pair import DEMOS
+    from specdec.up import DEMO_DRAFT, DEMO_TARGET
 
     p = sub.add_parser("up", help="start router, draft, verifier and Redis on this machine")
-    p.add_argument(
-        "--demo",
-        choices=DEMOS,
-        default="real",
-        help="without --target: the real pair when fetched (make real-model), else the tiny "
-        "demo pair; tiny: the tiny pair",
-    )
-    p.add_argument("--target", default=None, help="target model folder (default: see --demo)")
-    p.add_argument("--draft", default=None, help="draft model folder (default: see --demo)")
+    p.add_argument("--target", default=str(DEMO_TARGET), help="target model folder")
+    p.add_argument("--draft", default=str(DEMO_DRAFT), help="draft model folder")
     p.add_argument("--no-draft-model", action="store_true", help="n-gram drafting only")
     p.add_argument("--listen", default=DEFAULT_ADDR, help="router address")
     p.add_argument("--device", default=None, help="verifier device (default: cuda if any)")
@@ -555,33 +549,13 @@ def _run_bench(args: argparse.Namespace, argv: list[str]) -> int:
 
 def _run_models(args: argparse.Namespace) -> int:
     from specdec.models.fetch import fetch, listing
-    from specdec.models.pair import draft_folder
     from specdec.models.registry import lookup
 
     if args.models_command == "fetch":
-        source = lookup(args.name)
-        target = fetch(source, args.cache_dir)
-        draft = draft_folder(source, target)
-        print(f"draft: {draft or 'none (n-gram drafting)'}", file=sys.stderr)
-        print(target)
+        print(fetch(lookup(args.name), args.cache_dir))
     else:
         print("\n".join(listing(args.cache_dir)))
     return 0
-
-
-def _up_pair(args: argparse.Namespace) -> tuple[str, str | None]:
-    """``specdec up``'s folders: as given, else ``--demo``'s pair (saying why when it falls
-    back); a draft given without a target is refused (which target would it draft for?)."""
-    if args.target:
-        return args.target, args.draft
-    if args.draft:
-        raise SpecdecError("--draft needs --target (or neither: see --demo)")
-    from specdec.models.pair import default_pair
-
-    pair = default_pair(args.demo)
-    if pair.note:
-        print(pair.note, flush=True)
-    return str(pair.target), str(pair.draft) if pair.draft else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -599,10 +573,9 @@ def main(argv: list[str] | None = None) -> int:
             return _run_models(args)
         from specdec.up import up
 
-        target, draft = _up_pair(args)
         return up(
-            target,
-            None if args.no_draft_model else draft,
+            args.target,
+            None if args.no_draft_model else args.draft,
             args.listen,
             args.device,
             args.draft_device,
