@@ -22,7 +22,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
@@ -186,7 +186,7 @@ async def _body(request: Request, schema: type[CommonParams]) -> CommonParams:
         raise bad_request(param or None, message) from exc
 
 
-LogprobShape = CompletionLogprobs | ChatLogprobs
+LogprobShape: TypeAlias = CompletionLogprobs | ChatLogprobs
 
 
 def _logprob_shapes(
