@@ -282,10 +282,12 @@ def test_completions_logprobs_equal_grpc(pipeline, client, k, sampled):
     found = choice.logprobs
     assert found.tokens == [texts.decode([t], skip_special_tokens=False) for t in ids]
     assert found.token_logprobs == pytest.approx([t.logprob for t in expected], abs=TOL)
-    for tops, token in zip(found.top_logprobs, expected, strict=True):
-        assert len(tops) <= 3 and list(tops.values()) == sorted(tops.values(), reverse=True)
+    for tops, token, text in zip(found.top_logprobs, expected, found.tokens, strict=True):
+        # The 3 likeliest and the chosen token (OpenAI's legacy shape), most likely first.
+        assert len(tops) <= 4 and text in tops
+        assert list(tops.values()) == sorted(tops.values(), reverse=True)
         want: dict[str, float] = {}
-        for a in token.top:  # texts may coincide (U+FFFD): the likeliest one's value stays
+        for a in (*token.top, token):  # texts may coincide (U+FFFD): the likeliest one's stays
             want.setdefault(texts.decode([a.token_id], skip_special_tokens=False), a.logprob)
         assert tops == pytest.approx(want, abs=TOL)
     offsets = [0]
@@ -295,6 +297,14 @@ def test_completions_logprobs_equal_grpc(pipeline, client, k, sampled):
     joined = "".join(found.tokens)
     if choice.finish_reason == "length" and "\ufffd" not in joined:  # (no partial characters)
         assert joined == choice.text
+
+
+def test_completion_logprobs_0_gives_the_chosen_tokens_alone(client):
+    found = completion_logprobs(client, None, logprobs=0, temperature=0).logprobs
+    assert found.tokens
+    entries = zip(found.tokens, found.token_logprobs, found.top_logprobs, strict=True)
+    for text, value, tops in entries:
+        assert tops == {text: value}
 
 
 def test_streamed_completion_logprobs_equal_whole(client):

@@ -1,7 +1,8 @@
 """Logprobs in OpenAI's two shapes, from the router's ``TokenLogprob`` messages.
 
 ``/v1/completions`` with ``logprobs: N`` answers in the legacy shape: parallel lists ``tokens``,
-``token_logprobs``, ``top_logprobs`` (one dict token text → logprob per token) and
+``token_logprobs``, ``top_logprobs`` (one dict token text → logprob per token: the N likeliest
+and the chosen token) and
 ``text_offset`` (each token's character offset in the completion, running across a stream's
 chunks). ``/v1/chat/completions`` with ``logprobs: true, top_logprobs: N`` answers with
 ``content``: one ``{token, logprob, bytes, top_logprobs: [{token, logprob, bytes}]}`` per token.
@@ -57,10 +58,12 @@ class CompletionLogprobs:
         }
 
     def _tops(self, token: common_pb2.TokenLogprob) -> dict[str, float]:
-        """text → logprob, most likely first; tokens whose texts coincide (pieces of one
-        multi-byte character all read U+FFFD) keep the likeliest one's value."""
+        """text → logprob of the N likeliest, most likely first, then the chosen token when it
+        is not among them (OpenAI's legacy shape: up to N + 1 entries). Tokens whose texts
+        coincide (pieces of one multi-byte character all read U+FFFD) keep the likeliest one's
+        value."""
         tops: dict[str, float] = {}
-        for alternative in token.top:
+        for alternative in (*token.top, token):
             tops.setdefault(self.texts(alternative.token_id), alternative.logprob)
         return tops
 
