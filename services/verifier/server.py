@@ -3,8 +3,9 @@
 One ``Verify`` stream is one sequence: the first message opens it and is answered with the first
 token the target decides after the context (and the verdict on any drafts it carried); each
 later one verifies drafts at an explicit position. Every answer says where the step's time went
-on this side. When the stream ends for any reason (done, cancelled, deadline, error) the
-sequence is closed, so its KV-cache slot is freed or parked for its session.
+on this side, and, when the open asked for logprobs, carries the target's raw logprob (and top
+alternatives) of each token it commits. When the stream ends for any reason (done, cancelled,
+deadline, error) the sequence is closed, so its KV-cache slot is freed or parked for its session.
 """
 
 from __future__ import annotations
