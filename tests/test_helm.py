@@ -983,3 +983,68 @@ def test_routers_share_a_kept_session_secret_and_the_queue_settings(default: Ren
         next(v for v in spec["volumes"] if v["name"] == "session-secret")["secret"]["secretName"]
         == "mine"
     )
+
+
+# ---- Tensor-parallel verifiers ------------------------------------------------------------------
+
+LWS_LABEL = "leaderworkerset.sigs.k8s.io"
+
+
+def _as_pod(template: dict[str, Any], name: str) -> dict[str, Any]:
+    """A pod template as a Pod, so kubernetes-validate checks its spec."""
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, **template}
+
+
+def test_a_four_gpu_verifier_pod() -> None:
+    rendered = render({"verifier": {"tensorParallel": 4}})
+    container = rendered.container("verifier")
+    assert rendered.args("verifier")["tensor-parallel"] == "4"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 4
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["dshm"] == "/dev/shm"  # NCCL between the pod's ranks
+    for kube_version in KUBE_VERSIONS:
+        kubernetes_validate.validate(rendered.component("verifier"), kube_version, strict=True)
+    assert "tensor-parallel" not in render().args("verifier")  # one GPU: no flag
+
+
+def test_a_two_node_verifier_is_a_leader_worker_set() -> None:
+    """Checked by hand (the LWS CRD's schema is not shipped): group size = nodes, the group
+    restarts whole, the leader runs rank 0 and serves gRPC behind the verifier Service, workers
+    take their node rank and the leader's address from LWS's environment and serve nothing;
+    each pod template validates as a Pod; rank traffic is admitted within each group only."""
+    values = {"verifier": {"replicas": 2, "tensorParallel": 8, "multiNode": {"enabled": True}}}
+    rendered = render(values)
+    name = f"{PREFIX}-verifier"
+    assert ("Deployment", name) not in rendered.kinds()
+    lws = rendered.get("LeaderWorkerSet", name)
+    assert lws["apiVersion"] == "leaderworkerset.x-k8s.io/v1"
+    assert lws["spec"]["replicas"] == 2
+    group = lws["spec"]["leaderWorkerTemplate"]
+    assert group["size"] == 2 and group["restartPolicy"] == "RecreateGroupOnPodRestart"
+    master = "--tp-master=$(LWS_LEADER_ADDRESS):29500"
+    pods = {"leader": group["leaderTemplate"], "worker": group["workerTemplate"]}
+    for role, template in pods.items():
+        (container,) = template["spec"]["containers"]
+        args = container["args"]
+        assert {"--tensor-parallel=8", "--tp-nodes=2", master} <= set(args), role
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == 8
+        for kube_version in KUBE_VERSIONS:
+            kubernetes_validate.validate(_as_pod(template, role), kube_version, strict=True)
+    leader, worker = (p["spec"]["containers"][0] for p in pods.values())
+    assert "--tp-node-rank=0" in leader["args"] and "readinessProbe" in leader
+    assert "--tp-node-rank=$(LWS_WORKER_INDEX)" in worker["args"]
+    assert "ports" not in worker and "readinessProbe" not in worker
+    service = rendered.get("Service", name)
+    selector = service["spec"]["selector"]
+    leader_labels = pods["leader"]["metadata"]["labels"]
+    worker_labels = pods["worker"]["metadata"]["labels"]
+    assert selector.items() <= leader_labels.items()
+    assert not selector.items() <= worker_labels.items()  # workers serve no gRPC
+    for i in range(2):
+        policy = rendered.get("NetworkPolicy", f"{name}-group-{i}")
+        own = {f"{LWS_LABEL}/name": name, f"{LWS_LABEL}/group-index": str(i)}
+        assert policy["spec"]["podSelector"]["matchLabels"] == own
+        (rule,) = policy["spec"]["ingress"]
+        assert rule == {"from": [{"podSelector": {"matchLabels": own}}]}
+        for kube_version in KUBE_VERSIONS:
+            kubernetes_validate.validate(policy, kube_version, strict=True)

@@ -5,7 +5,6 @@ The draft and verifier pools: one GPU Deployment each, on its own node pool. Cal
 {{- define "specdec.engine.deployment" -}}
 {{- $root := .root }}
 {{- $values := index $root.Values .component }}
-{{- $modelDir := ternary $root.Values.models.target $root.Values.models.draft (eq .component "verifier") }}
 apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -19,72 +18,110 @@ spec:
     matchLabels:
       {{- include "specdec.selectorLabels" . | nindent 6 }}
   template:
-    metadata:
-      labels:
-        {{- include "specdec.labels" . | nindent 8 }}
-      {{- with $values.podAnnotations }}
-      annotations:
+    {{- include "specdec.engine.podTemplate" . | nindent 4 }}
+{{- end }}
+
+{{/*
+The pod template of a pool's pods. Call with (dict "root" $ "component" "verifier"), adding
+"tpArgs" (a list: the tensor-parallel flags of one LeaderWorkerSet role) and "worker" true for
+an LWS worker pod, which serves no gRPC (it runs ranks only: no service ports, no gRPC probes).
+*/}}
+{{- define "specdec.engine.podTemplate" -}}
+{{- $root := .root }}
+{{- $values := index $root.Values .component }}
+{{- $modelDir := ternary $root.Values.models.target $root.Values.models.draft (eq .component "verifier") }}
+{{- $tp := int (default 1 $values.tensorParallel) }}
+{{- $worker := default false .worker }}
+{{- $labels := dict "root" $root "component" (ternary (printf "%s-worker" .component) .component $worker) }}
+{{- $resources := deepCopy $values.resources }}
+{{- if and (eq .component "verifier") (hasPrefix "cuda" $values.device) (gt $tp 1) }}
+{{- $limits := deepCopy (default (dict) $resources.limits) }}
+{{- $_ := set $limits "nvidia.com/gpu" $tp }}
+{{- $_ := set $resources "limits" $limits }}
+{{- end -}}
+metadata:
+  labels:
+    {{- include "specdec.labels" $labels | nindent 4 }}
+  {{- with $values.podAnnotations }}
+  annotations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+spec:
+  automountServiceAccountToken: false
+  {{- with $root.Values.imagePullSecrets }}
+  imagePullSecrets:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  securityContext:
+    {{- toYaml $root.Values.podSecurityContext | nindent 4 }}
+  terminationGracePeriodSeconds: {{ $values.terminationGracePeriodSeconds }}
+  {{- with include "specdec.modelsInit" . | trim }}{{ . | nindent 2 }}{{ end }}
+  containers:
+    - name: {{ .component }}
+      image: {{ include "specdec.image" (dict "root" $root "image" $values.image) }}
+      imagePullPolicy: {{ $values.image.pullPolicy }}
+      args:
+        {{- include "specdec.commonArgs" (dict "root" $root "values" $values) | nindent 8 }}
+        {{- if $modelDir }}
+        - --model={{ include "specdec.modelPath" (dict "root" $root "path" $modelDir) }}
+        {{- end }}
+        - --device={{ $values.device }}
+        - --slots={{ $values.slots }}
+        {{- if hasKey $values "aheadSlots" }}
+        - --ahead-slots={{ $values.aheadSlots }}
+        {{- end }}
+        - --max-seq-len={{ $root.Values.generation.maxSeqLen }}
+        {{- if gt $tp 1 }}
+        - --tensor-parallel={{ $tp }}
+        {{- end }}
+        {{- range .tpArgs }}
+        - {{ . }}
+        {{- end }}
+        {{- include "specdec.tls.args" . | nindent 8 }}
+        {{- with $values.extraArgs }}
         {{- toYaml . | nindent 8 }}
-      {{- end }}
-    spec:
-      automountServiceAccountToken: false
-      {{- with $root.Values.imagePullSecrets }}
-      imagePullSecrets:
+        {{- end }}
+      env:
+        {{- include "specdec.env" $root | nindent 8 }}
+        {{- with $values.extraEnv }}
         {{- toYaml . | nindent 8 }}
+        {{- end }}
+      {{- if not $worker }}
+      ports:
+        {{- include "specdec.containerPorts" (dict "root" $root "values" $values "component" .component) | nindent 8 }}
+      {{- include "specdec.grpcProbes" . | nindent 6 }}
       {{- end }}
+      resources:
+        {{- toYaml $resources | nindent 8 }}
       securityContext:
-        {{- toYaml $root.Values.podSecurityContext | nindent 8 }}
-      terminationGracePeriodSeconds: {{ $values.terminationGracePeriodSeconds }}
-      {{- with include "specdec.modelsInit" . | trim }}{{ . | nindent 6 }}{{ end }}
-      containers:
-        - name: {{ .component }}
-          image: {{ include "specdec.image" (dict "root" $root "image" $values.image) }}
-          imagePullPolicy: {{ $values.image.pullPolicy }}
-          args:
-            {{- include "specdec.commonArgs" (dict "root" $root "values" $values) | nindent 12 }}
-            {{- if $modelDir }}
-            - --model={{ include "specdec.modelPath" (dict "root" $root "path" $modelDir) }}
-            {{- end }}
-            - --device={{ $values.device }}
-            - --slots={{ $values.slots }}
-            {{- if hasKey $values "aheadSlots" }}
-            - --ahead-slots={{ $values.aheadSlots }}
-            {{- end }}
-            - --max-seq-len={{ $root.Values.generation.maxSeqLen }}
-            {{- include "specdec.tls.args" . | nindent 12 }}
-            {{- with $values.extraArgs }}
-            {{- toYaml . | nindent 12 }}
-            {{- end }}
-          env:
-            {{- include "specdec.env" $root | nindent 12 }}
-            {{- with $values.extraEnv }}
-            {{- toYaml . | nindent 12 }}
-            {{- end }}
-          ports:
-            {{- include "specdec.containerPorts" (dict "root" $root "values" $values "component" .component) | nindent 12 }}
-          {{- include "specdec.grpcProbes" . | nindent 10 }}
-          resources:
-            {{- toYaml $values.resources | nindent 12 }}
-          securityContext:
-            {{- toYaml $root.Values.containerSecurityContext | nindent 12 }}
-          volumeMounts:
-            {{- include "specdec.volumeMounts" $root | nindent 12 }}
-            {{- include "specdec.tls.mounts" . | nindent 12 }}
-      volumes:
-        {{- include "specdec.volumes" $root | nindent 8 }}
-        {{- include "specdec.tls.volumes" . | nindent 8 }}
-      {{- with $values.nodeSelector }}
-      nodeSelector:
-        {{- toYaml . | nindent 8 }}
-      {{- end }}
-      {{- with $values.tolerations }}
-      tolerations:
-        {{- toYaml . | nindent 8 }}
-      {{- end }}
-      {{- with $values.affinity }}
-      affinity:
-        {{- toYaml . | nindent 8 }}
-      {{- end }}
+        {{- toYaml $root.Values.containerSecurityContext | nindent 8 }}
+      volumeMounts:
+        {{- include "specdec.volumeMounts" $root | nindent 8 }}
+        {{- include "specdec.tls.mounts" . | nindent 8 }}
+        {{- if gt $tp 1 }}
+        - name: dshm  # NCCL's shared-memory transport between the ranks of this pod
+          mountPath: /dev/shm
+        {{- end }}
+  volumes:
+    {{- include "specdec.volumes" $root | nindent 4 }}
+    {{- include "specdec.tls.volumes" . | nindent 4 }}
+    {{- if gt $tp 1 }}
+    - name: dshm
+      emptyDir:
+        medium: Memory
+    {{- end }}
+  {{- with $values.nodeSelector }}
+  nodeSelector:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $values.tolerations }}
+  tolerations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $values.affinity }}
+  affinity:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
 {{- end }}
 
 {{/*
