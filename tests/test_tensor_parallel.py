@@ -28,6 +28,7 @@ import pytest
 import torch
 from fixtures import TINY, save_random_model
 
+from specdec.core.model_config import load_config
 from specdec.engine.batch import Chunk
 from specdec.engine.checkpoint import load_model
 from specdec.engine.runner import ModelRunner
@@ -559,3 +560,22 @@ def test_tp2_kill_9_of_a_rank_fails_clearly_and_the_replica_comes_back(
             assert time.monotonic() < deadline
             time.sleep(0.5)
     print(f"verifier exited {exited_s:.1f} s after the rank's kill; {len(errors)} UNAVAILABLE")
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("arch", ["llama-mqa-bias-tied-321", "qwen3"])
+def test_sizing_counts_the_bytes_a_rank_loads(arch: str, tmp_path: Path) -> None:
+    from specdec.engine.tp.sizing import rank_size
+
+    model_type, overrides = ARCHS[arch]
+    folder = save_random_model(tmp_path / arch, model_type, seed=1, tokenizer=False, **overrides)
+    cfg = load_config(folder)
+    for world in (1, 2):
+        local = load_tp_model(folder, world, 0).local
+        held = {t.data_ptr(): t.numel() for t in local.state_dict().values()}  # tied: once
+        assert rank_size(cfg, world, dtype_bytes=4).weight_bytes == 4 * sum(held.values())
+        cache = local.new_cache(1, 10)
+        per_token = (
+            sum(k.nbytes + v.nbytes for k, v in zip(cache.keys, cache.values, strict=True)) // 10
+        )
+        assert rank_size(cfg, world, dtype_bytes=4).kv_bytes_per_token == per_token
