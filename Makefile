@@ -16,7 +16,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[engine,dev]"
 	touch $(STAMP)
 
+# The real pair first (downloaded and converted once into ~/.cache/specdec/models; offline, or
+# failing, it says so and `specdec up` serves the committed tiny pair).
 run: setup protos
+	-$(VENV)/bin/specdec models fetch >/dev/null
 	$(VENV)/bin/specdec up
 
 test: setup protos

@@ -284,11 +284,18 @@ def _tensor_parallel(args: argparse.Namespace) -> Any:
 
 
 def _add_up(sub: argparse._SubParsersAction) -> None:
-    from specdec.up import DEMO_DRAFT, DEMO_TARGET
+    from specdec.models.pair import DEMOS
 
     p = sub.add_parser("up", help="start router, draft, verifier and Redis on this machine")
-    p.add_argument("--target", default=str(DEMO_TARGET), help="target model folder")
-    p.add_argument("--draft", default=str(DEMO_DRAFT), help="draft model folder")
+    p.add_argument(
+        "--demo",
+        choices=DEMOS,
+        default="real",
+        help="without --target: the real pair when fetched (make real-model), else the tiny "
+        "demo pair; tiny: the tiny pair",
+    )
+    p.add_argument("--target", default=None, help="target model folder (default: see --demo)")
+    p.add_argument("--draft", default=None, help="draft model folder (default: see --demo)")
     p.add_argument("--no-draft-model", action="store_true", help="n-gram drafting only")
     p.add_argument("--listen", default=DEFAULT_ADDR, help="router address")
     p.add_argument("--device", default=None, help="verifier device (default: cuda if any)")
@@ -549,13 +556,33 @@ def _run_bench(args: argparse.Namespace, argv: list[str]) -> int:
 
 def _run_models(args: argparse.Namespace) -> int:
     from specdec.models.fetch import fetch, listing
+    from specdec.models.pair import draft_folder
     from specdec.models.registry import lookup
 
     if args.models_command == "fetch":
-        print(fetch(lookup(args.name), args.cache_dir))
+        source = lookup(args.name)
+        target = fetch(source, args.cache_dir)
+        draft = draft_folder(source, target)
+        print(f"draft: {draft or 'none (n-gram drafting)'}", file=sys.stderr)
+        print(target)
     else:
         print("\n".join(listing(args.cache_dir)))
     return 0
+
+
+def _up_pair(args: argparse.Namespace) -> tuple[str, str | None]:
+    """``specdec up``'s folders: as given, else ``--demo``'s pair (saying why when it falls
+    back); a draft given without a target is refused (which target would it draft for?)."""
+    if args.target:
+        return args.target, args.draft
+    if args.draft:
+        raise SpecdecError("--draft needs --target (or neither: see --demo)")
+    from specdec.models.pair import default_pair
+
+    pair = default_pair(args.demo)
+    if pair.note:
+        print(pair.note, flush=True)
+    return str(pair.target), str(pair.draft) if pair.draft else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -573,9 +600,10 @@ def main(argv: list[str] | None = None) -> int:
             return _run_models(args)
         from specdec.up import up
 
+        target, draft = _up_pair(args)
         return up(
-            args.target,
-            None if args.no_draft_model else args.draft,
+            target,
+            None if args.no_draft_model else draft,
             args.listen,
             args.device,
             args.draft_device,

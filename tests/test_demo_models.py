@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from specdec.core.tokenizer import Tokenizer
+from specdec.core.tokenizer import Tokenizer, check_same_tokenizer
 from specdec.engine.checkpoint import load_model
 from specdec.engine.draft_dtype import load_draft
-from specdec.engine.local import check_same_tokenizer
 from specdec.engine.proposer_draft import DraftModelProposer
 from specdec.engine.runner import ModelRunner
 from specdec.engine.sampling import SamplingParams

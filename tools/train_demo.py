@@ -273,14 +273,15 @@ def lm_loss(model: DecoderModel, rows: torch.Tensor) -> torch.Tensor:
 def teacher_top(teacher: DecoderModel, rows: torch.Tensor, batch: int = 16) -> torch.Tensor:
     """The teacher's ``TOP_K`` most likely next tokens and their log-probabilities at every
     position of ``rows`` ([N, T + 1]), for distilling without re-running the teacher.
-    # → ids [N, T, TOP_K] int16, log-probs [N, T, TOP_K] fp16
+    # → ids [N, T, TOP_K] int16 (int32 past 32k tokens), log-probs [N, T, TOP_K] fp16
     """
     device = teacher.lm_head.weight.device
+    id_dtype = torch.int16 if teacher.config.vocab_size <= 1 << 15 else torch.int32
     ids, logps = [], []
     for chunk in tqdm(rows.split(batch), desc="teacher logits", unit="batch"):
         logits = teacher.forward_dense(chunk[:, :-1].long().to(device)).float()  # [B, T, V]
         top = torch.log_softmax(logits, -1).topk(TOP_K, dim=-1)
-        ids.append(top.indices.to(torch.int16).cpu())
+        ids.append(top.indices.to(id_dtype).cpu())
         logps.append(top.values.half().cpu())
     return torch.cat(ids), torch.cat(logps)
 

@@ -43,3 +43,12 @@ class Tokenizer:
     def vocabulary(self) -> dict[str, int]:
         """token string → id (for checking that two models share a tokenizer)."""
         return self._tok.get_vocab(with_added_tokens=True)
+
+
+def check_same_tokenizer(target: Tokenizer, draft: Tokenizer, draft_folder: str | Path) -> None:
+    """Refuse a draft whose tokenizer is not the target's: its token ids would mean other text."""
+    if target.vocabulary() != draft.vocabulary():
+        raise CheckpointError(
+            f"{Path(draft_folder) / 'tokenizer.json'}: the draft's tokenizer "
+            "differs from the target's; speculative decoding needs the same one"
+        )

@@ -7,13 +7,11 @@ and target share a tokenizer, builds the proposer, and returns a JSON-ready resu
 from __future__ import annotations
 
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from specdec.core.errors import CheckpointError
-from specdec.core.tokenizer import Tokenizer
+from specdec.core.tokenizer import Tokenizer, check_same_tokenizer
 from specdec.engine.checkpoint import load_model
 from specdec.engine.compiled import compile_by_default
 from specdec.engine.draft_dtype import load_draft
@@ -35,14 +33,6 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def default_dtype(device: str) -> torch.dtype:
     """A target's dtype: fp32 on CPU (exact and fast enough), bf16 on GPU."""
     return torch.float32 if device == "cpu" else torch.bfloat16
-
-
-def check_same_tokenizer(target: Tokenizer, draft: Tokenizer, draft_folder: str | Path) -> None:
-    if target.vocabulary() != draft.vocabulary():
-        raise CheckpointError(
-            f"{Path(draft_folder) / 'tokenizer.json'}: the draft's tokenizer "
-            "differs from the target's; speculative decoding needs the same one"
-        )
 
 
 def run_in_process(

@@ -364,10 +364,14 @@ class DecoderModel(nn.Module):
         input_ids [B, T] int64 → logits [B, T, V] in the model's dtype (-inf outside a
         reduced head's tokens).
         """
+        return self.full_vocab(self.lm_head(self.hidden_dense(input_ids)))
+
+    def hidden_dense(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """``forward_dense`` up to the final norm, before the LM head.  # [B, T] → [B, T, C]"""
         t = input_ids.shape[1]
         x = self.model.embed_tokens(input_ids)  # [B, T, C]
         positions = torch.arange(t, device=input_ids.device)
         cos, sin = cos_sin(positions, self.inv_freq, x.dtype)  # [T, 1, D] each
         for layer in self.model.layers:
             x = cast(DecoderLayer, layer).forward_dense(x, cos, sin)
-        return self.full_vocab(self.lm_head(self.model.norm(x)))
+        return self.model.norm(x)

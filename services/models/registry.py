@@ -24,6 +24,9 @@ class ModelSource:
     gguf_member: str  # path of the .gguf file inside the wheel
     license: str  # the model's license, as its publisher states it
     summary: str  # one line for `specdec models list`
+    # The committed draft tensors for this target (``tools/distill_draft.py``), relative to the
+    # repository; ``specdec models fetch`` assembles the draft folder from them and the target.
+    draft_parts: str | None = None
 
     @property
     def requirement(self) -> str:
@@ -39,6 +42,7 @@ SMOLLM2_135M_INSTRUCT = ModelSource(
     license="Apache-2.0",
     summary="HuggingFaceTB SmolLM2-135M-Instruct (Llama, 30 layers, width 576, 49k vocab), "
     "Q4_1 weights dequantized to fp32",
+    draft_parts="models/smollm2-draft",
 )
 
 MODELS: dict[str, ModelSource] = {SMOLLM2_135M_INSTRUCT.name: SMOLLM2_135M_INSTRUCT}

@@ -1,0 +1,364 @@
+"""Distil a draft for a pretrained target on this machine: the real pair's draft (SmolLM2-135M-
+Instruct, fetched by ``specdec models fetch``), trained in well under an hour on 2 CPU cores.
+
+The draft is the target's own shape cut short: its embedding table (frozen, not stored with the
+draft: ``specdec models fetch`` adds it back from the target), ``--layers`` of the target's
+layers as the starting point of two trained ones, the final norm, and an LM head over only the
+``--head-vocab`` most frequent tokens of the training text (FR-Spec, arXiv 2502.14856; rows
+initialised from the target's tied embedding). It learns the target's next-token distribution
+(top 32 and one bucket for the rest, plus the cross-entropy of its argmax) on text the target
+wrote itself: continuations of code prompts (openings of functions and classes from the running
+Python's standard library, the held-out files left out) and answers to chat prompts rendered
+through the target's chat template; even rows greedy, odd rows sampled at temperature 0.8.
+
+Phases, each cached in ``--work-dir`` so a run resumes where it stopped: ``data`` (prompts and
+the target's continuations), ``teacher`` (its top-32 log-probabilities at every position),
+``train`` (AdamW, checkpoints every few minutes), ``export`` (the draft's own tensors, bf16,
+into ``--out``), ``eval`` (greedy acceptance per position for k = 1..8 on held-out code and chat
+prompts, and the step-cost ratio; Markdown for the model card, JSON beside it).
+
+    python tools/distill_draft.py --target ~/.cache/specdec/models/smollm2-135m-instruct
+    python tools/distill_draft.py --target DIR --phase eval --draft DIR-draft
+
+Non-goals: a general trainer; GPUs beyond "use CUDA when there"; other targets' chat formats
+(any target with a chat template works, the prompts are English).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import statistics
+import sys
+import sysconfig
+from dataclasses import replace
+from pathlib import Path
+
+import jinja2
+import torch
+from safetensors.torch import save_file
+from tokenizers import Tokenizer
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).parent))
+from train_demo import Phase, continue_prompts, corpus_files, is_heldout, lr_at, teacher_top
+
+from specdec.core.model_config import HEAD_VOCAB_KEY
+from specdec.engine.batch import Chunk
+from specdec.engine.checkpoint import hf_config_dict, load_model
+from specdec.engine.model import DecoderModel
+from specdec.engine.proposer_draft import DraftModelProposer
+from specdec.engine.runner import ModelRunner
+from specdec.engine.sampling import SamplingParams
+from specdec.engine.speculative import generate
+from specdec.models.reduced_head import frequent_tokens
+
+DRAFT_WEIGHTS = "draft.safetensors"  # the draft's tensors without the shared embedding
+MAX_PROMPT = 192  # tokens of a prompt, the end kept
+SUBJECTS = (
+    "binary search", "a hash map", "recursion", "a linked list", "garbage collection",
+    "HTTP caching", "a database index", "unit testing", "the GIL", "list comprehensions",
+    "a REST API", "TCP and UDP", "photosynthesis", "compound interest", "the water cycle",
+    "black holes", "inflation", "vaccines", "climate change", "the French Revolution",
+    "machine learning", "a neural network", "public-key cryptography", "Docker containers",
+    "Kubernetes pods", "git rebase", "regular expressions", "async and await", "decorators",
+    "generators", "dynamic programming", "sorting algorithms", "memory leaks", "JSON",
+    "the Pythagorean theorem", "prime numbers", "time zones", "unicode", "load balancing",
+    "rate limiting", "the CAP theorem", "sleep", "habits", "negotiation", "public speaking",
+)  # fmt: skip
+TASKS = (
+    "reverses a string", "checks whether a number is prime", "merges two sorted lists",
+    "counts the words in a text", "flattens a nested list", "returns the n-th Fibonacci number",
+    "removes duplicates from a list while keeping order", "parses a CSV line",
+    "computes the factorial of n", "finds the largest element of a list",
+    "converts Celsius to Fahrenheit", "checks whether a string is a palindrome",
+    "groups words by their first letter", "reads a JSON file and returns a dict",
+    "computes the average of a list of numbers", "validates an email address",
+    "transposes a matrix", "sums the digits of an integer", "shuffles a deck of cards",
+    "finds the common elements of two lists",
+)  # fmt: skip
+CHAT_FORMS = (
+    "Explain {s} in simple terms.", "What is {s}? Answer in two sentences.",
+    "Give me three facts about {s}.", "Why does {s} matter?",
+    "Write a short paragraph about {s}.", "What are common mistakes with {s}?",
+    "Write a Python function that {t}.", "How would I write code that {t}?",
+    "Show me a function that {t}, with a docstring.",
+)  # fmt: skip
+# Half the subjects and tasks are held out for evaluation (by a hash, stable across machines).
+
+
+def _held_out(text: str) -> bool:
+    return int(hashlib.sha1(text.encode()).hexdigest(), 16) % 4 == 0
+
+
+def chat_prompts(template: str, held_out: bool) -> list[str]:
+    """Every chat form filled with every subject or task of one split, rendered for the model."""
+    render = jinja2.Environment().from_string(template).render
+    texts = []
+    for form in CHAT_FORMS:
+        fillers = TASKS if "{t}" in form else SUBJECTS
+        for filler in fillers:
+            if _held_out(filler) == held_out:
+                message = form.format(s=filler, t=filler)
+                messages = [{"role": "user", "content": message}]
+                texts.append(render(messages=messages, add_generation_prompt=True))
+    return texts
+
+
+def code_prompts(n: int, held_out: bool, seed: int) -> list[str]:
+    """Openings of functions and classes from the standard library: up to 30 lines before a
+    ``def``/``class`` line, that line included (what a user asks a code model to continue)."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    rng = random.Random(seed)
+    files = [
+        p for p in corpus_files(root) if is_heldout(p.relative_to(root).as_posix()) == held_out
+    ]
+    prompts: list[str] = []
+    while len(prompts) < n and files:
+        path = rng.choice(files)
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        except (UnicodeDecodeError, OSError):
+            continue
+        starts = [i for i, line in enumerate(lines) if line.lstrip().startswith(("def ", "class "))]
+        if starts:
+            i = rng.choice(starts)
+            prompts.append("".join(lines[max(0, i - rng.randint(0, 30)) : i + 1]))
+    return prompts
+
+
+def encode(tok: Tokenizer, texts: list[str]) -> list[list[int]]:
+    return [enc.ids[-MAX_PROMPT:] for enc in tok.encode_batch(texts)]
+
+
+def build_data(target: DecoderModel, tok: Tokenizer, template: str, args: argparse.Namespace):
+    """The target's continuations of training prompts, each cut at its first eos after the
+    prompt.  # → list of token-id lists"""
+    gen = torch.Generator().manual_seed(args.seed)
+    prompts = encode(tok, code_prompts(args.code_prompts, False, args.seed))
+    chat = encode(tok, chat_prompts(template, False))
+    prompts += [chat[i % len(chat)] for i in range(args.chat_prompts)]
+    eos = set(target.config.eos_token_ids)
+    rows: list[list[int]] = []
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths batch
+    for start in tqdm(range(0, len(order), args.gen_batch), desc="target continuations"):
+        batch = [prompts[i] for i in order[start : start + args.gen_batch]]
+        lengths = [len(p) + args.new_tokens for p in batch]
+        for prompt, seq in zip(batch, continue_prompts(target, batch, lengths, gen), strict=True):
+            cut = next((j + 1 for j in range(len(prompt), len(seq)) if seq[j] in eos), len(seq))
+            rows.append(seq[:cut])
+    return rows
+
+
+def padded(rows: list[list[int]], length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows cut or padded (with 0) to ``length`` + 1 tokens, and which next-token positions
+    count.  # → ids [N, length + 1] int64, mask [N, length] bool"""
+    ids = torch.zeros(len(rows), length + 1, dtype=torch.int64)
+    mask = torch.zeros(len(rows), length, dtype=torch.bool)
+    for i, row in enumerate(rows):
+        row = row[: length + 1]
+        ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row) - 1] = True
+    return ids, mask
+
+
+def new_draft(target: DecoderModel, layers: list[int], head_ids: torch.Tensor) -> DecoderModel:
+    """The target cut to ``layers`` with an LM head over ``head_ids``; embeddings frozen."""
+    cfg = replace(
+        target.config,
+        num_hidden_layers=len(layers),
+        tie_word_embeddings=False,
+        head_vocab_size=len(head_ids),
+    )
+    draft = DecoderModel(cfg)
+    state = {k: v for k, v in target.state_dict().items() if not k.startswith("model.layers.")}
+    for new, old in enumerate(layers):
+        prefix = f"model.layers.{old}."
+        for k, v in target.state_dict().items():
+            if k.startswith(prefix):
+                state[f"model.layers.{new}." + k[len(prefix) :]] = v
+    embed = target.model.embed_tokens.weight
+    state["lm_head.weight"] = embed[head_ids].clone()  # [Vh, C]
+    state["lm_head.token_ids"] = head_ids
+    draft.load_state_dict(
+        {k: v.float().clone() if v.is_floating_point() else v for k, v in state.items()}
+    )
+    draft.model.embed_tokens.weight.requires_grad_(False)
+    return draft
+
+
+def distil_loss(
+    draft: DecoderModel,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    top_ids: torch.Tensor,
+    top_logp: torch.Tensor,
+    head_index: torch.Tensor,
+) -> torch.Tensor:
+    """KL(target || draft) over the target's top-K tokens inside the draft's head plus one
+    bucket for the rest, plus the cross-entropy of the target's argmax where the head has it.
+    ids [B, T + 1], mask [B, T], top_ids/top_logp [B, T, K], head_index [V] (-1: not in head)."""
+    logits = draft.lm_head(draft.hidden_dense(ids[:, :-1])).float()  # [B, T, Vh]
+    logq_head = torch.log_softmax(logits, -1)
+    index = head_index[top_ids.long()]  # [B, T, K]
+    inside = index >= 0
+    logq = logq_head.gather(-1, index.clamp(min=0))  # [B, T, K] (junk where not inside)
+    logp = top_logp.float()
+    p_in = logp.exp() * inside
+    q_in = logq.exp() * inside
+    p_rest = (1 - p_in.sum(-1)).clamp(min=1e-6)
+    q_rest = (1 - q_in.sum(-1)).clamp(min=1e-6)
+    kl = (p_in * (logp - logq)).sum(-1) + p_rest * (p_rest.log() - q_rest.log())  # [B, T]
+    ce = -(logq[..., 0] * inside[..., 0])  # [B, T]
+    weight = mask.float()
+    return ((kl + ce) * weight).sum() / weight.sum()
+
+
+def train(draft: DecoderModel, pool: dict, head_index: torch.Tensor, args, work: Path) -> None:
+    """AdamW with warm-up and cosine decay over random batches of the pool; resumable."""
+    phase = Phase("draft", args.steps, args.batch, args.lr)
+    path = work / "train.pt"
+    params = [p for p in draft.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    gen = torch.Generator().manual_seed(args.seed)
+    step = 0
+    if path.exists():
+        ckpt = torch.load(path, weights_only=False)
+        draft.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["opt"])
+        gen.set_state(ckpt["gen"])
+        step = ckpt["step"]
+    draft.train()
+    n = len(pool["ids"])
+    bar = tqdm(total=args.steps, initial=step, desc="train draft", unit="step")
+    while step < args.steps:
+        pick = torch.randint(0, n, (args.batch,), generator=gen)
+        loss = distil_loss(
+            draft,
+            pool["ids"][pick],
+            pool["mask"][pick],
+            pool["top_ids"][pick],
+            pool["top_logp"][pick],
+            head_index,
+        )
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, phase)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        if step % 50 == 0 or step == args.steps:
+            state = {"model": draft.state_dict(), "opt": opt.state_dict()}
+            torch.save({**state, "gen": gen.get_state(), "step": step}, path)
+    bar.close()
+
+
+def export(draft: DecoderModel, out: Path) -> None:
+    """The draft's tensors but the embedding (bf16) and its config.json into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    state = {
+        k: (v.to(torch.bfloat16) if v.is_floating_point() else v).contiguous()
+        for k, v in draft.state_dict().items()
+        if k != "model.embed_tokens.weight"
+    }
+    save_file(state, str(out / DRAFT_WEIGHTS), metadata={"format": "pt"})
+    config = hf_config_dict(draft.config)
+    config[HEAD_VOCAB_KEY] = draft.config.head_vocab_size
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def evaluate(target_dir: Path, draft_dir: Path, tok: Tokenizer, template: str, args) -> dict:
+    """Greedy acceptance per position (k = 1..8) on held-out prompts, and the step costs."""
+    torch.set_num_threads(args.threads)
+    target = ModelRunner(load_model(target_dir, torch.float32), num_slots=2, max_seq_len=1024)
+    draft = ModelRunner(load_model(draft_dir, torch.bfloat16), num_slots=2, max_seq_len=1024)
+    sets = {
+        "code": encode(tok, code_prompts(args.eval_prompts, True, args.seed + 1)),
+        "chat": encode(tok, chat_prompts(template, True))[: args.eval_prompts],
+    }
+    result: dict = {"prompts": {k: len(v) for k, v in sets.items()}}
+    for name, prompts in sets.items():
+        for k in (1, 2, 4, 8):
+            accepted = rounds = 0
+            for ids in tqdm(prompts, desc=f"eval {name} k={k}", leave=False):
+                run = generate(
+                    target, ids, SamplingParams(), args.new_tokens, DraftModelProposer(draft), k
+                )
+                accepted += run.stats.accepted_tokens
+                rounds += max(1, run.stats.rounds - 1)
+            result[f"{name}_k{k}_accepted_per_round"] = accepted / rounds
+            print(f"{name} k={k}: {accepted / rounds:.2f} accepted per round", flush=True)
+    for runner, key in ((target, "target_step_ms"), (draft, "draft_step_ms")):
+        slot = runner.cache.allocate()
+        runner.step([Chunk(slot, [1] * 128, 0, 1)])
+        times = [runner.timed_step(slot, 128, 1) for _ in range(60)][10:]
+        result[key] = statistics.median(times) * 1e3
+    result["step_ratio"] = result["draft_step_ms"] / result["target_step_ms"]
+    print(json.dumps(result, indent=2))
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--target", type=Path, required=True, help="the target's HF folder")
+    ap.add_argument("--work-dir", type=Path, default=Path("build/distill"))
+    ap.add_argument("--out", type=Path, default=Path("models/smollm2-draft"))
+    ap.add_argument("--draft", type=Path, help="an assembled draft folder (for --phase eval)")
+    ap.add_argument("--phase", choices=("all", "eval"), default="all")
+    ap.add_argument("--layers", default="0,29", help="target layers the draft starts from")
+    ap.add_argument("--head-vocab", type=int, default=16384)
+    ap.add_argument("--code-prompts", type=int, default=384)
+    ap.add_argument("--chat-prompts", type=int, default=384)
+    ap.add_argument("--eval-prompts", type=int, default=16)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--gen-batch", type=int, default=32)
+    ap.add_argument("--seq-len", type=int, default=320)
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    tok = Tokenizer.from_file(str(args.target / "tokenizer.json"))
+    template = (args.target / "chat_template.jinja").read_text()
+    if args.phase == "eval":
+        evaluate(args.target, args.draft, tok, template, args)
+        return
+    work = args.work_dir
+    work.mkdir(parents=True, exist_ok=True)
+    teacher = load_model(args.target, torch.bfloat16)
+    rows_path = work / "rows.json"
+    if not rows_path.exists():
+        rows_path.write_text(json.dumps(build_data(teacher, tok, template, args)))
+    rows = json.loads(rows_path.read_text())
+    print(f"{len(rows)} rows, {sum(map(len, rows)):,} tokens")
+    pool_path = work / "pool.pt"
+    if not pool_path.exists():
+        ids, mask = padded(rows, args.seq_len)
+        top_ids, top_logp = teacher_top(teacher, ids, batch=8)
+        torch.save({"ids": ids, "mask": mask, "top_ids": top_ids, "top_logp": top_logp}, pool_path)
+    pool = torch.load(pool_path)
+    vocab = teacher.config.vocab_size
+    head_ids = torch.from_numpy(frequent_tokens(rows, vocab, args.head_vocab))
+    covered = torch.zeros(vocab, dtype=torch.bool)
+    covered[head_ids] = True
+    share = covered[pool["ids"][:, 1:][pool["mask"]]].float().mean().item()
+    print(f"head of {len(head_ids)} tokens covers {share:.1%} of the training tokens")
+    head_index = torch.full((vocab,), -1, dtype=torch.int64)
+    head_index[head_ids] = torch.arange(len(head_ids))
+    target32 = load_model(args.target, torch.float32)
+    draft = new_draft(target32, [int(x) for x in args.layers.split(",")], head_ids)
+    del target32
+    train(draft, pool, head_index, args, work)
+    export(draft, args.out)
+    print(f"draft tensors in {args.out}; `specdec models fetch` assembles the draft folder")
+
+
+if __name__ == "__main__":
+    main()
