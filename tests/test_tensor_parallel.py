@@ -466,11 +466,20 @@ def target_only(model_dir: Path) -> dict[int, list[int]]:
     return out
 
 
-def _generate(stub: Any, prompt: list[int], timeout_s: float = 60) -> list[int]:
-    from specdec.v1 import generation_pb2
+def _generate(
+    stub: Any, prompt: list[int], timeout_s: float = 60, seed: int | None = None
+) -> list[int]:
+    from specdec.v1 import common_pb2, generation_pb2
 
+    fields: dict[str, Any] = {}
+    if seed is not None:  # a fixed depth: the draws per round do not depend on timing
+        fields = dict(
+            sampling=common_pb2.SamplingParams(temperature=1.0, seed=seed),
+            depth_policy=generation_pb2.DEPTH_POLICY_FIXED,
+            fixed_depth=3,
+        )
     request = generation_pb2.GenerateRequest(
-        prompt_token_ids=generation_pb2.TokenIds(ids=prompt), max_tokens=MAX_TOKENS
+        prompt_token_ids=generation_pb2.TokenIds(ids=prompt), max_tokens=MAX_TOKENS, **fields
     )
     tokens: list[int] = []
     for response in stub.Generate(request, timeout=timeout_s):
@@ -494,6 +503,15 @@ def test_tp2_pipeline_greedy_output_equals_the_target_alone(tp_up, stub, target_
     assert len(tp_up.ranks()) == 1  # rank 1 beside the verifier process (rank 0)
     for i, prompt in enumerate(PROMPTS):
         assert _generate(stub, prompt) == target_only[i], f"prompt {i}"
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_tp2_seeded_sampling_is_reproducible(tp_up, stub) -> None:
+    first = [_generate(stub, prompt, seed=11 + i) for i, prompt in enumerate(PROMPTS)]
+    again = [_generate(stub, prompt, seed=11 + i) for i, prompt in enumerate(PROMPTS)]
+    assert first == again
+    assert [_generate(stub, PROMPTS[0], seed=12)] != first[:1]  # the seed matters
 
 
 @pytest.mark.e2e
@@ -579,3 +597,15 @@ def test_sizing_counts_the_bytes_a_rank_loads(arch: str, tmp_path: Path) -> None
             sum(k.nbytes + v.nbytes for k, v in zip(cache.keys, cache.values, strict=True)) // 10
         )
         assert rank_size(cfg, world, dtype_bytes=4).kv_bytes_per_token == per_token
+
+
+@pytest.mark.service
+def test_serve_refuses_a_split_that_does_not_divide_in_one_line(model_dir: Path) -> None:
+    cmd = [sys.executable, "-m", "specdec.cli", "serve", "verifier", "--device", "cpu"]
+    cmd += ["--model", str(model_dir / "target"), "--listen", "127.0.0.1:0"]
+    out = subprocess.run(
+        [*cmd, "--tensor-parallel", "3"], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 2
+    assert "num_attention_heads (4) is not a multiple of --tensor-parallel 3" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -21,9 +21,11 @@ from dataclasses import dataclass
 import torch
 import torch.multiprocessing as mp
 
+from specdec.core.model_config import load_config
 from specdec.engine.tp.group import RankGroup, free_master, join, leave
 from specdec.engine.tp.loading import load_tp_model
 from specdec.engine.tp.ranks import TPRunner, follow
+from specdec.engine.tp.sharding import plan
 
 log = logging.getLogger("specdec.tp")
 
@@ -139,6 +141,7 @@ def start_leader(spec: TPSpec) -> Leader:
     """Spawn local ranks 1..N-1, join as rank 0, load rank 0's slices (node 0 only)."""
     if spec.node_rank != 0:
         raise ValueError("only node 0 runs rank 0; other nodes call run_node")
+    plan(load_config(spec.model), spec.world, 0)  # a split that cannot work fails here, once
     if not spec.master:
         spec = _with_master(spec, free_master())
     procs = _spawn(spec, range(1, spec.local_ranks))
@@ -153,6 +156,7 @@ def start_leader(spec: TPSpec) -> Leader:
 def run_node(spec: TPSpec) -> int:
     """A node other than 0: spawn its ranks and follow as its first, until rank 0 says stop
     (0) or a rank dies (the process exits 1)."""
+    plan(load_config(spec.model), spec.world, spec.global_rank(0))
     procs = _spawn(spec, range(1, spec.local_ranks))
 
     def lost(why: str) -> None:
