@@ -151,7 +151,7 @@ def _leader(folder: Path, slots: int = 4) -> Leader:
     return start_leader(spec)
 
 
-@pytest.fixture(scope="module", params=list(ARCHS))
+@pytest.fixture(scope="class", params=list(ARCHS))
 def case(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Case]:
@@ -183,65 +183,66 @@ def _fresh(case: Case) -> tuple[ModelRunner, ModelRunner]:
     return tp, ModelRunner(case.single, num_slots=tp.cache.num_slots, max_seq_len=128)
 
 
-def test_prefill_and_decode_match_single_device_and_transformers(case: Case) -> None:
-    tp, one = _fresh(case)
-    for runner in (tp, one):
-        slot = runner.cache.allocate()
-        logits = runner.step([Chunk(slot, case.ids[:40], 0, num_logits=40)])[0]
-        assert max_diff(logits, case.ref[:40]) <= HF_TOL
-        for pos in range(40, SEQ_LEN):
-            logits = runner.step([Chunk(slot, [case.ids[pos]], pos, num_logits=1)])[0]
-            assert max_diff(logits, case.ref[pos : pos + 1]) <= HF_TOL, f"position {pos}"
+class TestTwoRanks:
+    """One group per architecture (the fixture is class-scoped: its last group is gone before
+    the tests after this class start their own)."""
 
+    def test_prefill_and_decode_match_single_device_and_transformers(self, case: Case) -> None:
+        tp, one = _fresh(case)
+        for runner in (tp, one):
+            slot = runner.cache.allocate()
+            logits = runner.step([Chunk(slot, case.ids[:40], 0, num_logits=40)])[0]
+            assert max_diff(logits, case.ref[:40]) <= HF_TOL
+            for pos in range(40, SEQ_LEN):
+                logits = runner.step([Chunk(slot, [case.ids[pos]], pos, num_logits=1)])[0]
+                assert max_diff(logits, case.ref[pos : pos + 1]) <= HF_TOL, f"position {pos}"
 
-def test_batched_verify_chunks_at_several_slots_and_positions(case: Case) -> None:
-    """A prefill, two k+1 = 5 verifies and a decode in one step, each slot at its own place."""
-    tp, one = _fresh(case)
-    seqs = [random_ids(60, seed=s, vocab=case.vocab) for s in (1, 2, 3, 4)]
-    starts = [0, 17, 33, 50]
-    outs = []
-    for runner in (tp, one):
-        slots = [runner.cache.allocate() for _ in seqs]
-        runner.step(
-            [Chunk(s, q[:n], 0, 0) for s, q, n in zip(slots, seqs, starts, strict=True) if n]
-        )
-        outs.append(
+    def test_batched_verify_chunks_at_several_slots_and_positions(self, case: Case) -> None:
+        """A prefill, two k+1 = 5 verifies and a decode in one step, each slot at its own place."""
+        tp, one = _fresh(case)
+        seqs = [random_ids(60, seed=s, vocab=case.vocab) for s in (1, 2, 3, 4)]
+        starts = [0, 17, 33, 50]
+        outs = []
+        for runner in (tp, one):
+            slots = [runner.cache.allocate() for _ in seqs]
             runner.step(
-                [
-                    Chunk(slots[0], seqs[0][:12], 0, 12),
-                    Chunk(slots[1], seqs[1][17:22], 17, 5),
-                    Chunk(slots[2], seqs[2][33:38], 33, 5),
-                    Chunk(slots[3], seqs[3][50:51], 50, 1),
-                ]
+                [Chunk(s, q[:n], 0, 0) for s, q, n in zip(slots, seqs, starts, strict=True) if n]
             )
-        )
-    for b, (got, want) in enumerate(zip(*outs, strict=True)):
-        assert max_diff(got, want) <= HF_TOL, f"chunk {b}"
+            outs.append(
+                runner.step(
+                    [
+                        Chunk(slots[0], seqs[0][:12], 0, 12),
+                        Chunk(slots[1], seqs[1][17:22], 17, 5),
+                        Chunk(slots[2], seqs[2][33:38], 33, 5),
+                        Chunk(slots[3], seqs[3][50:51], 50, 1),
+                    ]
+                )
+            )
+        for b, (got, want) in enumerate(zip(*outs, strict=True)):
+            assert max_diff(got, want) <= HF_TOL, f"chunk {b}"
 
+    def test_rollback_then_overwrite_equals_a_clean_slot(self, case: Case) -> None:
+        tp, _ = _fresh(case)
+        ids = case.ids
+        dirty, clean = tp.cache.allocate(), tp.cache.allocate()
+        tp.step([Chunk(dirty, ids[:30], 0, 0)])
+        wrong = random_ids(5, seed=99, vocab=case.vocab)
+        tp.step([Chunk(dirty, wrong, 30, 5)])  # rejected drafts
+        tp.cache.rollback_to(dirty, 30)
+        got = tp.step([Chunk(dirty, ids[30:35], 30, 5)])[0]
+        want = tp.step([Chunk(clean, ids[:35], 0, 5)])[0]
+        assert max_diff(got, want) <= 1e-5
+        assert max_diff(got, case.ref[30:35]) <= HF_TOL
 
-def test_rollback_then_overwrite_equals_a_clean_slot(case: Case) -> None:
-    tp, _ = _fresh(case)
-    ids = case.ids
-    dirty, clean = tp.cache.allocate(), tp.cache.allocate()
-    tp.step([Chunk(dirty, ids[:30], 0, 0)])
-    wrong = random_ids(5, seed=99, vocab=case.vocab)
-    tp.step([Chunk(dirty, wrong, 30, 5)])  # rejected drafts
-    tp.cache.rollback_to(dirty, 30)
-    got = tp.step([Chunk(dirty, ids[30:35], 30, 5)])[0]
-    want = tp.step([Chunk(clean, ids[:35], 0, 5)])[0]
-    assert max_diff(got, want) <= 1e-5
-    assert max_diff(got, case.ref[30:35]) <= HF_TOL
+    def test_a_bad_step_is_refused_on_rank_0_and_the_group_goes_on(self, case: Case) -> None:
+        from specdec.core.errors import InvalidRequest
 
-
-def test_a_bad_step_is_refused_on_rank_0_and_the_group_goes_on(case: Case) -> None:
-    from specdec.core.errors import InvalidRequest
-
-    tp, _ = _fresh(case)
-    slot = tp.cache.allocate()
-    with pytest.raises(InvalidRequest):
-        tp.step([Chunk(slot, [case.vocab + 5], 0, 1)])
-    logits = tp.step([Chunk(slot, case.ids[:8], 0, 8)])[0]
-    assert max_diff(logits, case.ref[:8]) <= HF_TOL
+        tp, _ = _fresh(case)
+        slot = tp.cache.allocate()
+        with pytest.raises(InvalidRequest):
+            tp.step([Chunk(slot, [case.vocab + 5], 0, 1)])
+        logits = tp.step([Chunk(slot, case.ids[:8], 0, 8)])[0]
+        assert max_diff(logits, case.ref[:8]) <= HF_TOL
 
 
 # --- sharded loading ------------------------------------------------------------------------------
@@ -609,3 +610,40 @@ def test_serve_refuses_a_split_that_does_not_divide_in_one_line(model_dir: Path)
     assert out.returncode == 2
     assert "num_attention_heads (4) is not a multiple of --tensor-parallel 3" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_tp2_speculative_sampling_keeps_the_single_device_distribution(model_dir: Path) -> None:
+    """Chi-square of the first three tokens sampled speculatively on a TP = 2 target against
+    the exact marginals of plain sampling computed on one device."""
+    from collections import Counter
+
+    from exact import assert_matches, exact_marginals
+
+    from specdec.engine.proposer_draft import DraftModelProposer
+    from specdec.engine.sampling import SamplingParams
+    from specdec.engine.speculative import generate
+
+    prompt = PROMPTS[0]
+    single = ModelRunner(load_model(model_dir / "target"), num_slots=1, max_seq_len=64)
+    marginals = exact_marginals(single, prompt, SamplingParams(temperature=1.5, top_k=6), 3)
+    draft = ModelRunner(load_model(model_dir / "draft_close"), num_slots=2, max_seq_len=64)
+    affinity, threads = os.sched_getaffinity(0), torch.get_num_threads()
+    leader = _leader(model_dir / "target", slots=2)
+    n, accepted = 400, 0
+    counts: list[Counter[int]] = [Counter(), Counter(), Counter()]
+    try:
+        for seed in range(n):
+            params = SamplingParams(temperature=1.5, top_k=6, seed=seed)
+            proposer = DraftModelProposer(draft, top_m=4, top_mass=0.8)
+            got = generate(leader.runner, prompt, params, 3, proposer, 1, stop_token_ids=[])
+            accepted += got.stats.accepted_tokens
+            for i in range(3):
+                counts[i][got.token_ids[i]] += 1
+    finally:
+        leader.close()
+        os.sched_setaffinity(0, affinity)
+        torch.set_num_threads(threads)
+    assert accepted > n // 10  # the draft path really ran
+    for count, exact in zip(counts, marginals, strict=True):
+        assert_matches(count, exact, n)
