@@ -55,6 +55,11 @@ ARCHS: dict[str, tuple[str, dict[str, Any]]] = {
             "vocab_size": 321,
         },
     ),
+    # Llama-3's grouping (8 KV heads, groups of 2 here): 4 KV heads per rank
+    "llama-8kv": (
+        "llama",
+        {"num_attention_heads": 16, "num_key_value_heads": 8, "hidden_size": 128},
+    ),
     "qwen2": ("qwen2", {}),  # bias on q/k/v
     "qwen3": ("qwen3", {"head_dim": 32}),  # q/k norm, head_dim x heads != hidden
 }
