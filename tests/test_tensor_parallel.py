@@ -652,3 +652,50 @@ def test_tp2_speculative_sampling_keeps_the_single_device_distribution(model_dir
     assert accepted > n // 10  # the draft path really ran
     for count, exact in zip(counts, marginals, strict=True):
         assert_matches(count, exact, n)
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_two_nodes_on_loopback_serve_the_target_alone_output(
+    model_dir: Path, target_only: dict[int, list[int]]
+) -> None:
+    """``--tp-nodes 2``: node 1 runs rank 1 only, node 0 rank 0 and gRPC, a router in front;
+    greedy output equals the target alone; SIGTERM to node 0 ends node 1 too."""
+    import grpc
+
+    from specdec.v1 import generation_pb2_grpc
+
+    target = str(model_dir / "target")
+    master, verifier, router = (f"127.0.0.1:{_free_port()}" for _ in range(3))
+    serve = [sys.executable, "-m", "specdec.cli", "serve"]
+    node = [*serve, "verifier", "--model", target, "--device", "cpu", "--tp-nodes", "2"]
+    node += ["--tp-master", master]
+    procs = [
+        subprocess.Popen([*node, "--tp-node-rank", "1", "--listen", "127.0.0.1:1"]),
+        subprocess.Popen([*node, "--tp-node-rank", "0", "--listen", verifier]),
+        subprocess.Popen(
+            [*serve, "router", "--model", target, "--verifiers", verifier, "--listen", router]
+        ),
+    ]
+    try:
+        with grpc.insecure_channel(router) as channel:
+            grpc.channel_ready_future(channel).result(timeout=60)
+            stub = generation_pb2_grpc.GenerationStub(channel)
+            deadline = time.monotonic() + 90
+            while True:  # the router serves once the verifier is SERVING
+                try:
+                    got = _generate(stub, PROMPTS[0])
+                    break
+                except grpc.RpcError:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.5)
+            assert got == target_only[0]
+            assert _generate(stub, PROMPTS[2]) == target_only[2]
+        procs[1].send_signal(signal.SIGTERM)
+        assert procs[1].wait(timeout=30) == 0
+        assert procs[0].wait(timeout=30) == 0  # rank 0 told it to stop
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
