@@ -699,3 +699,32 @@ def test_two_nodes_on_loopback_serve_the_target_alone_output(
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+@pytest.mark.unit
+def test_watchdog_reports_a_killed_rank_once_and_not_one_told_to_stop() -> None:
+    import multiprocessing
+
+    from specdec.engine.tp.launch import Watchdog
+
+    ctx = multiprocessing.get_context("fork")
+    stopped, killed = (
+        ctx.Process(target=time.sleep, args=(0,)),
+        ctx.Process(target=time.sleep, args=(30,)),
+    )
+    for proc in (stopped, killed):
+        proc.start()
+    reports: list[str] = []
+    watchdog = Watchdog([stopped, killed], reports.append, poll_s=0.02)
+    watchdog.start()
+    stopped.join()
+    time.sleep(0.2)
+    assert reports == []  # exit code 0: told to stop
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.join()
+    deadline = time.monotonic() + 5
+    while not reports and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.1)
+    watchdog.stop()
+    assert reports == [f"rank process {killed.pid} exited (code -9)"]

@@ -181,7 +181,8 @@ def _with_master(spec: TPSpec, master: str) -> TPSpec:
 
 
 class Watchdog:
-    """Calls ``on_lost(why)`` once, from its own thread, when a watched process exits."""
+    """Calls ``on_lost(why)`` once, from its own thread, when a watched process dies (exits
+    other than 0: a rank exits 0 only when rank 0 told it to stop)."""
 
     def __init__(
         self, processes: list[mp.Process], on_lost: Callable[[str], object], poll_s: float = 0.2
@@ -201,6 +202,6 @@ class Watchdog:
     def _run(self) -> None:
         while not self._stop.wait(self.poll_s):
             for proc in self.processes:
-                if not proc.is_alive():
+                if not proc.is_alive() and proc.exitcode != 0:  # 0: it was told to stop
                     self.on_lost(f"rank process {proc.pid} exited (code {proc.exitcode})")
                     return
