@@ -17,6 +17,7 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing.process import BaseProcess
 
 import torch
 import torch.multiprocessing as mp
@@ -96,9 +97,9 @@ def _follower(spec: TPSpec, local: int) -> None:
         leave()
 
 
-def _spawn(spec: TPSpec, locals_: range) -> list[mp.Process]:
+def _spawn(spec: TPSpec, locals_: range) -> list[BaseProcess]:
     ctx = mp.get_context("spawn")
-    procs = []
+    procs: list[BaseProcess] = []
     for local in locals_:
         proc = ctx.Process(target=_follower, args=(spec, local), daemon=True)
         proc.start()
@@ -111,7 +112,7 @@ class Leader:
     """Rank 0's runner and the rank processes this node started."""
 
     runner: TPRunner
-    processes: list[mp.Process]
+    processes: list[BaseProcess]
     watchdog: Watchdog | None = None
 
     def watch(self, on_lost: Callable[[str], object]) -> None:
@@ -185,7 +186,7 @@ class Watchdog:
     other than 0: a rank exits 0 only when rank 0 told it to stop)."""
 
     def __init__(
-        self, processes: list[mp.Process], on_lost: Callable[[str], object], poll_s: float = 0.2
+        self, processes: list[BaseProcess], on_lost: Callable[[str], object], poll_s: float = 0.2
     ) -> None:
         self.processes = processes
         self.on_lost = on_lost
