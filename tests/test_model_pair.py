@@ -89,3 +89,17 @@ def test_without_a_fetched_target_up_serves_the_tiny_pair_and_says_why(tmp_path)
 def test_up_refuses_a_draft_without_a_target(capsys):
     assert cli_main(["up", "--draft", "models/demo-draft"]) == 2
     assert "--draft needs --target" in capsys.readouterr().err
+
+
+def test_bench_pair_flag_names_the_pairs_folders(tmp_path, monkeypatch):
+    from specdec.bench.config import from_args
+    from specdec.cli import build_parser
+    from specdec.core.errors import SpecdecError
+
+    args = build_parser().parse_args(["bench", "--pair", "tiny", "--quick"])
+    cfg = from_args(args, ["bench"])
+    assert (cfg.target, cfg.draft) == (str(TINY_TARGET), str(TINY_DRAFT))
+    monkeypatch.setenv("SPECDEC_MODEL_CACHE", str(tmp_path))  # nothing fetched there
+    args = build_parser().parse_args(["bench", "--pair", "real", "--quick"])
+    with pytest.raises(SpecdecError, match="not fetched"):
+        from_args(args, ["bench"])

@@ -285,13 +285,21 @@ def evaluate(target_dir: Path, draft_dir: Path, tok: Tokenizer, template: str, a
     for name, prompts in sets.items():
         for k in (1, 2, 4, 8):
             accepted = rounds = 0
+            proposed_at, accepted_at = [0] * k, [0] * k
             for ids in tqdm(prompts, desc=f"eval {name} k={k}", leave=False):
                 run = generate(
                     target, ids, SamplingParams(), args.new_tokens, DraftModelProposer(draft), k
                 )
                 accepted += run.stats.accepted_tokens
                 rounds += max(1, run.stats.rounds - 1)
+                for j in range(k):
+                    proposed_at[j] += run.stats.proposed_per_position[j]
+                    accepted_at[j] += run.stats.accepted_per_position[j]
             result[f"{name}_k{k}_accepted_per_round"] = accepted / rounds
+            # P(position j accepted | proposed): what the model card's per-position table shows
+            result[f"{name}_k{k}_acceptance_by_position"] = [
+                a / p if p else None for a, p in zip(accepted_at, proposed_at, strict=True)
+            ]
             print(f"{name} k={k}: {accepted / rounds:.2f} accepted per round", flush=True)
     for runner, key in ((target, "target_step_ms"), (draft, "draft_step_ms")):
         slot = runner.cache.allocate()
@@ -300,6 +308,8 @@ def evaluate(target_dir: Path, draft_dir: Path, tok: Tokenizer, template: str, a
         result[key] = statistics.median(times) * 1e3
     result["step_ratio"] = result["draft_step_ms"] / result["target_step_ms"]
     print(json.dumps(result, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
@@ -323,6 +333,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", type=Path, help="--phase eval: also write the figures here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     tok = Tokenizer.from_file(str(args.target / "tokenizer.json"))

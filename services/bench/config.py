@@ -89,6 +89,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The ``specdec bench`` flags. Defaults are None here so that ``--quick`` can tell which
     flags were given; ``from_args`` fills in the rest."""
     d = BenchConfig()
+    p.add_argument(
+        "--pair",
+        choices=("tiny", "real"),
+        help="a known pair instead of --target/--draft: the committed tiny demo pair, or the "
+        "real pair `specdec models fetch` got (run the bench once per pair to compare them)",
+    )
     p.add_argument("--target", help=f"target model folder (default {d.target})")
     p.add_argument("--draft", help=f"draft model folder (default {d.draft})")
     p.add_argument("--addr", help="HOST:PORT of a running router (default: start the services)")
@@ -169,4 +175,18 @@ def from_args(args: argparse.Namespace, argv: list[str]) -> BenchConfig:
     }
     if given.get("prompts_dir") is not None:
         given["prompts_dir"] = str(Path(given["prompts_dir"]))
+    if getattr(args, "pair", None) and "target" not in given:
+        given.update(_pair_folders(args.pair))
     return replace(cfg, **given, command="specdec " + shlex.join(argv))
+
+
+def _pair_folders(pair: str) -> dict[str, str]:
+    """``--pair real``: the fetched real pair (an error if not fetched: the bench never
+    downloads); ``--pair tiny``: the committed tiny pair."""
+    from specdec.core.errors import SpecdecError
+    from specdec.models.pair import default_pair
+
+    found = default_pair(pair)
+    if found.note or found.draft is None:
+        raise SpecdecError(f"--pair {pair}: {found.note or 'no draft'}")
+    return {"target": str(found.target), "draft": str(found.draft)}
