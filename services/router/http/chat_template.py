@@ -4,12 +4,16 @@ Where the template comes from, first found wins: a file given with ``--chat-temp
 model folder's ``chat_template.jinja``; the ``chat_template`` string of its
 ``tokenizer_config.json``. It renders like Hugging Face's ``apply_chat_template``: an immutable
 sandbox with ``trim_blocks`` and ``lstrip_blocks``, ``raise_exception`` for the template's own
-errors, a ``tojson`` that does not HTML-escape, ``strftime_now``, ``{% break %}`` and
-``{% continue %}``, ``add_generation_prompt``, and the model's ``bos_token`` / ``eos_token``
-(from ``tokenizer_config.json`` or ``special_tokens_map.json``).
+errors, a ``tojson`` that does not HTML-escape (with transformers' ``indent``, ``separators``,
+``sort_keys`` and ``ensure_ascii``), ``strftime_now``, ``{% break %}`` and ``{% continue %}``,
+``{% generation %}`` (rendered as its body), ``add_generation_prompt``, and the model's special
+tokens (``bos_token``, ``eos_token``, ``unk_token``, ``pad_token``, ... from
+``tokenizer_config.json`` or ``special_tokens_map.json``). ``tests/test_chat_templates.py``
+checks the output against transformers for real models' templates.
 
 Non-goals: tools and documents (``tools``/``documents`` are passed as None), named templates
-(a list of templates in ``tokenizer_config.json``: the one named ``default`` is used).
+(a list of templates in ``tokenizer_config.json``: the one named ``default`` is used), the
+assistant-token mask that ``{% generation %}`` exists for.
 """
 
 from __future__ import annotations
@@ -21,11 +25,24 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from jinja2 import nodes
+from jinja2.ext import Extension
+from jinja2.parser import Parser
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from specdec.core.errors import CheckpointError, InvalidRequest
 
 TEMPLATE_FILE = "chat_template.jinja"
+# The special tokens transformers hands a template (its ``special_tokens_map``).
+SPECIAL_TOKEN_NAMES = (
+    "bos_token",
+    "eos_token",
+    "unk_token",
+    "sep_token",
+    "pad_token",
+    "cls_token",
+    "mask_token",
+)
 
 
 def _raise_exception(message: str) -> None:
@@ -36,22 +53,45 @@ def _strftime_now(format_: str) -> str:
     return datetime.now().strftime(format_)
 
 
-def _tojson(value: Any, indent: int | None = None, **_: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, indent=indent)
+def _tojson(
+    value: Any,
+    ensure_ascii: bool = False,
+    indent: int | None = None,
+    separators: tuple[str, str] | None = None,
+    sort_keys: bool = False,
+) -> str:
+    return json.dumps(
+        value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+    )
 
 
-def _special_token(folder: Path, name: str) -> str:
-    """``name`` (bos_token, eos_token) from the folder's tokenizer files; "" when unset."""
-    for file in ("tokenizer_config.json", "special_tokens_map.json"):
+class _GenerationTag(Extension):
+    """``{% generation %}...{% endgeneration %}``: renders its body (transformers marks it to
+    build an assistant-token mask, which a server does not need)."""
+
+    tags = {"generation"}  # noqa: RUF012 (jinja2 declares it a plain set)
+
+    def parse(self, parser: Parser) -> nodes.Node:
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return nodes.Scope(body).set_lineno(lineno)
+
+
+def _special_tokens(folder: Path) -> dict[str, str]:
+    """The special tokens set in the folder's tokenizer files (the config wins over the map)."""
+    found: dict[str, str] = {}
+    for file in ("special_tokens_map.json", "tokenizer_config.json"):
         path = folder / file
         if not path.is_file():
             continue
-        value = json.loads(path.read_text(encoding="utf-8")).get(name)
-        if isinstance(value, dict):  # {"content": "<s>", "lstrip": false, ...}
-            value = value.get("content")
-        if isinstance(value, str):
-            return value
-    return ""
+        config = json.loads(path.read_text(encoding="utf-8"))
+        for name in SPECIAL_TOKEN_NAMES:
+            value = config.get(name)
+            if isinstance(value, dict):  # {"content": "<s>", "lstrip": false, ...}
+                value = value.get("content")
+            if isinstance(value, str):
+                found[name] = value
+    return found
 
 
 def _config_template(folder: Path) -> str | None:
@@ -67,11 +107,11 @@ def _config_template(folder: Path) -> str | None:
 
 @dataclass(frozen=True)
 class ChatTemplate:
-    """A compiled chat template and the special tokens it may write."""
+    """A compiled chat template and the special tokens it may write (name → text; an unset one
+    stays undefined in the template, as in transformers)."""
 
     template: jinja2.Template
-    bos_token: str
-    eos_token: str
+    special_tokens: dict[str, str]
 
     @classmethod
     def load(cls, model: str | Path, override: str | Path | None = None) -> ChatTemplate | None:
@@ -88,7 +128,9 @@ class ChatTemplate:
         if source is None:
             return None
         env = ImmutableSandboxedEnvironment(
-            trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+            trim_blocks=True,
+            lstrip_blocks=True,
+            extensions=["jinja2.ext.loopcontrols", _GenerationTag],
         )
         env.globals["raise_exception"] = _raise_exception
         env.globals["strftime_now"] = _strftime_now
@@ -97,9 +139,7 @@ class ChatTemplate:
             template = env.from_string(source)
         except jinja2.TemplateSyntaxError as exc:
             raise CheckpointError(f"chat template of {override or folder}: {exc}") from exc
-        return cls(
-            template, _special_token(folder, "bos_token"), _special_token(folder, "eos_token")
-        )
+        return cls(template, _special_tokens(folder))
 
     def render(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
         """The prompt text for ``messages`` (dicts with at least role and content)."""
@@ -107,10 +147,9 @@ class ChatTemplate:
             return self.template.render(
                 messages=messages,
                 add_generation_prompt=add_generation_prompt,
-                bos_token=self.bos_token,
-                eos_token=self.eos_token,
                 tools=None,
                 documents=None,
+                **self.special_tokens,
             )
         except InvalidRequest:
             raise
