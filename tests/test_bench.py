@@ -166,9 +166,16 @@ def test_quick_run_writes_result_report_and_plots(model_dir: Path, tmp_path: Pat
     assert {p["label"] for p in result["overhead"]["pairs"]} >= {"k = 0", "k = 4"}
     assert result["ttft"]["median_s"]["in-process target-only"] > 0
     assert result["headline"]["vs_best_in_process"]["value"] > 0
+    face = result["http_face"]  # streamed HTTP against streamed gRPC, on a router serving both
+    assert len(face["requests"]) == 2 and face["all_identical"] is True and face["k"] == 2
+    assert all(x["http_chunks"] > 0 and x["grpc_chunks"] > 0 for x in face["requests"])
+    added = result["headline"]["http_added_ms_per_chunk"]["value"]
+    assert added == face["added_ms_per_chunk_median"]
     report = (out / "REPORT.md").read_text()
     for section in ("## Headline", "## Time to first token", "## Overhead of the split"):
         assert section in report
+    assert "## HTTP face against gRPC face" in report
+    assert "HTTP face added ms per streamed chunk, batch 1" in report
     assert result["command"] in report
     assert list(out.glob("*.png")) and all((out / p).is_file() for p in result["plots"])
     assert "greedy check: all outputs identical" in proc.stdout
@@ -190,6 +197,7 @@ def test_bench_against_a_running_router(model_dir: Path, tmp_path: Path):
     assert result["greedy_check"]["specdec_identical"] is True
     assert "pipeline k=2" in result["profile"]["pipeline"]  # the stats carry the breakdown
     assert "load" not in result and "overhead" not in result
+    assert "--http-addr" in result["http_face"]["skipped"]
 
 
 @pytest.mark.e2e

@@ -39,6 +39,8 @@ class BenchConfig:
     load: bool = True  # run load mode
     overhead: bool = True  # run overhead mode (a near-zero-cost model, separate processes)
     overhead_requests: int = 40  # requests per system in overhead mode
+    http_face: bool = True  # compare the HTTP face with the gRPC face when the router serves HTTP
+    http_addr: str | None = None  # with --addr: HOST:PORT of that router's OpenAI HTTP API
     ttft_repeats: int = 20  # passes of the time-to-first-token comparison
     hf: bool = True  # run transformers greedy and assisted generation
     hf_assistant_tokens: int | None = None  # num_assistant_tokens; None: transformers' default
@@ -144,6 +146,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="measure the split's overhead per round on a near-zero-cost model (default: on)",
     )
     p.add_argument("--overhead-requests", type=int, help="requests per system (default 40)")
+    p.add_argument(
+        "--http-face",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="streamed /v1/completions against streamed gRPC Generate on the same router, "
+        "batch 1: the ms the HTTP face adds per chunk (default: on when the router serves HTTP: "
+        "always when the bench starts it, with --addr only given --http-addr)",
+    )
+    p.add_argument(
+        "--http-addr", help="with --addr: HOST:PORT of that router's OpenAI-compatible HTTP API"
+    )
     p.add_argument("--ttft-repeats", type=int, help="time-to-first-token passes (default 20)")
     p.add_argument(
         "--hf",

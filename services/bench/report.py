@@ -136,6 +136,12 @@ def _headline(r: dict[str, Any]) -> list[str]:
             h.get("speedup_vs_llamacpp_draft", {"value": None, "target": 1.0}),
             "{:.2f}×",
         ),
+        _bar_row(
+            "HTTP face added ms per streamed chunk, batch 1",
+            h.get("http_added_ms_per_chunk", {"value": None, "target": 1.0}),
+            "{:.2f}",
+            lower=True,
+        ),
         [
             "greedy output identical to target-only (specdec systems)",
             _f(h["greedy_identical"], "{}"),
@@ -159,8 +165,9 @@ def summary_lines(r: dict[str, Any]) -> list[str]:
         ("ttft_excess_ms", "time to first token over the in-process prefill (ms)", "{:.2f}", True),
         ("load_min_ratio_vs_k0", "lowest load ratio to k = 0", "{:.2f}×", False),
         ("load_min_ratio_ahead_on_vs_off", "lowest load ratio, ahead on ÷ off", "{:.2f}×", False),
+        ("http_added_ms_per_chunk", "HTTP face added ms per streamed chunk", "{:.2f}", True),
     ):
-        row = _bar_row(label, h[key], fmt, lower)
+        row = _bar_row(label, h.get(key, {"value": None, "target": None}), fmt, lower)
         lines.append(f"{h['system']} {label}: {row[1]} (target {row[2]}: {row[3]})")
     for p in r.get("load", {}).get("points", []):
         lines.append(
@@ -410,6 +417,43 @@ def _ttft(r: dict[str, Any]) -> list[str]:
     ] + _table(["system", "TTFT ms", "over the in-process prefill, ms"], rows)
 
 
+def _http_face(r: dict[str, Any]) -> list[str]:
+    f = r.get("http_face")
+    if not f:
+        return []
+    head = ["## HTTP face against gRPC face", ""]
+    if "skipped" in f:
+        return head + [f"Not measured: {f['skipped']}.", ""]
+    rows = [
+        [
+            f"{x['prompt']} (pass {x['pass']})",
+            _ms(x["grpc_s"]),
+            _ms(x["http_s"]),
+            f"{x['grpc_chunks']} / {x['http_chunks']}",
+            _f(x["added_ms_per_chunk"], "{:+.3f}"),
+            "yes" if x["identical"] else "**no**",
+        ]
+        for x in f["requests"]
+    ]
+    return (
+        head
+        + [
+            f"The same router, batch 1: streamed gRPC `Generate` and streamed `{f['endpoint']}`,"
+            f" interleaved per prompt, greedy, {f['max_tokens']} tokens at most, fixed k ="
+            f" {f['k']}. Added ms per chunk = (HTTP − gRPC wall time) ÷ HTTP chunks. Median"
+            f" **{_f(f['added_ms_per_chunk_median'], '{:+.3f}')}** ms, p90"
+            f" {_f(f['added_ms_per_chunk_p90'], '{:+.3f}')} ms (target ≤"
+            f" {_f(f['target_ms_per_chunk'])}); texts identical on every request:"
+            f" {f['all_identical']}.",
+            "",
+        ]
+        + _table(
+            ["prompt", "gRPC ms", "HTTP ms", "chunks gRPC / HTTP", "added ms/chunk", "same text"],
+            rows,
+        )
+    )
+
+
 def _ahead(r: dict[str, Any]) -> list[str]:
     a = r.get("draft_ahead")
     if not a:
@@ -635,6 +679,7 @@ def render(result: dict[str, Any]) -> str:
         _profile,
         _load,
         _overhead,
+        _http_face,
         _plots,
     )
     for section in sections:

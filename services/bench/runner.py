@@ -24,7 +24,17 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from tqdm import tqdm
 
-from specdec.bench import acceptance, cost, latency, load, machine, overhead, plots, report
+from specdec.bench import (
+    acceptance,
+    cost,
+    http_face,
+    latency,
+    load,
+    machine,
+    overhead,
+    plots,
+    report,
+)
 from specdec.bench.config import BenchConfig
 from specdec.bench.hf_peer import HF_ASSISTED, HF_GREEDY, TransformersPeer
 from specdec.bench.llamacpp_peer import (
@@ -65,6 +75,7 @@ SCHEMA = "specdec.bench/2"
 COST_K = 4  # the depth at which the verify cost is measured
 TTFT_PROMPT_TOKENS = 5  # "a short prompt"
 GUARD = "guard=on"
+HTTP = "http"  # the router that also serves the OpenAI-compatible HTTP API
 
 
 def validate(cfg: BenchConfig) -> None:
@@ -118,6 +129,8 @@ class Routers:
     layout: str
     one_process: Pipeline | None = None
     client_cpus: frozenset[int] | None = None  # the router's CPUs: the bench's client runs there
+    http: tuple[generation_pb2_grpc.GenerationStub, str] | None = None  # gRPC stub, HTTP address
+    http_skipped: str | None = None  # why there is no HTTP face to measure
 
 
 @contextmanager
@@ -134,19 +147,31 @@ def routers(cfg: BenchConfig, context: int, out: Path) -> Iterator[Routers]:
     services, pipe = None, None
     try:
         if cfg.addr:
-            yield Routers(stub(cfg.addr), None, f"a running router at {cfg.addr}")
+            r = Routers(stub(cfg.addr), None, f"a running router at {cfg.addr}")
+            if cfg.http_addr and cfg.tls_ca:
+                r.http_skipped = "--tls-ca: the HTTP-face mode speaks plain HTTP only"
+            elif cfg.http_addr:
+                r.http = (r.stub, cfg.http_addr)
+            else:
+                r.http_skipped = "--addr without --http-addr: no HTTP API to measure"
+            yield r
         elif cfg.one_process:
             from specdec.local_pipeline import Pipeline
 
             pipe = Pipeline(cfg.target, cfg.draft, slots=int(slots), max_context_tokens=context)
             pipe.start()
-            yield Routers(stub(pipe.address("router")), None, "one process (the bench's)", pipe)
+            r = Routers(stub(pipe.address("router")), None, "one process (the bench's)", pipe)
+            r.http_skipped = "--one-process: its router serves gRPC only"
+            yield r
         else:
-            services = _start(cfg, context, slots, out)
+            services, http_listen = _start(cfg, context, slots, out)
             guarded = stub(services.addresses[GUARD]) if GUARD in services.addresses else None
             layout = f"separate processes; {services.layout.describe()}"
             cpus = frozenset(services.layout.router) if services.layout.router else None
-            yield Routers(stub(services.addresses["router"]), guarded, layout, None, cpus)
+            r = Routers(stub(services.addresses["router"]), guarded, layout, None, cpus)
+            if http_listen is not None:
+                r.http = (stub(services.addresses[HTTP]), http_listen)
+            yield r
     except grpc.RpcError as exc:  # e.g. no router at --addr, or a prompt it will not take
         raise SpecdecError(f"router: {exc.code().name}: {exc.details()}") from exc
     finally:
@@ -158,19 +183,26 @@ def routers(cfg: BenchConfig, context: int, out: Path) -> Iterator[Routers]:
             services.stop()
 
 
-def _start(cfg: BenchConfig, context: int, slots: str, out: Path) -> Services:
+def _start(cfg: BenchConfig, context: int, slots: str, out: Path) -> tuple[Services, str | None]:
+    """The services, and the HTTP address of the router that serves both faces (with
+    ``http_face``: a router of its own, so the others keep their ports to themselves)."""
     from specdec.router.redis_server import free_loopback_port
     from specdec.up import start_services
 
-    return start_services(
+    routers = {GUARD: ["--load-guard"]} if cfg.load else {}
+    http_listen = f"127.0.0.1:{free_loopback_port()}" if cfg.http_face else None
+    if http_listen is not None:
+        routers[HTTP] = ["--http-listen", http_listen]
+    services = start_services(
         cfg.target,
         cfg.draft,
         f"127.0.0.1:{free_loopback_port()}",
-        routers={GUARD: ["--load-guard"]} if cfg.load else {},
+        routers=routers,
         log_dir=out,
         replica_flags=["--slots", slots, "--max-seq-len", str(context)],
         router_flags=["--max-seq-len", str(context)],
     )
+    return services, http_listen
 
 
 def quiesce() -> None:
@@ -220,6 +252,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             _ttft(cfg, result, r, prompts[0][1], in_process)
         if cfg.load:
             _load(cfg, result, r, [ids for _, ids in prompts])
+        if cfg.http_face:
+            _http_face(cfg, result, r, prompts)
     if cfg.overhead:
         _overhead(cfg, result, prompts[0][1], out / "logs")
     result["headline"] = headline(result, cfg.default_policy)
@@ -515,6 +549,28 @@ def _load(cfg: BenchConfig, result: dict[str, Any], r: Routers, prompts: list[li
     }
 
 
+def _http_face(
+    cfg: BenchConfig, result: dict[str, Any], r: Routers, prompts: list[tuple[Prompt, list[int]]]
+) -> None:
+    """Streamed HTTP against streamed gRPC on the same router, batch 1, at the cost k."""
+    if r.http is None:
+        result["http_face"] = {"skipped": r.http_skipped}
+        print(f"HTTP-face mode skipped: {r.http_skipped}", file=sys.stderr)
+        return
+    stub, address = r.http
+    with _bar(len(prompts) * cfg.repeats, "http-face") as bar:
+        result["http_face"] = http_face.run_http_face(
+            stub,
+            address,
+            prompts,
+            cfg.max_tokens,
+            cost_k(cfg),
+            cfg.repeats,
+            r.client_cpus,
+            lambda _n: bar.update(),
+        )
+
+
 def _overhead(cfg: BenchConfig, result: dict[str, Any], prompt: list[int], logs: Path) -> None:
     requests = cfg.overhead_requests
     with _bar(requests, "overhead") as bar:
@@ -564,6 +620,10 @@ def headline(result: dict[str, Any], policy: str) -> dict[str, Any]:
         "load_min_ratio_ahead_on_vs_off": {"value": ahead.get("min_ratio"), "target": 1.0},
         "load_first_concurrency_ahead_below_off": ahead.get("first_concurrency_below_1"),
         "greedy_identical": result.get("greedy_check", {}).get("specdec_identical"),
+        "http_added_ms_per_chunk": {
+            "value": result.get("http_face", {}).get("added_ms_per_chunk_median"),
+            "target": http_face.TARGET_MS_PER_CHUNK,
+        },
     }
 
 
