@@ -442,7 +442,8 @@ def _http_face(r: dict[str, Any]) -> list[str]:
             f" interleaved per prompt, greedy, {f['max_tokens']} tokens at most, fixed k ="
             f" {f['k']}. Added ms per chunk = (HTTP − gRPC wall time) ÷ HTTP chunks. Median"
             f" **{_f(f['added_ms_per_chunk_median'], '{:+.3f}')}** ms, p90"
-            f" {_f(f['added_ms_per_chunk_p90'], '{:+.3f}')} ms (target ≤"
+            f" {_f(f['added_ms_per_chunk_p90'], '{:+.3f}')} ms, pooled (summed differences ÷"
+            f" summed chunks) {_f(f.get('added_ms_per_chunk_pooled'), '{:+.3f}')} ms (target ≤"
             f" {_f(f['target_ms_per_chunk'])}); texts identical on every request:"
             f" {f['all_identical']}.",
             "",
