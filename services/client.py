@@ -13,21 +13,10 @@ import sys
 import grpc
 from google.protobuf.json_format import MessageToDict
 
+from specdec.router.request import DRAFT_METHOD_BY_NAME, POLICY_BY_NAME
 from specdec.serving.security_args import router_channel
 from specdec.v1 import common_pb2, generation_pb2, generation_pb2_grpc
 
-_POLICIES = {
-    None: generation_pb2.DEPTH_POLICY_UNSPECIFIED,
-    "fixed": generation_pb2.DEPTH_POLICY_FIXED,
-    "heuristic": generation_pb2.DEPTH_POLICY_HEURISTIC,
-    "goodput": generation_pb2.DEPTH_POLICY_GOODPUT,
-}
-_METHODS = {
-    None: generation_pb2.DRAFT_METHOD_UNSPECIFIED,
-    "model": generation_pb2.DRAFT_METHOD_MODEL,
-    "ngram": generation_pb2.DRAFT_METHOD_NGRAM,
-    "none": generation_pb2.DRAFT_METHOD_NONE,
-}
 FINISH = {
     generation_pb2.FINISH_REASON_EOS: "eos",
     generation_pb2.FINISH_REASON_LENGTH: "length",
@@ -48,9 +37,9 @@ def build_request(args: argparse.Namespace, prompt: str) -> generation_pb2.Gener
         max_tokens=args.max_tokens,
         stop=args.stop,
         session_id=args.session,
-        depth_policy=_POLICIES[policy],
+        depth_policy=POLICY_BY_NAME[policy],
         fixed_depth=args.k if args.k is not None else 0,
-        draft_method=_METHODS[args.draft_method],
+        draft_method=DRAFT_METHOD_BY_NAME[args.draft_method],
         draft_ahead=args.draft_ahead,
     )
 

@@ -40,6 +40,9 @@ DRAFT_METHODS = {
     generation_pb2.DRAFT_METHOD_NGRAM: "ngram",
     generation_pb2.DRAFT_METHOD_NONE: "none",
 }
+# The other way round, for clients that build requests from names (CLI, HTTP face).
+POLICY_BY_NAME = {name: value for value, name in POLICY_NAMES.items()}
+DRAFT_METHOD_BY_NAME = {name: value for value, name in DRAFT_METHODS.items()}
 
 
 @dataclass(frozen=True)

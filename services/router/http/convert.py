@@ -22,26 +22,18 @@ from specdec.core.tokenizer import Tokenizer
 from specdec.router.http.chat_template import ChatTemplate
 from specdec.router.http.errors import ApiError, bad_request
 from specdec.router.http.schemas import ChatCompletionRequest, CommonParams, CompletionRequest
-from specdec.router.request import PROMPT_BYTES_PER_TOKEN, Limits
+from specdec.router.request import (
+    DRAFT_METHOD_BY_NAME,
+    POLICY_BY_NAME,
+    PROMPT_BYTES_PER_TOKEN,
+    Limits,
+)
 from specdec.v1 import common_pb2, generation_pb2
 
 DEFAULT_COMPLETION_TOKENS = 16  # /v1/completions without max_tokens (OpenAI's default)
 MAX_CHOICES = 64  # prompts × n in one request
 UINT32 = 2**32
 UINT64 = 2**64
-
-_POLICIES = {
-    None: generation_pb2.DEPTH_POLICY_UNSPECIFIED,
-    "fixed": generation_pb2.DEPTH_POLICY_FIXED,
-    "heuristic": generation_pb2.DEPTH_POLICY_HEURISTIC,
-    "goodput": generation_pb2.DEPTH_POLICY_GOODPUT,
-}
-_METHODS = {
-    None: generation_pb2.DRAFT_METHOD_UNSPECIFIED,
-    "model": generation_pb2.DRAFT_METHOD_MODEL,
-    "ngram": generation_pb2.DRAFT_METHOD_NGRAM,
-    "none": generation_pb2.DRAFT_METHOD_NONE,
-}
 
 
 @dataclass(frozen=True)
@@ -195,9 +187,9 @@ def choices(
                 stop=body.stop_strings(),
                 session_id=options.session_id if options else "",
                 request_id=f"{request_id}-{index}",
-                depth_policy=_POLICIES[policy],
+                depth_policy=POLICY_BY_NAME[policy],
                 fixed_depth=min(k or 0, UINT32 - 1),
-                draft_method=_METHODS[options.draft_method if options else None],
+                draft_method=DRAFT_METHOD_BY_NAME[options.draft_method if options else None],
             )
             if options is not None and options.draft_ahead is not None:
                 message.draft_ahead = options.draft_ahead
