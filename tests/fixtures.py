@@ -89,3 +89,25 @@ def perturbed_copy(src: Path, dst: Path, scale: float, seed: int = 1) -> Path:
     noisy = {k: v + scale * v.std() * torch.randn(v.shape, generator=gen) for k, v in state.items()}
     save_file(noisy, str(dst / "model.safetensors"), metadata={"format": "pt"})
     return dst
+
+
+HTTP_MODEL = "tiny-target"  # the model id the test routers' HTTP face serves
+DEMO_TEMPLATE = Path(__file__).resolve().parents[1] / "models/demo-target/chat_template.jinja"
+
+
+def http_pipeline(target: str, draft: str, **kwargs: Any):  # -> HttpPipeline
+    """A test ``Pipeline`` whose routers also serve the OpenAI-compatible HTTP API (a free port,
+    ``HTTP_MODEL``, the demo chat template)."""
+    from specdec.local_pipeline import Pipeline
+    from specdec.router import app as router_app
+
+    class HttpPipeline(Pipeline):
+        def add_router(self, **overrides: Any) -> router_app.RouterRunning:
+            return super().add_router(  # type: ignore[return-value]
+                http_listen="127.0.0.1:0",
+                served_model_name=HTTP_MODEL,
+                chat_template=str(DEMO_TEMPLATE),
+                **overrides,
+            )
+
+    return HttpPipeline(target, draft, **kwargs)

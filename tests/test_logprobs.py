@@ -33,36 +33,21 @@ from specdec.engine.ports import EngineVerifier, run_now
 from specdec.engine.runner import ModelRunner
 from specdec.engine.sampling import SamplingParams
 from specdec.local_pipeline import Pipeline
-from specdec.router import app as router_app
 from specdec.v1 import common_pb2, generation_pb2, verifier_pb2, verifier_pb2_grpc
+from tests.fixtures import HTTP_MODEL, http_pipeline
 
 pytestmark = pytest.mark.service
 
 PROMPT = "def add(a, b):\n"
-MODEL = "tiny-target"
+MODEL = HTTP_MODEL
 TOL = 1e-5
 N_TOKENS = 20
 
 
-DEMO_TEMPLATE = Path(__file__).resolve().parents[1] / "models/demo-target/chat_template.jinja"
-
-
-class HttpPipeline(Pipeline):
-    """The test pipeline whose router also serves HTTP (on a free port)."""
-
-    def add_router(self, **overrides: Any) -> router_app.RouterRunning:
-        return super().add_router(  # type: ignore[return-value]
-            http_listen="127.0.0.1:0",
-            served_model_name=MODEL,
-            chat_template=str(DEMO_TEMPLATE),
-            **overrides,
-        )
-
-
 @pytest.fixture(scope="module")
-def pipeline(model_dir: Path) -> Iterator[HttpPipeline]:
+def pipeline(model_dir: Path) -> Iterator[Pipeline]:
     # One verifier slot: the gauge test fills it (the tests run one request at a time).
-    p = HttpPipeline(str(model_dir / "target"), str(model_dir / "draft_close"), slots=1).start()
+    p = http_pipeline(str(model_dir / "target"), str(model_dir / "draft_close"), slots=1).start()
     yield p
     p.close()
 
@@ -73,7 +58,7 @@ def target(model_dir: Path) -> ModelRunner:
 
 
 @pytest.fixture(scope="module")
-def url(pipeline: HttpPipeline) -> str:
+def url(pipeline: Pipeline) -> str:
     return f"http://127.0.0.1:{pipeline.servers['router'].http_port}/v1"  # type: ignore[attr-defined]
 
 

@@ -21,30 +21,18 @@ from specdec.local_pipeline import Pipeline
 from specdec.router import app as router_app
 from specdec.serving.auth import hash_key
 from specdec.v1 import generation_pb2
+from tests.fixtures import HTTP_MODEL, http_pipeline
 
 pytestmark = pytest.mark.service
 
-MODEL = "tiny-target"
+MODEL = HTTP_MODEL
 KEY = "sk-test-key"
-DEMO_TEMPLATE = Path(__file__).resolve().parents[1] / "models/demo-target/chat_template.jinja"
 PROMPT = "def add(a, b):\n"
 
 
-class HttpPipeline(Pipeline):
-    """The test pipeline whose router also serves HTTP (on a free port)."""
-
-    def add_router(self, **overrides: Any) -> router_app.RouterRunning:
-        return super().add_router(  # type: ignore[return-value]
-            http_listen="127.0.0.1:0",
-            served_model_name=MODEL,
-            chat_template=str(DEMO_TEMPLATE),
-            **overrides,
-        )
-
-
 @pytest.fixture(scope="module")
-def pipeline(model_dir: Path) -> Iterator[HttpPipeline]:
-    p = HttpPipeline(str(model_dir / "target"), str(model_dir / "draft_close")).start()
+def pipeline(model_dir: Path) -> Iterator[Pipeline]:
+    p = http_pipeline(str(model_dir / "target"), str(model_dir / "draft_close")).start()
     yield p
     p.close()
 
@@ -54,7 +42,7 @@ def base_url(running: router_app.RouterRunning) -> str:
 
 
 @pytest.fixture(scope="module")
-def url(pipeline: HttpPipeline) -> str:
+def url(pipeline: Pipeline) -> str:
     return base_url(pipeline.servers["router"])  # type: ignore[arg-type]
 
 
@@ -275,7 +263,7 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def locked(pipeline: HttpPipeline, model_dir: Path, tmp_path_factory) -> Iterator[str]:
+def locked(pipeline: Pipeline, model_dir: Path, tmp_path_factory) -> Iterator[str]:
     """A second router on the same replicas: API keys, no queue, no chat template."""
     keys = tmp_path_factory.mktemp("keys") / "keys"
     keys.write_text(f"tester:{hash_key(KEY)}\n")
@@ -425,7 +413,7 @@ def test_https_with_the_routers_certificate(pipeline, model_dir, tmp_path):
 def test_an_error_mid_stream_is_an_error_event_then_done(model_dir):
     """A verifier lost mid-stream (the only one): the answer has begun, so the error comes as
     an event with OpenAI's error object, and the stream still ends with [DONE]."""
-    alone = HttpPipeline(str(model_dir / "target"), str(model_dir / "draft_close")).start()
+    alone = http_pipeline(str(model_dir / "target"), str(model_dir / "draft_close")).start()
     try:
         port = alone.servers["router"].http_port  # type: ignore[attr-defined]
         body = json.dumps({"prompt": PROMPT, "max_tokens": 200, "stream": True})
