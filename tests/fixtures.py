@@ -111,3 +111,12 @@ def http_pipeline(target: str, draft: str, **kwargs: Any):  # -> HttpPipeline
             )
 
     return HttpPipeline(target, draft, **kwargs)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for a process the test starts)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

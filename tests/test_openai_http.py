@@ -21,7 +21,7 @@ from specdec.local_pipeline import Pipeline
 from specdec.router import app as router_app
 from specdec.serving.auth import hash_key
 from specdec.v1 import generation_pb2
-from tests.fixtures import HTTP_MODEL, http_pipeline
+from tests.fixtures import HTTP_MODEL, free_port, http_pipeline
 
 pytestmark = pytest.mark.service
 
@@ -254,12 +254,6 @@ def test_unknown_model_is_404(client):
     with pytest.raises(openai.NotFoundError) as caught:
         client.completions.create(model="gpt-4", prompt="x", max_tokens=2)
     assert caught.value.body["code"] == "model_not_found"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

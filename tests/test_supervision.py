@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from specdec.serving import run_folders
 from specdec.serving.errors import retry_after_s
 from specdec.supervisor import GiveUp, Supervisor
 from specdec.v1 import generation_pb2, generation_pb2_grpc
+from tests.fixtures import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -43,12 +43,6 @@ REUSE_S = 10.0
 PROMPTS = ["def add(a, b):", "for i in range(10):", "class Point:", "import os\n"]
 MAX_TOKENS = 40
 CLIENTS = 8
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _children(pid: int) -> list[int]:
@@ -125,7 +119,7 @@ class Up:
 
 @pytest.fixture(scope="module")
 def up(model_dir: Path) -> Iterator[Up]:
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     cmd = [sys.executable, "-m", "specdec.cli", "up", "--listen", address, "--device", "cpu"]
     cmd += ["--target", str(model_dir / "target"), "--draft", str(model_dir / "draft_close")]
     process = subprocess.Popen(

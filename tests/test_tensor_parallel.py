@@ -14,7 +14,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -36,6 +35,7 @@ from specdec.engine.tp.launch import Leader, TPSpec, start_leader
 from specdec.engine.tp.loading import load_tp_model
 from specdec.engine.tp.ranks import decode, encode
 from specdec.engine.tp.sharding import ShardingError, plan
+from tests.fixtures import free_port
 
 HF_TOL = 1e-4
 SEQ_LEN = 48
@@ -369,12 +369,6 @@ PROMPTS = [[5, 17, 42, 99, 7], [200, 3, 3, 150], [1, 2, 3, 4, 5, 6, 7, 8]]
 MAX_TOKENS = 24
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _children(pid: int) -> list[int]:
     out = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -425,7 +419,7 @@ class TPUp:
 
 @pytest.fixture(scope="module")
 def tp_up(model_dir: Path) -> Iterator[TPUp]:
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     cmd = [sys.executable, "-m", "specdec.cli", "up", "--listen", address, "--device", "cpu"]
     cmd += ["--target", str(model_dir / "target"), "--draft", str(model_dir / "draft_close")]
     cmd += ["--tensor-parallel", "2", "--no-http"]
@@ -666,7 +660,7 @@ def test_two_nodes_on_loopback_serve_the_target_alone_output(
     from specdec.v1 import generation_pb2_grpc
 
     target = str(model_dir / "target")
-    master, verifier, router = (f"127.0.0.1:{_free_port()}" for _ in range(3))
+    master, verifier, router = (f"127.0.0.1:{free_port()}" for _ in range(3))
     serve = [sys.executable, "-m", "specdec.cli", "serve"]
     node = [*serve, "verifier", "--model", target, "--device", "cpu", "--tp-nodes", "2"]
     node += ["--tp-master", master]
