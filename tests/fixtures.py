@@ -120,3 +120,65 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+class UpConsole:
+    """A ``specdec up`` child process, its console read line by line in a thread."""
+
+    def __init__(self, process: Any, address: str) -> None:
+        self.process = process  # subprocess.Popen[str]
+        self.address = address
+        self.lines: list[str] = []
+
+    def read_console(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line)
+
+    def wait_line(self, text: str, timeout_s: float, after: int = 0) -> str:
+        """The first console line from index ``after`` on that contains ``text``."""
+        import time
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for line in self.lines[after:]:
+                if text in line:
+                    return line
+            time.sleep(0.05)
+        raise AssertionError(f"no {text!r} on up's console:\n{''.join(self.lines[-40:])}")
+
+
+def run_up(model_dir: Path, console: type[UpConsole] = UpConsole, *extra: str):  # -> Iterator
+    """``specdec up`` on the test pair (target, draft_close) with ``extra`` flags, as a
+    generator for a fixture: yields ``console`` once ready, stops it (SIGINT, then kill)."""
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    address = f"127.0.0.1:{free_port()}"
+    cmd = [sys.executable, "-m", "specdec.cli", "up", "--listen", address, "--device", "cpu"]
+    cmd += ["--target", str(model_dir / "target"), "--draft", str(model_dir / "draft_close")]
+    if "--no-http" not in extra:  # a free port: a busy 8000 (the default) must not fail a test
+        cmd += ["--http-listen", f"127.0.0.1:{free_port()}"]
+    process = subprocess.Popen(
+        [*cmd, *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        # As from a terminal: a shell's background job (CI runners) inherits SIGINT ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    running = console(process, address)
+    threading.Thread(target=running.read_console, daemon=True).start()
+    try:
+        running.wait_line("specdec ready", 120)
+        yield running
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -30,7 +29,7 @@ from specdec.serving import run_folders
 from specdec.serving.errors import retry_after_s
 from specdec.supervisor import GiveUp, Supervisor
 from specdec.v1 import generation_pb2, generation_pb2_grpc
-from tests.fixtures import free_port
+from tests.fixtures import UpConsole, run_up
 
 pytestmark = pytest.mark.e2e
 
@@ -79,27 +78,8 @@ def _role(pid: int) -> str | None:
     return None
 
 
-@dataclass
-class Up:
-    """A ``specdec up`` child process, its console read line by line in a thread."""
-
-    process: subprocess.Popen[str]
-    address: str
-    lines: list[str] = field(default_factory=list)
-
-    def read_console(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.append(line)
-
-    def wait_line(self, text: str, timeout_s: float) -> str:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            for line in self.lines:
-                if text in line:
-                    return line
-            time.sleep(0.05)
-        raise AssertionError(f"no {text!r} on up's console:\n{''.join(self.lines[-40:])}")
+class Up(UpConsole):
+    """``specdec up`` with the roles of its children at hand."""
 
     def pids(self) -> dict[str, int]:
         """Role -> pid of the running children (draft, verifier, router, redis)."""
@@ -119,29 +99,7 @@ class Up:
 
 @pytest.fixture(scope="module")
 def up(model_dir: Path) -> Iterator[Up]:
-    address = f"127.0.0.1:{free_port()}"
-    cmd = [sys.executable, "-m", "specdec.cli", "up", "--listen", address, "--device", "cpu"]
-    cmd += ["--target", str(model_dir / "target"), "--draft", str(model_dir / "draft_close")]
-    process = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
-    running = Up(process, address)
-    threading.Thread(target=running.read_console, daemon=True).start()
-    try:
-        running.wait_line("specdec ready", 120)
-        yield running
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    yield from run_up(model_dir, Up)
 
 
 @dataclass

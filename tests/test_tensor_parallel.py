@@ -35,7 +35,7 @@ from specdec.engine.tp.launch import Leader, TPSpec, start_leader
 from specdec.engine.tp.loading import load_tp_model
 from specdec.engine.tp.ranks import decode, encode
 from specdec.engine.tp.sharding import ShardingError, plan
-from tests.fixtures import free_port
+from tests.fixtures import UpConsole, free_port, run_up
 
 HF_TOL = 1e-4
 SEQ_LEN = 48
@@ -388,24 +388,8 @@ def _cmdline(pid: int) -> bytes:
         return b""
 
 
-@dataclass
-class TPUp:
-    process: subprocess.Popen[str]
-    address: str
-    lines: list[str]
-
-    def read_console(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.append(line)
-
-    def wait_line(self, text: str, timeout_s: float, after: int = 0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if any(text in line for line in self.lines[after:]):
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"no {text!r} on up's console:\n{''.join(self.lines[-40:])}")
+class TPUp(UpConsole):
+    """``specdec up --tensor-parallel 2`` with its verifier's ranks at hand."""
 
     def verifier(self) -> int:
         pids = [p for p in _children(self.process.pid) if b"serve\0verifier" in _cmdline(p)]
@@ -419,29 +403,7 @@ class TPUp:
 
 @pytest.fixture(scope="module")
 def tp_up(model_dir: Path) -> Iterator[TPUp]:
-    address = f"127.0.0.1:{free_port()}"
-    cmd = [sys.executable, "-m", "specdec.cli", "up", "--listen", address, "--device", "cpu"]
-    cmd += ["--target", str(model_dir / "target"), "--draft", str(model_dir / "draft_close")]
-    cmd += ["--tensor-parallel", "2", "--no-http"]
-    process = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
-    running = TPUp(process, address, [])
-    threading.Thread(target=running.read_console, daemon=True).start()
-    try:
-        running.wait_line("specdec ready", 120)
-        yield running
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    yield from run_up(model_dir, TPUp, "--tensor-parallel", "2", "--no-http")
 
 
 @pytest.fixture(scope="module")
