@@ -34,6 +34,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from specdec.core.errors import Unavailable
+from specdec.models.pair import TINY_DRAFT, TINY_TARGET
 from specdec.router.redis_server import EmbeddedRedis, free_loopback_port, redis_url_from_env
 from specdec.serving import run_folders
 from specdec.serving.cpus import Layout, format_cpus, split, usable
@@ -41,10 +42,6 @@ from specdec.serving.parent_death import die_with_parent
 from specdec.serving.server import Transport, check_listen
 from specdec.serving.tls import loopback_pki
 from specdec.supervisor import GiveUp, Supervisor
-
-DEMO_TARGET = Path("models/demo-target")
-DEMO_DRAFT = Path("models/demo-draft")
-
 
 STOP_TIMEOUT_S = 10.0  # Ctrl-C: how long the services get to drain before SIGKILL
 
@@ -254,7 +251,7 @@ def up(
         if folder and not Path(folder).is_dir():
             hint = (
                 " (train the demo pair: make demo-models)"
-                if Path(folder) in (DEMO_TARGET, DEMO_DRAFT)
+                if Path(folder) in (TINY_TARGET, TINY_DRAFT)
                 else ""
             )
             raise Unavailable(f"model folder {folder} not found{hint}")

@@ -12,6 +12,9 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from specdec.local_pipeline import Pipeline
+from specdec.router import app as router_app
+
 TINY = dict(
     vocab_size=320,
     hidden_size=64,
@@ -95,31 +98,17 @@ HTTP_MODEL = "tiny-target"  # the model id the test routers' HTTP face serves
 DEMO_TEMPLATE = Path(__file__).resolve().parents[1] / "models/demo-target/chat_template.jinja"
 
 
-def http_pipeline(target: str, draft: str, **kwargs: Any):  # -> HttpPipeline
+class HttpPipeline(Pipeline):
     """A test ``Pipeline`` whose routers also serve the OpenAI-compatible HTTP API (a free port,
     ``HTTP_MODEL``, the demo chat template)."""
-    from specdec.local_pipeline import Pipeline
-    from specdec.router import app as router_app
 
-    class HttpPipeline(Pipeline):
-        def add_router(self, **overrides: Any) -> router_app.RouterRunning:
-            return super().add_router(  # type: ignore[return-value]
-                http_listen="127.0.0.1:0",
-                served_model_name=HTTP_MODEL,
-                chat_template=str(DEMO_TEMPLATE),
-                **overrides,
-            )
-
-    return HttpPipeline(target, draft, **kwargs)
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (for a process the test starts)."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    def add_router(self, **overrides: Any) -> router_app.RouterRunning:
+        return super().add_router(  # type: ignore[return-value]
+            http_listen="127.0.0.1:0",
+            served_model_name=HTTP_MODEL,
+            chat_template=str(DEMO_TEMPLATE),
+            **overrides,
+        )
 
 
 class UpConsole:
@@ -156,11 +145,13 @@ def run_up(model_dir: Path, console: type[UpConsole] = UpConsole, *extra: str): 
     import sys
     import threading
 
-    address = f"127.0.0.1:{free_port()}"
+    from specdec.router.redis_server import free_loopback_port
+
+    address = f"127.0.0.1:{free_loopback_port()}"
     cmd = [sys.executable, "-m", "specdec.cli", "up", "--listen", address, "--device", "cpu"]
     cmd += ["--target", str(model_dir / "target"), "--draft", str(model_dir / "draft_close")]
     if "--no-http" not in extra:  # a free port: a busy 8000 (the default) must not fail a test
-        cmd += ["--http-listen", f"127.0.0.1:{free_port()}"]
+        cmd += ["--http-listen", f"127.0.0.1:{free_loopback_port()}"]
     process = subprocess.Popen(
         [*cmd, *extra],
         stdout=subprocess.PIPE,

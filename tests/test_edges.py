@@ -232,7 +232,7 @@ def test_a_full_replica_keeps_its_retry_hint_through_the_router():
     from google.rpc import status_pb2
 
     from specdec.core.errors import OutOfSlots
-    from specdec.router.server import _from_replica
+    from specdec.router.server import from_replica
     from specdec.serving.errors import retry_info
 
     status = status_pb2.Status(code=8, message="all 16 slots are busy", details=[retry_info(2.5)])
@@ -240,6 +240,6 @@ def test_a_full_replica_keeps_its_retry_hint_through_the_router():
     exc = grpc.aio.AioRpcError(
         grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.aio.Metadata(), trailers, "all 16 slots are busy"
     )
-    error = _from_replica(exc, "r-1")
+    error = from_replica(exc, "r-1")
     assert isinstance(error, OutOfSlots) and error.retry_after_s == 2.5
     assert str(error) == "all 16 slots are busy"

@@ -32,9 +32,8 @@ from specdec.engine.logprobs import token_logprobs
 from specdec.engine.ports import EngineVerifier, run_now
 from specdec.engine.runner import ModelRunner
 from specdec.engine.sampling import SamplingParams
-from specdec.local_pipeline import Pipeline
 from specdec.v1 import common_pb2, generation_pb2, verifier_pb2, verifier_pb2_grpc
-from tests.fixtures import HTTP_MODEL, http_pipeline
+from tests.fixtures import HTTP_MODEL, HttpPipeline
 
 pytestmark = pytest.mark.service
 
@@ -45,9 +44,9 @@ N_TOKENS = 20
 
 
 @pytest.fixture(scope="module")
-def pipeline(model_dir: Path) -> Iterator[Pipeline]:
+def pipeline(model_dir: Path) -> Iterator[HttpPipeline]:
     # One verifier slot: the gauge test fills it (the tests run one request at a time).
-    p = http_pipeline(str(model_dir / "target"), str(model_dir / "draft_close"), slots=1).start()
+    p = HttpPipeline(str(model_dir / "target"), str(model_dir / "draft_close"), slots=1).start()
     yield p
     p.close()
 
@@ -58,7 +57,7 @@ def target(model_dir: Path) -> ModelRunner:
 
 
 @pytest.fixture(scope="module")
-def url(pipeline: Pipeline) -> str:
+def url(pipeline: HttpPipeline) -> str:
     return f"http://127.0.0.1:{pipeline.servers['router'].http_port}/v1"  # type: ignore[attr-defined]
 
 
@@ -123,7 +122,7 @@ async def _step(verifier: EngineVerifier, committed: list[int], drafts: Sequence
 Run = tuple[list[int], list[common_pb2.TokenLogprob], generation_pb2.GenerationStats]
 
 
-def generate(pipeline: Pipeline, **fields: Any) -> Run:
+def generate(pipeline: HttpPipeline, **fields: Any) -> Run:
     """Token ids, logprobs and stats of one Generate call."""
     request = generation_pb2.GenerateRequest(
         prompt_text=PROMPT, **{"max_tokens": N_TOKENS, **fields}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 import urllib.request
 from pathlib import Path
@@ -15,6 +14,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client import REGISTRY
 
 from specdec.local_pipeline import Pipeline
+from specdec.router.redis_server import free_loopback_port
 from specdec.serving.metrics import serve_metrics
 from specdec.v1 import generation_pb2
 
@@ -101,9 +101,7 @@ def test_metrics_count_speculation_latency_and_outcomes(pipeline):
 
 
 def test_metrics_endpoint_serves_the_names(pipeline):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_loopback_port()
     serve_metrics(port)
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     for name in (

@@ -17,11 +17,11 @@ from typing import Any
 import openai
 import pytest
 
-from specdec.local_pipeline import Pipeline
 from specdec.router import app as router_app
+from specdec.router.redis_server import free_loopback_port
 from specdec.serving.auth import hash_key
 from specdec.v1 import generation_pb2
-from tests.fixtures import HTTP_MODEL, free_port, http_pipeline
+from tests.fixtures import HTTP_MODEL, HttpPipeline
 
 pytestmark = pytest.mark.service
 
@@ -31,8 +31,8 @@ PROMPT = "def add(a, b):\n"
 
 
 @pytest.fixture(scope="module")
-def pipeline(model_dir: Path) -> Iterator[Pipeline]:
-    p = http_pipeline(str(model_dir / "target"), str(model_dir / "draft_close")).start()
+def pipeline(model_dir: Path) -> Iterator[HttpPipeline]:
+    p = HttpPipeline(str(model_dir / "target"), str(model_dir / "draft_close")).start()
     yield p
     p.close()
 
@@ -42,7 +42,7 @@ def base_url(running: router_app.RouterRunning) -> str:
 
 
 @pytest.fixture(scope="module")
-def url(pipeline: Pipeline) -> str:
+def url(pipeline: HttpPipeline) -> str:
     return base_url(pipeline.servers["router"])  # type: ignore[arg-type]
 
 
@@ -74,7 +74,7 @@ def http(method: str, url: str, body: Any = None, headers: dict[str, str] | None
         return Reply(exc.code, exc.headers, exc.read().decode())
 
 
-def grpc_text(pipeline: Pipeline, **fields: Any) -> str:
+def grpc_text(pipeline: HttpPipeline, **fields: Any) -> str:
     responses = pipeline.client().Generate(generation_pb2.GenerateRequest(**fields))
     return "".join(r.text for r in responses)
 
@@ -257,7 +257,7 @@ def test_unknown_model_is_404(client):
 
 
 @pytest.fixture(scope="module")
-def locked(pipeline: Pipeline, model_dir: Path, tmp_path_factory) -> Iterator[str]:
+def locked(pipeline: HttpPipeline, model_dir: Path, tmp_path_factory) -> Iterator[str]:
     """A second router on the same replicas: API keys, no queue, no chat template."""
     keys = tmp_path_factory.mktemp("keys") / "keys"
     keys.write_text(f"tester:{hash_key(KEY)}\n")
@@ -304,7 +304,7 @@ def test_full_queue_is_429_with_retry_after(locked):
 def test_no_verifier_is_503(pipeline, model_dir):
     cfg = router_app.RouterConfig(
         model=str(model_dir / "target"),
-        verifiers=(f"127.0.0.1:{free_port()}",),  # nothing listens there
+        verifiers=(f"127.0.0.1:{free_loopback_port()}",),  # nothing listens there
         listen="127.0.0.1:0",
         max_context_tokens=256,
         http_listen="127.0.0.1:0",
@@ -407,7 +407,7 @@ def test_https_with_the_routers_certificate(pipeline, model_dir, tmp_path):
 def test_an_error_mid_stream_is_an_error_event_then_done(model_dir):
     """A verifier lost mid-stream (the only one): the answer has begun, so the error comes as
     an event with OpenAI's error object, and the stream still ends with [DONE]."""
-    alone = http_pipeline(str(model_dir / "target"), str(model_dir / "draft_close")).start()
+    alone = HttpPipeline(str(model_dir / "target"), str(model_dir / "draft_close")).start()
     try:
         port = alone.servers["router"].http_port  # type: ignore[attr-defined]
         body = json.dumps({"prompt": PROMPT, "max_tokens": 200, "stream": True})

@@ -35,7 +35,8 @@ from specdec.engine.tp.launch import Leader, TPSpec, start_leader
 from specdec.engine.tp.loading import load_tp_model
 from specdec.engine.tp.ranks import decode, encode
 from specdec.engine.tp.sharding import ShardingError, plan
-from tests.fixtures import UpConsole, free_port, run_up
+from specdec.router.redis_server import free_loopback_port
+from tests.fixtures import UpConsole, run_up
 
 HF_TOL = 1e-4
 SEQ_LEN = 48
@@ -622,7 +623,7 @@ def test_two_nodes_on_loopback_serve_the_target_alone_output(
     from specdec.v1 import generation_pb2_grpc
 
     target = str(model_dir / "target")
-    master, verifier, router = (f"127.0.0.1:{free_port()}" for _ in range(3))
+    master, verifier, router = (f"127.0.0.1:{free_loopback_port()}" for _ in range(3))
     serve = [sys.executable, "-m", "specdec.cli", "serve"]
     node = [*serve, "verifier", "--model", target, "--device", "cpu", "--tp-nodes", "2"]
     node += ["--tp-master", master]

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from specdec.engine.local import run_in_process
-from tests.fixtures import free_port
+from specdec.router.redis_server import free_loopback_port
 
 pytestmark = pytest.mark.e2e
 
 
 def test_up_serves_generate_and_stops_cleanly_on_ctrl_c(model_dir: Path):
-    addr = f"127.0.0.1:{free_port()}"
+    addr = f"127.0.0.1:{free_loopback_port()}"
     up = subprocess.Popen(
         [
             sys.executable,
@@ -33,7 +33,7 @@ def test_up_serves_generate_and_stops_cleanly_on_ctrl_c(model_dir: Path):
             addr,
             # A free port: a busy 8000 (the default) must not fail this test.
             "--http-listen",
-            f"127.0.0.1:{free_port()}",
+            f"127.0.0.1:{free_loopback_port()}",
             "--device",
             "cpu",
         ],

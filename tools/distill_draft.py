@@ -43,7 +43,7 @@ from tokenizers import Tokenizer
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train_demo import Phase, continue_prompts, corpus_files, is_heldout, lr_at, teacher_top
+from train_demo import Phase, continue_prompts, corpus_files, is_heldout, teacher_top, train
 
 from specdec.core.model_config import HEAD_VOCAB_KEY
 from specdec.engine.batch import Chunk
@@ -216,46 +216,15 @@ def distil_loss(
     return ((kl + ce) * weight).sum() / weight.sum()
 
 
-def train(draft: DecoderModel, pool: dict, head_index: torch.Tensor, args, work: Path) -> None:
-    """AdamW with warm-up and cosine decay over random batches of the pool; resumable."""
-    phase = Phase("draft", args.steps, args.batch, args.lr)
-    path = work / "train.pt"
-    params = [p for p in draft.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
-    gen = torch.Generator().manual_seed(args.seed)
-    step = 0
-    if path.exists():
-        ckpt = torch.load(path, weights_only=False)
-        draft.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["opt"])
-        gen.set_state(ckpt["gen"])
-        step = ckpt["step"]
-    draft.train()
-    n = len(pool["ids"])
-    bar = tqdm(total=args.steps, initial=step, desc="train draft", unit="step")
-    while step < args.steps:
-        pick = torch.randint(0, n, (args.batch,), generator=gen)
-        loss = distil_loss(
-            draft,
-            pool["ids"][pick],
-            pool["mask"][pick],
-            pool["top_ids"][pick],
-            pool["top_logp"][pick],
-            head_index,
-        )
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, phase)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-        if step % 50 == 0 or step == args.steps:
-            state = {"model": draft.state_dict(), "opt": opt.state_dict()}
-            torch.save({**state, "gen": gen.get_state(), "step": step}, path)
-    bar.close()
+def batch_loss(pool: dict, head_index: torch.Tensor, batch: int):  # -> BatchLoss
+    """``distil_loss`` on ``batch`` random rows of the pool, for ``train_demo.train``."""
+
+    def loss(draft: DecoderModel, gen: torch.Generator) -> torch.Tensor:
+        pick = torch.randint(0, len(pool["ids"]), (batch,), generator=gen)
+        rows = (pool[key][pick] for key in ("ids", "mask", "top_ids", "top_logp"))
+        return distil_loss(draft, *rows, head_index)
+
+    return loss
 
 
 def export(draft: DecoderModel, out: Path) -> None:
@@ -366,7 +335,9 @@ def main() -> None:
     target32 = load_model(args.target, torch.float32)
     draft = new_draft(target32, [int(x) for x in args.layers.split(",")], head_ids)
     del target32
-    train(draft, pool, head_index, args, work)
+    phase = Phase("train", args.steps, args.batch, args.lr, weight_decay=0.0)
+    loss = batch_loss(pool, head_index, args.batch)
+    train(draft, phase, loss, None, work, args.seed, str(draft.lm_head.weight.device))
     export(draft, args.out)
     print(f"draft tensors in {args.out}; `specdec models fetch` assembles the draft folder")
 

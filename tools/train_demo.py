@@ -85,6 +85,7 @@ class Phase:
     steps: int
     batch: int
     lr: float
+    weight_decay: float = 0.1
 
 
 def corpus_files(root: Path) -> list[Path]:
@@ -395,17 +396,20 @@ def train(
     model: DecoderModel,
     phase: Phase,
     batch_loss: BatchLoss,
-    heldout: torch.Tensor,
+    heldout: torch.Tensor | None,
     work: Path,
     seed: int,
     device: str,
 ) -> None:
-    """AdamW with warm-up and cosine decay on ``batch_loss(model, generator)``.
+    """AdamW with warm-up and cosine decay on ``batch_loss(model, generator)``; prints the loss
+    on ``heldout`` windows at the end (None: no held-out text).
 
     Checkpoints to ``work / f"{phase.name}.pt"`` every few minutes and resumes from it.
     """
     ckpt_path = work / f"{phase.name}.pt"
-    opt = torch.optim.AdamW(model.parameters(), lr=phase.lr, betas=(0.9, 0.95), weight_decay=0.1)
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=phase.lr, betas=(0.9, 0.95), weight_decay=phase.weight_decay
+    )
     gen = torch.Generator().manual_seed(seed)
     step = 0
     if ckpt_path.exists():
@@ -440,7 +444,8 @@ def train(
             )
             last_save = time.monotonic()
     bar.close()
-    print(f"{phase.name}: held-out window loss {heldout_loss(model, heldout, device):.3f}")
+    if heldout is not None:
+        print(f"{phase.name}: held-out window loss {heldout_loss(model, heldout, device):.3f}")
 
 
 def agree(

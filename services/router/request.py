@@ -129,6 +129,18 @@ async def parse_request(
     )
 
 
+def check_prompt_bytes(text: str, limits: Limits, field: str) -> None:
+    """Refuse, before tokenizing it, a text too long for the context in any tokenization."""
+    max_bytes = limits.max_context_tokens * PROMPT_BYTES_PER_TOKEN
+    # A character is at least one byte: the count alone refuses most oversized texts.
+    if len(text) > max_bytes or len(text.encode()) > max_bytes:
+        raise InvalidRequest(
+            field,
+            f"is over {max_bytes} bytes of UTF-8 ({PROMPT_BYTES_PER_TOKEN} per token of "
+            f"the {limits.max_context_tokens}-token context); shorten it",
+        )
+
+
 async def _prompt(
     msg: generation_pb2.GenerateRequest, tokenizer: Tokenizer, limits: Limits
 ) -> list[int]:
@@ -139,14 +151,7 @@ async def _prompt(
         field, text = "prompt_text", msg.prompt_text
         if not text:
             raise InvalidRequest(field, "is empty")
-        max_bytes = limits.max_context_tokens * PROMPT_BYTES_PER_TOKEN
-        # A character is at least one byte: the count alone refuses most oversized texts.
-        if len(text) > max_bytes or len(text.encode()) > max_bytes:
-            raise InvalidRequest(
-                field,
-                f"is over {max_bytes} bytes of UTF-8 ({PROMPT_BYTES_PER_TOKEN} per token of "
-                f"the {limits.max_context_tokens}-token context); shorten it",
-            )
+        check_prompt_bytes(text, limits, field)
         ids = await asyncio.to_thread(tokenizer.encode, text)
     else:
         field, ids = "prompt_token_ids", list(msg.prompt_token_ids.ids)

@@ -36,7 +36,7 @@ from specdec.v1 import generation_pb2, generation_pb2_grpc
 log = logging.getLogger("specdec.router")
 
 
-def _from_replica(exc: grpc.aio.AioRpcError, request_id: str) -> Exception:
+def from_replica(exc: grpc.aio.AioRpcError, request_id: str) -> Exception:
     """A replica's error, as the router's client should see it."""
     details = exc.details() or exc.code().name
     if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
@@ -128,7 +128,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
             status = "CANCELLED"
             raise  # the client went away; the streams' finally blocks free the slots
         except Exception as exc:
-            error = _from_replica(exc, request_id) if isinstance(exc, grpc.aio.AioRpcError) else exc
+            error = from_replica(exc, request_id) if isinstance(exc, grpc.aio.AioRpcError) else exc
             status = status_for(error)[0].name
             await abort_with(context, error, "Generate")
         finally:

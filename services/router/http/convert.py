@@ -25,8 +25,8 @@ from specdec.router.http.schemas import ChatCompletionRequest, CommonParams, Com
 from specdec.router.request import (
     DRAFT_METHOD_BY_NAME,
     POLICY_BY_NAME,
-    PROMPT_BYTES_PER_TOKEN,
     Limits,
+    check_prompt_bytes,
 )
 from specdec.v1 import common_pb2, generation_pb2
 
@@ -46,13 +46,7 @@ class Choice:
 
 
 async def _tokenize(text: str, tokenizer: Tokenizer, limits: Limits, param: str) -> list[int]:
-    max_bytes = limits.max_context_tokens * PROMPT_BYTES_PER_TOKEN
-    if len(text) > max_bytes or len(text.encode()) > max_bytes:  # cannot fit: not tokenized
-        raise bad_request(
-            param,
-            f"{param}: over {max_bytes} bytes of UTF-8, more than this model's maximum "
-            f"context length of {limits.max_context_tokens} tokens can hold; shorten it",
-        )
+    check_prompt_bytes(text, limits, param)  # cannot fit: not tokenized (a 400 naming param)
     special = param == "prompt"  # a chat template writes the special tokens itself
     return await asyncio.to_thread(tokenizer.encode, text, special)
 

@@ -25,7 +25,7 @@ from specdec.core.errors import (
     Unauthenticated,
     Unavailable,
 )
-from specdec.router.server import _from_replica  # the gRPC face's reading of a replica's error
+from specdec.router.server import from_replica  # the gRPC face's reading of a replica's error
 
 log = logging.getLogger("specdec.router.http")
 
@@ -107,7 +107,7 @@ def from_exception(exc: BaseException, request_id: str = "") -> ApiError:
     if isinstance(exc, ApiError):
         return exc
     if isinstance(exc, grpc.aio.AioRpcError):
-        exc = _from_replica(exc, request_id)
+        exc = from_replica(exc, request_id)
     retry = exc.retry_after_s if isinstance(exc, SpecdecError) else None
     if isinstance(exc, InvalidRequest):
         param = PARAMS.get(exc.field, exc.field)
