@@ -73,26 +73,34 @@ class Regime:
     overhead_ns: int
     verifier_active: int = 1
     verifier_queue: int = 0
+    # A cold draft (the round before drafted nothing) catches up first: extra wait.
+    cold_draft_ns: int = 0
+
+    def verify_ns(self, k: int) -> float:
+        return self.verify_base_ns + self.verify_ns_per_token * (k + 1)
 
     def round_ns(self, k: int) -> float:
-        verify = self.verify_base_ns + self.verify_ns_per_token * (k + 1)
-        return k * self.draft_ns_per_token + verify + self.overhead_ns
+        return k * self.draft_ns_per_token + self.verify_ns(k) + self.overhead_ns
 
     def fixed_rate(self, k: int) -> float:
         """Exact expected tokens per ns of a fixed depth k."""
         return expected_tokens(self.alpha, k) / self.round_ns(k)
 
 
-def play_round(policy: DepthPolicy, regime: Regime, rng: random.Random, jitter: float) -> tuple:
+def play_round(
+    policy: DepthPolicy, regime: Regime, rng: random.Random, jitter: float, cold: bool = False
+) -> tuple:
     """One round: ask for k, accept each draft with probability alpha until the first miss,
-    time it with +-jitter noise, report it. Returns (k, tokens committed, round_ns)."""
+    time it with +-jitter noise, report it (``cold``: the round before drafted nothing).
+    Returns (k, tokens committed, round_ns)."""
     k = policy.next_depth()
     accepted = 0
     while accepted < k and rng.random() < regime.alpha:
         accepted += 1
     draft_ns = int(k * regime.draft_ns_per_token * (1 + jitter * (2 * rng.random() - 1)))
-    verify_ns = regime.verify_base_ns + regime.verify_ns_per_token * (k + 1)
-    verify_ns = int(verify_ns * (1 + jitter * (2 * rng.random() - 1)))
+    if k and cold:
+        draft_ns += regime.cold_draft_ns
+    verify_ns = int(regime.verify_ns(k) * (1 + jitter * (2 * rng.random() - 1)))
     round_ns = draft_ns + verify_ns + regime.overhead_ns
     obs = observation(
         depth=k,
@@ -114,13 +122,13 @@ def simulate(
     """Tokens per ns over ``rounds`` rounds, and the depths chosen."""
     rng = random.Random(seed)
     tokens = elapsed = 0
-    depths = []
+    depths = [0]  # the prefill's round drafts nothing
     for _ in range(rounds):
-        k, committed, round_ns = play_round(policy, regime, rng, jitter)
+        k, committed, round_ns = play_round(policy, regime, rng, jitter, cold=depths[-1] == 0)
         depths.append(k)
         tokens += committed
         elapsed += round_ns
-    return tokens / elapsed, depths
+    return tokens / elapsed, depths[1:]
 
 
 def median_tail(depths: list[int], n: int = 50) -> int:
@@ -134,6 +142,8 @@ USELESS = Regime(0.02, 2 * MS, 20 * MS, MS // 5, 2 * MS)
 SLOW_DRAFT = Regime(0.8, 20 * MS, 20 * MS, MS // 5, 2 * MS)  # a draft token costs a verify step
 # Compute-bound verifier: every verified token costs twice the fixed part of a step.
 SATURATED = Regime(0.8, MS, 5 * MS, 10 * MS, 2 * MS)
+# The demo pair through the pipeline: a cold draft's answer takes several warm ones.
+COLD_STARTS = Regime(0.8, MS // 2, 5 * MS, MS // 2, MS, cold_draft_ns=10 * MS)
 
 
 # --- The model in closed form -------------------------------------------------------------------
@@ -338,8 +348,8 @@ def test_goodput_is_deterministic():
 
 @pytest.mark.parametrize(
     "regime",
-    [CHEAP_ACCURATE, MEDIUM, USELESS, SLOW_DRAFT, SATURATED],
-    ids=["cheap_accurate", "medium", "useless", "slow_draft", "saturated"],
+    [CHEAP_ACCURATE, MEDIUM, USELESS, SLOW_DRAFT, SATURATED, COLD_STARTS],
+    ids=["cheap_accurate", "medium", "useless", "slow_draft", "saturated", "cold"],
 )
 def test_goodput_close_to_the_best_fixed_depth(regime: Regime):
     fixed = [regime.fixed_rate(k) for k in range(9)]
@@ -470,3 +480,34 @@ def test_goodput_learns_drafting_from_on_demand_rounds_and_discounts_it_by_ahead
     alpha = policy.alpha
     assert after.round_ns(4, alpha) < after.round_ns(4, 0.0)  # drafting discounted by H·alpha^k
     assert CostModel(MS, 0, 0, 0, 1.0, MS).round_ns(3, 1.0) == pytest.approx(0.0)
+
+
+def test_goodput_prices_plain_decoding_from_plain_rounds():
+    """Drafting slows the verifier beside it: the line through drafting rounds prices k = 0
+    too high; the plain rounds a request runs say what k = 0 really costs."""
+    policy = GoodputDepth()
+    observe(policy, k=0, accepted=0)  # the prefill's round
+    for k in (2, 2, 3):
+        observe(policy, k=k, accepted=0, verify_ns=41 * MS + k * MS // 2)
+    line = policy.cost_model()
+    assert line is not None and line.plain_verify_ns is None
+    assert line.round_ns(0) > 40 * MS
+    observe(policy, k=0, accepted=0, verify_ns=27 * MS)
+    cost = policy.cost_model()
+    assert cost is not None and cost.plain_verify_ns == pytest.approx(27 * MS)
+    assert cost.round_ns(0) == pytest.approx(27 * MS + cost.overhead_ns)
+
+
+def test_goodput_ignores_the_wait_of_a_cold_draft():
+    """The first drafting round after one that drafted nothing waits for the draft to catch up:
+    that wait is not what a drafted token costs (it kept the policy at k = 0)."""
+    policy = GoodputDepth()
+    observe(policy, k=0, accepted=0)  # the prefill's round
+    observe(policy, k=4, accepted=4, draft_ns=30 * MS)  # cold: ignored
+    assert policy.cost_model() is None
+    observe(policy, k=4, accepted=4, draft_ns=2 * MS)  # warm
+    model = policy.cost_model()
+    assert model is not None
+    assert model.draft_base_ns + 4 * model.draft_ns_per_token == pytest.approx(2 * MS)
+    _, depths = simulate(GoodputDepth(), COLD_STARTS, rounds=100, jitter=0.0)
+    assert min(depths[-50:]) >= 3

@@ -14,8 +14,9 @@ with c + k * d the time a round waits for k tokens drafted on demand (c: the cal
 round trip to the draft replica; d per token; no call at k = 0), H the share of fully
 accepted rounds after which draft-ahead had the next proposal ready (see Estimates),
 v0 + v1 * (k + 1) the verifier forward time for k + 1 tokens, v1_eff = v1 * (1 + LOAD_SHARE *
-pressure) (see Load), and o the rest of the round (network, router). The policy picks
-argmax E(k) / T(k) over [0, max_depth], ties to the smaller k.
+pressure) (see Load), and o the rest of the round (network, router). At k = 0 the verifier's
+time is P, measured on plain rounds when there have been any (see Estimates), else v0 + v1_eff.
+The policy picks argmax E(k) / T(k) over [0, max_depth], ties to the smaller k.
 
 Estimates, all from this request's rounds only, recent rounds weighted more:
 
@@ -24,7 +25,12 @@ Estimates, all from this request's rounds only, recent rounds weighted more:
   not observed). The prior is PRIOR_ALPHA with PRIOR_WEIGHT pseudo-tokens and decays with the
   evidence (ACCEPT_DECAY per round that proposed anything), so useless drafts drive alpha to ~0.
 - c, d: fitted like v0, v1 below, over the draft time at each depth, with the ridge prior
-  d = DRAFT_SLOPE_PRIOR * c. Only rounds whose proposal was drafted on demand count: a
+  d = DRAFT_SLOPE_PRIOR * c. Only warm rounds whose proposal was drafted on demand count. A
+  round is cold when the round before it drafted nothing (the prefill's round, or a plain
+  round): the draft then catches up on every token it was not told, and its first answer of a
+  request also waits for its prompt prefill, so a cold wait is several warm ones (demo pair,
+  two CPUs: 10-13 ms against 2-4 ms), and counting it kept the policy at k = 0 for the rest of
+  the request. A
   proposal drafted ahead cost nothing on the critical path, but how often one is ready falls
   as k grows (the verification must accept every draft, and the draft must finish in time), so
   counting hits as free drafting led the policy to ask for more than draft-ahead delivers
@@ -41,6 +47,13 @@ Estimates, all from this request's rounds only, recent rounds weighted more:
   v1 = VERIFY_SLOPE_PRIOR * v0. With one x seen the prior decides the slope (5 % of a step per
   extra token), so speculation still looks a little costly and k keeps moving; once several
   depths have been seen the data decides. Negative fits are clamped (v1 >= 0, v0 >= 0).
+- P: decayed mean (VERIFY_DECAY) of the verify time of plain rounds (k = 0), which need not lie
+  on the line: while the verifier checks drafts the draft replica works ahead, and where the two
+  share a machine's memory bandwidth that slows the verifier (the real pair on two CPUs: a
+  decode step of 27-30 ms alone, 37-52 ms beside the drafting draft). P is only learnt from the
+  plain rounds a request runs anyway (after a poor start, between probes): forcing one to
+  measure it when speculation's predicted edge was under 1.3x cost the demo pair 5-10 % of
+  its throughput through the pipeline (a plain round also leaves the next one cold, above).
 
 Load. v0 and v1 as measured are this request's own costs: in a busy batch v1 is the small
 marginal compute of one more token. The same extra tokens also delay every other sequence in
@@ -107,9 +120,12 @@ class CostModel:
     overhead_ns: float  # o
     ahead_hit_rate: float = 0.0  # H: proposals ready after a fully accepted round
     draft_base_ns: float = 0.0  # c: each call to the draft (a round trip), whatever k
+    plain_verify_ns: float | None = None  # P: the verifier's time at k = 0; None: the line's
 
     def round_ns(self, k: int, alpha: float = 0.0) -> float:
         verify = self.verify_base_ns + self.verify_ns_per_token * (k + 1)
+        if k == 0 and self.plain_verify_ns is not None:
+            verify = self.plain_verify_ns
         drafting = 0.0
         if k:
             on_demand = self.draft_base_ns + k * self.draft_ns_per_token
@@ -201,7 +217,9 @@ class GoodputDepth:
         self._pressure = _DecayedMean(LOAD_DECAY)
         self._verify = _CostFit(VERIFY_SLOPE_PRIOR, VERIFY_PRIOR_TOKENS)
         self._ahead_hits = _DecayedMean(ACCEPT_DECAY)  # H
+        self._plain = _DecayedMean(VERIFY_DECAY)  # P
         self._last_full = False  # the last round accepted every draft
+        self._last_drafted = False  # the last round asked for drafts (this one is warm)
         self._rounds = 0  # rounds observed
         self._rounds_at_zero = 0  # consecutive observed rounds with depth 0
 
@@ -220,7 +238,7 @@ class GoodputDepth:
         v0, v1 = fit
         c, d = drafting
         hits = self._ahead_hits.value or 0.0
-        return CostModel(d, v0, v1 * (1.0 + LOAD_SHARE * p), o, hits, c)
+        return CostModel(d, v0, v1 * (1.0 + LOAD_SHARE * p), o, hits, c, self._plain.value)
 
     def next_depth(self) -> int:
         cost = self.cost_model()
@@ -239,10 +257,13 @@ class GoodputDepth:
         if obs.ahead and self._last_full:
             self._ahead_hits.add(1.0 if obs.ahead == AHEAD_HIT else 0.0)
         self._last_full = obs.full
+        warm, self._last_drafted = self._last_drafted, obs.depth > 0
         if self._rounds == 1:  # prompt prefill on both sides: timings unlike any later round
             return
-        if obs.depth > 0 and obs.ahead != AHEAD_HIT:
+        if obs.depth > 0 and obs.ahead != AHEAD_HIT and warm:
             self._draft.add(obs.depth, obs.draft_ns)
         self._verify.add(obs.num_proposed + 1, obs.verify_ns)
+        if obs.depth == 0:
+            self._plain.add(obs.verify_ns)
         self._overhead_ns.add(max(obs.round_ns - obs.draft_ns - obs.verify_ns, 0))
         self._pressure.add(max(obs.verifier_active - 1, 0) + obs.verifier_queue)
