@@ -15,7 +15,10 @@ block runs warm, as a draft's steps do (steps that alternate one by one evict ea
 weights from the caches, which favours the smaller dtype: on an AMD EPYC that measured bf16
 ahead, while warm the demo draft's step took 0.37 ms in fp32 and 0.54 ms in bf16). Each is
 timed for one sequence and for a batch of ``BATCH`` (draft-ahead drafts several branches at
-once).
+once). A candidate's cost is its fastest block (the median of the block's steps): another process
+taking the CPU only ever adds time, and with one median over all steps the choice flipped from
+start to start on a shared machine (the demo draft on an AMD EPYC came up bf16 at 0.55 ms a step
+in some starts, against fp32's 0.44).
 """
 
 from __future__ import annotations
@@ -41,9 +44,9 @@ GPU_DTYPE = torch.bfloat16
 BATCH = 4  # rows of the batched step timed
 
 
-def fastest(models: list[DecoderModel], context: int = 64, steps: int = 24, block: int = 6) -> int:
-    """Index of the model whose median decode steps (one row, and ``BATCH`` rows) are shortest
-    in sum; blocks of ``block`` steps alternate between the models."""
+def fastest(models: list[DecoderModel], context: int = 64, steps: int = 48, block: int = 6) -> int:
+    """Index of the model whose decode steps (one row, and ``BATCH`` rows) are shortest in sum,
+    each its fastest block's median; blocks of ``block`` steps alternate between the models."""
     context = min(context, models[0].config.max_position_embeddings - 1)
     runners = [ModelRunner(m, num_slots=BATCH, max_seq_len=context + 1) for m in models]
     slots = [[r.cache.allocate() for _ in range(BATCH)] for r in runners]
@@ -51,16 +54,16 @@ def fastest(models: list[DecoderModel], context: int = 64, steps: int = 24, bloc
         for slot in own:
             runner.step([Chunk(slot, [0] * context, 0, 1)])
         _step(runner, own, context)  # the first calls pay one-off set-up
-    single: list[list[float]] = [[] for _ in runners]
+    single: list[list[float]] = [[] for _ in runners]  # per model: each block's median
     batched: list[list[float]] = [[] for _ in runners]
     for _ in range(steps // block):
         for runner, own, one, many in zip(runners, slots, single, batched, strict=True):
-            for _ in range(block):
-                one.append(_step(runner, own[:1], context))
-                many.append(_step(runner, own, context))
-    costs = [
-        statistics.median(a) + statistics.median(b) for a, b in zip(single, batched, strict=True)
-    ]
+            times = [
+                (_step(runner, own[:1], context), _step(runner, own, context)) for _ in range(block)
+            ]
+            one.append(statistics.median(t for t, _ in times))
+            many.append(statistics.median(t for _, t in times))
+    costs = [min(a) + min(b) for a, b in zip(single, batched, strict=True)]
     return costs.index(min(costs))
 
 
