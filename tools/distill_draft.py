@@ -133,23 +133,50 @@ def encode(tok: Tokenizer, texts: list[str]) -> list[list[int]]:
     return [enc.ids[-MAX_PROMPT:] for enc in tok.encode_batch(texts)]
 
 
-def build_data(target: DecoderModel, tok: Tokenizer, template: str, args: argparse.Namespace):
+def build_data(
+    target: DecoderModel, tok: Tokenizer, template: str, args: argparse.Namespace, part: int = 0
+):
     """The target's continuations of training prompts, each cut at its first eos after the
-    prompt.  # → list of token-id lists"""
-    gen = torch.Generator().manual_seed(args.seed)
-    prompts = encode(tok, code_prompts(args.code_prompts, False, args.seed))
+    prompt. Part 0: ``--code-prompts`` code and ``--chat-prompts`` chat prompts, even rows greedy,
+    odd rows sampled; each later part: the chat prompts again, every row sampled with its own
+    seed (new answers, where greedy would only repeat part 0's).  # → list of token-id lists"""
+    gen = torch.Generator().manual_seed(args.seed + part)
     chat = encode(tok, chat_prompts(template, False))
+    code = code_prompts(args.code_prompts, False, args.seed) if part == 0 else []
+    prompts = encode(tok, code) if code else []
     prompts += [chat[i % len(chat)] for i in range(args.chat_prompts)]
     eos = set(target.config.eos_token_ids)
     rows: list[list[int]] = []
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths batch
-    for start in tqdm(range(0, len(order), args.gen_batch), desc="target continuations"):
+    greedy = "even" if part == 0 else "none"
+    desc = f"target continuations (part {part})"
+    for start in tqdm(range(0, len(order), args.gen_batch), desc=desc):
         batch = [prompts[i] for i in order[start : start + args.gen_batch]]
         lengths = [len(p) + args.new_tokens for p in batch]
-        for prompt, seq in zip(batch, continue_prompts(target, batch, lengths, gen), strict=True):
+        continued = continue_prompts(target, batch, lengths, gen, greedy)
+        for prompt, seq in zip(batch, continued, strict=True):
             cut = next((j + 1 for j in range(len(prompt), len(seq)) if seq[j] in eos), len(seq))
             rows.append(seq[:cut])
     return rows
+
+
+def code_corpus(tok: Tokenizer, tokens: int, seq_len: int, seed: int) -> list[list[int]]:
+    """Windows of ``seq_len`` + 1 tokens of the standard library's training files (the held-out
+    files left out), about ``tokens`` in all: real code for the teacher to annotate, far cheaper
+    per token than text the target writes (one forward per window, no decoding)."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = [p for p in corpus_files(root) if not is_heldout(p.relative_to(root).as_posix())]
+    random.Random(seed).shuffle(files)
+    rows: list[list[int]] = []
+    for path in files:
+        if len(rows) * (seq_len + 1) >= tokens:
+            break
+        try:
+            ids = tok.encode(path.read_text(encoding="utf-8")).ids
+        except (UnicodeDecodeError, OSError):
+            continue
+        rows += [ids[i : i + seq_len + 1] for i in range(0, len(ids) - seq_len, seq_len + 1)]
+    return rows[: max(1, tokens // (seq_len + 1))]
 
 
 def padded(rows: list[list[int]], length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,6 +189,28 @@ def padded(rows: list[list[int]], length: int) -> tuple[torch.Tensor, torch.Tens
         ids[i, : len(row)] = torch.tensor(row)
         mask[i, : len(row) - 1] = True
     return ids, mask
+
+
+def annotated(
+    teacher: DecoderModel, rows: list[list[int]], seq_len: int, stem: Path, shard: int = 256
+) -> dict[str, torch.Tensor]:
+    """``rows`` padded to ``seq_len`` with the teacher's top-32 at every position, computed in
+    shards of ``shard`` rows cached as ``<stem>-<i>.pt`` (a long run resumes by shard).
+    # → ids [N, T + 1], mask [N, T], top_ids [N, T, 32], top_logp [N, T, 32]"""
+    ids, mask = padded(rows, seq_len)
+    parts = []
+    for i, start in enumerate(range(0, len(rows), shard)):
+        path = stem.with_name(f"{stem.name}-{i:03d}.pt")
+        if not path.exists():
+            top_ids, top_logp = teacher_top(teacher, ids[start : start + shard], batch=8)
+            torch.save({"top_ids": top_ids, "top_logp": top_logp}, path)
+        parts.append(torch.load(path))
+    return {
+        "ids": ids,
+        "mask": mask,
+        "top_ids": torch.cat([p["top_ids"] for p in parts]),
+        "top_logp": torch.cat([p["top_logp"] for p in parts]),
+    }
 
 
 def new_draft(target: DecoderModel, layers: list[int], head_ids: torch.Tensor) -> DecoderModel:
@@ -293,6 +342,12 @@ def main() -> None:
     ap.add_argument("--head-vocab", type=int, default=16384)
     ap.add_argument("--code-prompts", type=int, default=384)
     ap.add_argument("--chat-prompts", type=int, default=384)
+    ap.add_argument(
+        "--chat-parts", type=int, default=1, help="data parts: 1 + extra sampled chat answers"
+    )
+    ap.add_argument(
+        "--corpus-tokens", type=int, default=0, help="standard-library code annotated by the target"
+    )
     ap.add_argument("--eval-prompts", type=int, default=16)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--gen-batch", type=int, default=32)
@@ -313,17 +368,21 @@ def main() -> None:
     work = args.work_dir
     work.mkdir(parents=True, exist_ok=True)
     teacher = load_model(args.target, torch.bfloat16)
-    rows_path = work / "rows.json"
-    if not rows_path.exists():
-        rows_path.write_text(json.dumps(build_data(teacher, tok, template, args)))
-    rows = json.loads(rows_path.read_text())
-    print(f"{len(rows)} rows, {sum(map(len, rows)):,} tokens")
-    pool_path = work / "pool.pt"
-    if not pool_path.exists():
-        ids, mask = padded(rows, args.seq_len)
-        top_ids, top_logp = teacher_top(teacher, ids, batch=8)
-        torch.save({"ids": ids, "mask": mask, "top_ids": top_ids, "top_logp": top_logp}, pool_path)
-    pool = torch.load(pool_path)
+    rows: list[list[int]] = []
+    pools = []
+    for part in range(args.chat_parts):
+        rows_path = work / ("rows.json" if part == 0 else f"rows-{part}.json")
+        if not rows_path.exists():
+            rows_path.write_text(json.dumps(build_data(teacher, tok, template, args, part)))
+        part_rows = json.loads(rows_path.read_text())
+        rows += part_rows
+        pools.append(annotated(teacher, part_rows, args.seq_len, work / rows_path.stem))
+    print(f"{len(rows)} rows the target wrote, {sum(map(len, rows)):,} tokens")
+    if args.corpus_tokens:
+        corpus = code_corpus(tok, args.corpus_tokens, args.seq_len, args.seed)
+        print(f"{len(corpus)} windows of standard-library code, {len(corpus) * args.seq_len:,}")
+        pools.append(annotated(teacher, corpus, args.seq_len, work / "corpus"))
+    pool = {key: torch.cat([p[key] for p in pools]) for key in pools[0]}
     vocab = teacher.config.vocab_size
     head_ids = torch.from_numpy(frequent_tokens(rows, vocab, args.head_vocab))
     covered = torch.zeros(vocab, dtype=torch.bool)

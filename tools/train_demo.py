@@ -218,10 +218,13 @@ def continue_prompts(
     prompts: list[list[int]],
     lengths: list[int],
     gen: torch.Generator,
-    all_greedy: bool = False,
+    greedy: str = "even",
 ) -> list[list[int]]:
     """Each prompt continued by ``model`` to ``lengths[i]`` tokens, all rows in one batch on the
-    engine's KV cache: even rows greedily, odd rows sampled at temperature 0.8 (or all greedy)."""
+    engine's KV cache: ``greedy`` rows ("even", "all" or "none") greedily, the others sampled at
+    temperature 0.8."""
+    if greedy not in ("even", "all", "none"):
+        raise ValueError(f"greedy must be even, all or none, not {greedy!r}")
     runner = ModelRunner(model, num_slots=len(prompts), max_seq_len=max(lengths))
     seqs = [list(p) for p in prompts]
     slots = [runner.cache.allocate() for _ in seqs]
@@ -230,8 +233,8 @@ def continue_prompts(
     while active:
         last = torch.cat([logits[i] for i in active]).float()  # [A, V]
         sampled = torch.multinomial(torch.softmax(last / 0.8, -1).cpu(), 1, generator=gen)
-        greedy = torch.tensor([all_greedy or i % 2 == 0 for i in active])  # [A]
-        picks = torch.where(greedy, last.argmax(-1).cpu(), sampled[:, 0]).tolist()
+        rows = [greedy == "all" or (greedy == "even" and i % 2 == 0) for i in active]
+        picks = torch.where(torch.tensor(rows), last.argmax(-1).cpu(), sampled[:, 0]).tolist()
         for i, token in zip(active, picks, strict=True):
             seqs[i].append(token)
         active = [i for i in active if len(seqs[i]) < lengths[i]]
@@ -370,7 +373,7 @@ def unlikelihood_batch(
     eos = model.config.eos_token_ids[0]
     prompts = training_prompts(data, batch, eos, gen)
     lengths = [len(p) + CONTINUATION for p in prompts]
-    seqs = continue_prompts(model, prompts, lengths, gen, all_greedy=True)
+    seqs = continue_prompts(model, prompts, lengths, gen, greedy="all")
     model.train()
     mask = repeated_ngrams(seqs, [len(p) for p in prompts])  # [B, T]
     width = mask.shape[1]
