@@ -1,5 +1,5 @@
 """Distil a draft for a pretrained target on this machine: the real pair's draft (SmolLM2-135M-
-Instruct, fetched by ``specdec models fetch``), trained in well under an hour on 2 CPU cores.
+Instruct, fetched by ``specdec models fetch``), trained in about 1.5 hours on 2 CPU cores.
 
 The draft is the target's own shape cut short: its embedding table (frozen, not stored with the
 draft: ``specdec models fetch`` adds it back from the target), ``--layers`` of the target's
@@ -10,6 +10,10 @@ initialised from the target's tied embedding). It learns the target's next-token
 wrote itself: continuations of code prompts (openings of functions and classes from the running
 Python's standard library, the held-out files left out) and answers to chat prompts rendered
 through the target's chat template; even rows greedy, odd rows sampled at temperature 0.8.
+``--chat-parts`` N adds N - 1 more passes over the chat prompts, every answer sampled with a seed
+of its own; ``--corpus-tokens`` adds windows of the standard library's own code (training files
+only), which the target annotates in one forward each (no decoding: several times cheaper per
+token than text it writes).
 
 Phases, each cached in ``--work-dir`` so a run resumes where it stopped: ``data`` (prompts and
 the target's continuations), ``teacher`` (its top-32 log-probabilities at every position),
@@ -17,7 +21,8 @@ the target's continuations), ``teacher`` (its top-32 log-probabilities at every 
 into ``--out``), ``eval`` (greedy acceptance per position for k = 1..8 on held-out code and chat
 prompts, and the step-cost ratio; Markdown for the model card, JSON beside it).
 
-    python tools/distill_draft.py --target ~/.cache/specdec/models/smollm2-135m-instruct
+    python tools/distill_draft.py --target ~/.cache/specdec/models/smollm2-135m-instruct \
+        --chat-parts 6 --corpus-tokens 600000 --steps 2100
     python tools/distill_draft.py --target DIR --phase eval --draft DIR-draft
 
 Non-goals: a general trainer; GPUs beyond "use CUDA when there"; other targets' chat formats
