@@ -21,8 +21,7 @@ the target's continuations), ``teacher`` (its top-32 log-probabilities at every 
 into ``--out``), ``eval`` (greedy acceptance per position for k = 1..8 on held-out code and chat
 prompts, and the step-cost ratio; Markdown for the model card, JSON beside it).
 
-    python tools/distill_draft.py --target ~/.cache/specdec/models/smollm2-135m-instruct \
-        --chat-parts 6 --corpus-tokens 600000 --steps 2100
+    python tools/distill_draft.py --target ~/.cache/specdec/models/smollm2-135m-instruct
     python tools/distill_draft.py --target DIR --phase eval --draft DIR-draft
 
 Non-goals: a general trainer; GPUs beyond "use CUDA when there"; other targets' chat formats
@@ -348,16 +347,19 @@ def main() -> None:
     ap.add_argument("--code-prompts", type=int, default=384)
     ap.add_argument("--chat-prompts", type=int, default=384)
     ap.add_argument(
-        "--chat-parts", type=int, default=1, help="data parts: 1 + extra sampled chat answers"
+        "--chat-parts", type=int, default=6, help="data parts: 1 + extra sampled chat answers"
     )
     ap.add_argument(
-        "--corpus-tokens", type=int, default=0, help="standard-library code annotated by the target"
+        "--corpus-tokens",
+        type=int,
+        default=600_000,
+        help="standard-library code annotated by the target",
     )
     ap.add_argument("--eval-prompts", type=int, default=16)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--gen-batch", type=int, default=32)
     ap.add_argument("--seq-len", type=int, default=320)
-    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=2)
