@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from specdec.core.model_config import ModelConfig
 from specdec.local_pipeline import Pipeline
 from specdec.router import app as router_app
 
@@ -24,6 +25,25 @@ TINY = dict(
     num_key_value_heads=2,
     max_position_embeddings=256,
 )
+
+# A model config too small to train, for tests that build ``DecoderModel`` in memory.
+MICRO = dict(
+    model_type="llama",
+    vocab_size=64,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=8,
+    max_position_embeddings=256,
+)
+
+
+def micro_config(**overrides: Any) -> ModelConfig:
+    """``MICRO`` with ``overrides`` (vocab_size, eos_token_ids, ...)."""
+    return ModelConfig(**{**MICRO, **overrides})
+
 
 CORPUS = [
     "def add(a, b):\n    return a + b\n",

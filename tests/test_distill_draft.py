@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from fixtures import micro_config
 from tokenizers import Tokenizer
 
-from specdec.core.model_config import ModelConfig
 from specdec.engine.model import DecoderModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
@@ -20,19 +20,8 @@ from train_demo import TOP_K, continue_prompts
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parent.parent
-CFG = ModelConfig(
-    model_type="llama",
-    vocab_size=64,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=8,
-    max_position_embeddings=256,
-    eos_token_ids=(0,),
-    tie_word_embeddings=True,  # as SmolLM2: the draft's head rows start as embedding rows
-)
+# Tied as SmolLM2's: the draft's head rows start as embedding rows.
+CFG = micro_config(eos_token_ids=(0,), tie_word_embeddings=True)
 
 
 def _teacher() -> DecoderModel:

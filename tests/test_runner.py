@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from fixtures import micro_config
 
 from specdec.core.errors import InvalidRequest, SpecdecError
-from specdec.core.model_config import ModelConfig
 from specdec.engine.batch import Chunk
 from specdec.engine.model import DecoderModel
 from specdec.engine.runner import ModelRunner
@@ -24,17 +24,7 @@ VOCAB, MAX_LEN = 48, 32
 @pytest.fixture(scope="module")
 def model() -> DecoderModel:
     """A one-layer random model built in memory (no checkpoint, no transformers)."""
-    cfg = ModelConfig(
-        model_type="llama",
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-        max_position_embeddings=64,
-    )
+    cfg = micro_config(vocab_size=VOCAB, num_hidden_layers=1, max_position_embeddings=64)
     torch.manual_seed(0)
     return DecoderModel(cfg).eval().requires_grad_(False)
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from fixtures import micro_config
 
-from specdec.core.model_config import ModelConfig
 from specdec.engine.batch import Chunk
 from specdec.engine.checkpoint import load_model, save_model
 from specdec.engine.model import DecoderModel
@@ -15,18 +15,8 @@ from specdec.engine.runner import ModelRunner
 
 pytestmark = pytest.mark.unit
 
-CFG = ModelConfig(
-    model_type="llama",
-    vocab_size=96,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=8,
-    max_position_embeddings=64,
-    tie_word_embeddings=True,
-    eos_token_ids=(1,),
+CFG = micro_config(
+    vocab_size=96, max_position_embeddings=64, tie_word_embeddings=True, eos_token_ids=(1,)
 )
 
 

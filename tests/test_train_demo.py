@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from fixtures import micro_config
 
-from specdec.core.model_config import ModelConfig
 from specdec.engine.checkpoint import save_model
 from specdec.engine.model import DecoderModel
 from specdec.engine.runner import ModelRunner
@@ -40,18 +40,7 @@ from train_demo import (
 
 pytestmark = pytest.mark.unit
 
-CFG = ModelConfig(
-    model_type="llama",
-    vocab_size=64,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=1,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=8,
-    max_position_embeddings=512,
-    eos_token_ids=(0,),
-)
+CFG = micro_config(num_hidden_layers=1, max_position_embeddings=512, eos_token_ids=(0,))
 
 
 def test_rows_are_training_text_then_the_teachers_own_continuation() -> None:

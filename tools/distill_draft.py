@@ -146,8 +146,9 @@ def build_data(
     seed (new answers, where greedy would only repeat part 0's).  # → list of token-id lists"""
     gen = torch.Generator().manual_seed(args.seed + part)
     chat = encode(tok, chat_prompts(template, False))
-    code = code_prompts(args.code_prompts, False, args.seed) if part == 0 else []
-    prompts = encode(tok, code) if code else []
+    prompts: list[list[int]] = []
+    if part == 0:  # code once; a later part only resamples the chat answers
+        prompts = encode(tok, code_prompts(args.code_prompts, False, args.seed))
     prompts += [chat[i % len(chat)] for i in range(args.chat_prompts)]
     eos = set(target.config.eos_token_ids)
     rows: list[list[int]] = []
@@ -387,7 +388,8 @@ def main() -> None:
     print(f"{len(rows)} rows the target wrote, {sum(map(len, rows)):,} tokens")
     if args.corpus_tokens:
         corpus = code_corpus(tok, args.corpus_tokens, args.seq_len, args.seed)
-        print(f"{len(corpus)} windows of standard-library code, {len(corpus) * args.seq_len:,}")
+        tokens = len(corpus) * args.seq_len
+        print(f"{len(corpus)} windows of standard-library code, {tokens:,} tokens")
         pools.append(annotated(teacher, corpus, args.seq_len, work / "corpus"))
     pool = {key: torch.cat([p[key] for p in pools]) for key in pools[0]}
     vocab = teacher.config.vocab_size

@@ -37,6 +37,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -218,7 +219,7 @@ def continue_prompts(
     prompts: list[list[int]],
     lengths: list[int],
     gen: torch.Generator,
-    greedy: str = "even",
+    greedy: Literal["even", "all", "none"] = "even",
 ) -> list[list[int]]:
     """Each prompt continued by ``model`` to ``lengths[i]`` tokens, all rows in one batch on the
     engine's KV cache: ``greedy`` rows ("even", "all" or "none") greedily, the others sampled at

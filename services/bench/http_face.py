@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from specdec.bench.stats import percentile
 from specdec.bench.systems import pin_client, pipeline_request, request_id
 from specdec.bench.workloads import Prompt
 from specdec.v1 import generation_pb2, generation_pb2_grpc
@@ -110,11 +111,6 @@ class HttpClient:
         self.connection.close()
 
 
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 def run_http_face(
     stub: generation_pb2_grpc.GenerationStub,
     http_address: str,
@@ -184,7 +180,7 @@ def summarize(
         "grpc_median_s": statistics.median(r["grpc_s"] for r in rows),
         "http_median_s": statistics.median(r["http_s"] for r in rows),
         "added_ms_per_chunk_median": statistics.median(added),
-        "added_ms_per_chunk_p90": _pct(added, 0.9),
+        "added_ms_per_chunk_p90": percentile(added, 0.9),
         "added_ms_per_chunk_pooled": 1e3 * extra_s / max(sum(r["http_chunks"] for r in rows), 1),
         "target_ms_per_chunk": TARGET_MS_PER_CHUNK,
         "all_identical": all(r["identical"] for r in rows),

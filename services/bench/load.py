@@ -24,6 +24,7 @@ from typing import Any
 
 import grpc
 
+from specdec.bench.stats import percentile
 from specdec.bench.systems import pin_client, request_id
 from specdec.v1 import generation_pb2, generation_pb2_grpc
 
@@ -122,13 +123,6 @@ def run_window(
     return out
 
 
-def _pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 def point(system: str, concurrency: int, windows: list[Window]) -> dict[str, Any]:
     """One load point as the report shows it, from its system's windows in order."""
     w = Window()
@@ -143,13 +137,13 @@ def point(system: str, concurrency: int, windows: list[Window]) -> dict[str, Any
         "tokens_in_window": w.tokens_in_window,
         "throughput_tokens_per_s": w.tokens_in_window / w.seconds if w.seconds else 0.0,
         "window_throughputs": [x.tokens_in_window / x.seconds for x in windows if x.seconds],
-        "ttft_p50_s": _pct(w.ttft_s, 0.5),
-        "ttft_p99_s": _pct(w.ttft_s, 0.99),
-        "itl_p50_s": _pct(w.itl_s, 0.5),
-        "itl_p99_s": _pct(w.itl_s, 0.99),
+        "ttft_p50_s": percentile(w.ttft_s, 0.5),
+        "ttft_p99_s": percentile(w.ttft_s, 0.99),
+        "itl_p50_s": percentile(w.itl_s, 0.5),
+        "itl_p99_s": percentile(w.itl_s, 0.99),
         "tpot_median_s": statistics.median(w.tpot_s) if w.tpot_s else None,
-        "queue_p50_s": _pct(w.queue_s, 0.5),
-        "queue_p99_s": _pct(w.queue_s, 0.99),
+        "queue_p50_s": percentile(w.queue_s, 0.5),
+        "queue_p99_s": percentile(w.queue_s, 0.99),
     }
 
 

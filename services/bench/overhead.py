@@ -23,6 +23,7 @@ from typing import Any
 
 import grpc
 
+from specdec.bench.stats import percentile
 from specdec.bench.systems import (
     IN_PROCESS,
     InProcess,
@@ -75,11 +76,6 @@ def make_tiny(target: str, folder: Path, seed: int = 0) -> Path:
 def _ms_per_round(run: Any) -> float:
     rounds = run.counts.rounds if run.counts is not None else len(run.token_ids)
     return 1e3 * run.elapsed_s / max(rounds, 1)
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def run_overhead(
@@ -167,7 +163,7 @@ def _summary(
     max_tokens: int,
 ) -> dict[str, Any]:
     systems = {
-        name: {"p50_ms": statistics.median(v), "p99_ms": _pct(v, 0.99), "samples": len(v)}
+        name: {"p50_ms": statistics.median(v), "p99_ms": percentile(v, 0.99), "samples": len(v)}
         for name, v in times.items()
     }
     pairs = []

@@ -9,7 +9,7 @@ fp32 takes 1.0 ms and bf16 1.5 ms: there a small bf16 matmul has a fixed cost of
 fp32 does not (192 × 320 weights: 33 µs against 7.6 µs), which outweighs the bytes it saves
 (``tools/eval_demo.py --draft-dtype`` measures either).
 
-Timing costs two loads and a few dozen decode steps at start-up (~0.3 s for the demo draft).
+Timing costs two loads and ~200 small decode steps at start-up (~0.3 s for the demo draft).
 Blocks of steps alternate between the candidates, so a busy CPU slows both alike, while each
 block runs warm, as a draft's steps do (steps that alternate one by one evict each other's
 weights from the caches, which favours the smaller dtype: on an AMD EPYC that measured bf16
