@@ -53,7 +53,7 @@ from specdec.core.model_config import HEAD_VOCAB_KEY
 from specdec.engine.batch import Chunk
 from specdec.engine.checkpoint import hf_config_dict, load_model
 from specdec.engine.model import DecoderModel
-from specdec.engine.proposer_draft import DraftModelProposer
+from specdec.engine.proposer_feature import model_proposer
 from specdec.engine.runner import ModelRunner
 from specdec.engine.sampling import SamplingParams
 from specdec.engine.speculative import generate
@@ -197,25 +197,96 @@ def padded(rows: list[list[int]], length: int) -> tuple[torch.Tensor, torch.Tens
 
 
 def annotated(
-    teacher: DecoderModel, rows: list[list[int]], seq_len: int, stem: Path, shard: int = 256
+    teacher: DecoderModel,
+    rows: list[list[int]],
+    seq_len: int,
+    stem: Path,
+    shard: int = 256,
+    features: bool = False,
 ) -> dict[str, torch.Tensor]:
     """``rows`` padded to ``seq_len`` with the teacher's top-32 at every position, computed in
-    shards of ``shard`` rows cached as ``<stem>-<i>.pt`` (a long run resumes by shard).
-    # → ids [N, T + 1], mask [N, T], top_ids [N, T, 32], top_logp [N, T, 32]"""
+    shards of ``shard`` rows cached as ``<stem>-<i>.pt`` (a long run resumes by shard); with
+    ``features``, also its final hidden state after the norm (``<stem>-feat-<i>.pt``, bf16), what
+    a feature draft reads. # → ids [N, T + 1], mask [N, T], top_ids [N, T, 32],
+    top_logp [N, T, 32] (, features [N, T, C])"""
     ids, mask = padded(rows, seq_len)
-    parts = []
+    parts, feats = [], []
     for i, start in enumerate(range(0, len(rows), shard)):
         path = stem.with_name(f"{stem.name}-{i:03d}.pt")
         if not path.exists():
             top_ids, top_logp = teacher_top(teacher, ids[start : start + shard], batch=8)
             torch.save({"top_ids": top_ids, "top_logp": top_logp}, path)
         parts.append(torch.load(path))
-    return {
+        feat_path = stem.with_name(f"{stem.name}-feat-{i:03d}.pt")
+        if features and not feat_path.exists():
+            torch.save(teacher_features(teacher, ids[start : start + shard]), feat_path)
+        if features:
+            feats.append(torch.load(feat_path))
+    pool = {
         "ids": ids,
         "mask": mask,
         "top_ids": torch.cat([p["top_ids"] for p in parts]),
         "top_logp": torch.cat([p["top_logp"] for p in parts]),
     }
+    if features:
+        pool["features"] = torch.cat(feats)
+    return pool
+
+
+def teacher_features(teacher: DecoderModel, rows: torch.Tensor, batch: int = 8) -> torch.Tensor:
+    """The teacher's final hidden state (after its norm) at every position of ``rows``.
+    # [N, T + 1] → [N, T, C] bf16"""
+    out = []
+    with torch.inference_mode():
+        for chunk in tqdm(rows.split(batch), desc="teacher features", unit="batch"):
+            out.append(teacher.hidden_dense(chunk[:, :-1]).to(torch.bfloat16))
+    return torch.cat(out)
+
+
+def training_pool(
+    teacher: DecoderModel,
+    tok: Tokenizer,
+    template: str,
+    args: argparse.Namespace,
+    features: bool = False,
+) -> tuple[list[list[int]], dict[str, torch.Tensor]]:
+    """The rows the target wrote (built and annotated part by part, cached in
+    ``args.work_dir``) and the whole annotated pool, the standard-library windows included."""
+    work = args.work_dir
+    work.mkdir(parents=True, exist_ok=True)
+    rows: list[list[int]] = []
+    pools = []
+    for part in range(args.chat_parts):
+        rows_path = work / ("rows.json" if part == 0 else f"rows-{part}.json")
+        if not rows_path.exists():
+            rows_path.write_text(json.dumps(build_data(teacher, tok, template, args, part)))
+        part_rows = json.loads(rows_path.read_text())
+        rows += part_rows
+        stem = work / rows_path.stem
+        pools.append(annotated(teacher, part_rows, args.seq_len, stem, features=features))
+    print(f"{len(rows)} rows the target wrote, {sum(map(len, rows)):,} tokens")
+    if args.corpus_tokens:
+        corpus = code_corpus(tok, args.corpus_tokens, args.seq_len, args.seed)
+        tokens = len(corpus) * args.seq_len
+        print(f"{len(corpus)} windows of standard-library code, {tokens:,} tokens")
+        stem = work / "corpus"
+        pools.append(annotated(teacher, corpus, args.seq_len, stem, features=features))
+    return rows, {key: torch.cat([p[key] for p in pools]) for key in pools[0]}
+
+
+def reduced_head(
+    rows: list[list[int]], pool: dict[str, torch.Tensor], vocab: int, size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``size`` most frequent tokens of ``rows`` (FR-Spec), and each vocabulary token's row
+    in that head (-1: not in it).  # → head_ids [Vh], head_index [V]"""
+    head_ids = torch.from_numpy(frequent_tokens(rows, vocab, size))
+    covered = torch.zeros(vocab, dtype=torch.bool)
+    covered[head_ids] = True
+    share = covered[pool["ids"][:, 1:][pool["mask"]]].float().mean().item()
+    print(f"head of {len(head_ids)} tokens covers {share:.1%} of the training tokens")
+    head_index = torch.full((vocab,), -1, dtype=torch.int64)
+    head_index[head_ids] = torch.arange(len(head_ids))
+    return head_ids, head_index
 
 
 def new_draft(target: DecoderModel, layers: list[int], head_ids: torch.Tensor) -> DecoderModel:
@@ -251,11 +322,23 @@ def distil_loss(
     top_logp: torch.Tensor,
     head_index: torch.Tensor,
 ) -> torch.Tensor:
-    """KL(target || draft) over the target's top-K tokens inside the draft's head plus one
-    bucket for the rest, plus the cross-entropy of the target's argmax where the head has it.
+    """``head_loss`` of the draft's logits on ``ids``.
     ids [B, T + 1], mask [B, T], top_ids/top_logp [B, T, K], head_index [V] (-1: not in head)."""
     logits = draft.lm_head(draft.hidden_dense(ids[:, :-1])).float()  # [B, T, Vh]
-    logq_head = torch.log_softmax(logits, -1)
+    return head_loss(logits, mask, top_ids, top_logp, head_index)
+
+
+def head_loss(
+    logits: torch.Tensor,
+    mask: torch.Tensor,
+    top_ids: torch.Tensor,
+    top_logp: torch.Tensor,
+    head_index: torch.Tensor,
+) -> torch.Tensor:
+    """KL(target || draft) over the target's top-K tokens inside the draft's head plus one
+    bucket for the rest, plus the cross-entropy of the target's argmax where the head has it,
+    per masked position. logits [B, T, Vh], mask [B, T], top_ids/top_logp [B, T, K]."""
+    logq_head = torch.log_softmax(logits.float(), -1)
     index = head_index[top_ids.long()]  # [B, T, K]
     inside = index >= 0
     logq = logq_head.gather(-1, index.clamp(min=0))  # [B, T, K] (junk where not inside)
@@ -311,7 +394,7 @@ def evaluate(target_dir: Path, draft_dir: Path, tok: Tokenizer, template: str, a
             proposed_at, accepted_at = [0] * k, [0] * k
             for ids in tqdm(prompts, desc=f"eval {name} k={k}", leave=False):
                 run = generate(
-                    target, ids, SamplingParams(), args.new_tokens, DraftModelProposer(draft), k
+                    target, ids, SamplingParams(), args.new_tokens, model_proposer(draft), k
                 )
                 accepted += run.stats.accepted_tokens
                 rounds += max(1, run.stats.rounds - 1)
@@ -336,8 +419,9 @@ def evaluate(target_dir: Path, draft_dir: Path, tok: Tokenizer, template: str, a
     return result
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def parser(description: str) -> argparse.ArgumentParser:
+    """The options of a distillation run (the feature-draft tool adds its own)."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--target", type=Path, required=True, help="the target's HF folder")
     ap.add_argument("--work-dir", type=Path, default=Path("build/distill"))
     ap.add_argument("--out", type=Path, default=Path("models/smollm2-draft"))
@@ -366,46 +450,26 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, help="--phase eval: also write the figures here")
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = parser(__doc__.split("\n")[0]).parse_args()
     torch.set_num_threads(args.threads)
     tok = Tokenizer.from_file(str(args.target / "tokenizer.json"))
     template = (args.target / "chat_template.jinja").read_text()
     if args.phase == "eval":
         evaluate(args.target, args.draft, tok, template, args)
         return
-    work = args.work_dir
-    work.mkdir(parents=True, exist_ok=True)
     teacher = load_model(args.target, torch.bfloat16)
-    rows: list[list[int]] = []
-    pools = []
-    for part in range(args.chat_parts):
-        rows_path = work / ("rows.json" if part == 0 else f"rows-{part}.json")
-        if not rows_path.exists():
-            rows_path.write_text(json.dumps(build_data(teacher, tok, template, args, part)))
-        part_rows = json.loads(rows_path.read_text())
-        rows += part_rows
-        pools.append(annotated(teacher, part_rows, args.seq_len, work / rows_path.stem))
-    print(f"{len(rows)} rows the target wrote, {sum(map(len, rows)):,} tokens")
-    if args.corpus_tokens:
-        corpus = code_corpus(tok, args.corpus_tokens, args.seq_len, args.seed)
-        tokens = len(corpus) * args.seq_len
-        print(f"{len(corpus)} windows of standard-library code, {tokens:,} tokens")
-        pools.append(annotated(teacher, corpus, args.seq_len, work / "corpus"))
-    pool = {key: torch.cat([p[key] for p in pools]) for key in pools[0]}
-    vocab = teacher.config.vocab_size
-    head_ids = torch.from_numpy(frequent_tokens(rows, vocab, args.head_vocab))
-    covered = torch.zeros(vocab, dtype=torch.bool)
-    covered[head_ids] = True
-    share = covered[pool["ids"][:, 1:][pool["mask"]]].float().mean().item()
-    print(f"head of {len(head_ids)} tokens covers {share:.1%} of the training tokens")
-    head_index = torch.full((vocab,), -1, dtype=torch.int64)
-    head_index[head_ids] = torch.arange(len(head_ids))
+    rows, pool = training_pool(teacher, tok, template, args)
+    head_ids, head_index = reduced_head(rows, pool, teacher.config.vocab_size, args.head_vocab)
     target32 = load_model(args.target, torch.float32)
     draft = new_draft(target32, [int(x) for x in args.layers.split(",")], head_ids)
     del target32
     phase = Phase("train", args.steps, args.batch, args.lr, weight_decay=0.0)
     loss = batch_loss(pool, head_index, args.batch)
-    train(draft, phase, loss, None, work, args.seed, str(draft.lm_head.weight.device))
+    train(draft, phase, loss, None, args.work_dir, args.seed, str(draft.lm_head.weight.device))
     export(draft, args.out)
     print(f"draft tensors in {args.out}; `specdec models fetch` assembles the draft folder")
 

@@ -23,7 +23,8 @@ def measure_costs(
     slots = {}
     for name, runner in (("target", target), ("draft", draft)):
         slots[name] = runner.cache.allocate()
-        runner.step([Chunk(slots[name], list(prompt_ids), 0, 1)])  # prefill
+        features = runner.blank_features(len(prompt_ids))
+        runner.step([Chunk(slots[name], list(prompt_ids), 0, 1, features)])  # prefill
     base = len(prompt_ids)
     times: dict[str, list[float]] = {"draft": [], "target": [], "verify": []}
     try:

@@ -189,12 +189,12 @@ class InProcess:
         return [*out, System(REFERENCE, IN_PROCESS, self._runner(0, max_tokens), 0)]
 
     def _runner(self, k: int, max_tokens: int) -> Callable[[Sequence[int], str], Run]:
-        from specdec.engine.proposer_draft import DraftModelProposer
+        from specdec.engine.proposer_feature import model_proposer
         from specdec.engine.sampling import SamplingParams
         from specdec.engine.speculative import generate
 
         def run(ids: Sequence[int], _request_id: str) -> Run:
-            proposer = DraftModelProposer(self.draft, self.target.vocab_size) if k else None
+            proposer = model_proposer(self.draft, self.target.vocab_size) if k else None
             start = time.perf_counter()
             result = generate(self.target, ids, SamplingParams(), max_tokens, proposer, k)
             elapsed = time.perf_counter() - start

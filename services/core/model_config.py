@@ -19,6 +19,7 @@ from specdec.core.errors import CheckpointError
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 HEAD_VOCAB_KEY = "specdec_head_vocab_size"  # config.json: a reduced LM head (drafts)
+FEATURE_DRAFT_KEY = "specdec_feature_draft"  # config.json: a draft that reads target features
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,9 @@ class ModelConfig:
     # A draft's LM head over only this many tokens (FR-Spec, arXiv 2502.14856): config.json's
     # ``specdec_head_vocab_size``; the ids are the ``lm_head.token_ids`` tensor. None: all.
     head_vocab_size: int | None = None
+    # A draft that reads the target's hidden states (``engine/feature_draft.py``):
+    # config.json's ``specdec_feature_draft``.
+    feature_draft: bool = False
     sliding_window: int | None = None  # keys older than this many positions are masked
     eos_token_ids: tuple[int, ...] = field(default_factory=tuple)
     bos_token_id: int | None = None
@@ -83,6 +87,7 @@ class ModelConfig:
         cfg_kwargs.update(_family_switches(raw, model_type, source))
         head = raw.get(HEAD_VOCAB_KEY)
         cfg_kwargs["head_vocab_size"] = int(head) if head is not None else None
+        cfg_kwargs["feature_draft"] = bool(raw.get(FEATURE_DRAFT_KEY, False))
         eos = raw.get("eos_token_id")
         cfg_kwargs["eos_token_ids"] = _as_id_tuple(eos)
         bos = raw.get("bos_token_id")

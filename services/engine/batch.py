@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
@@ -27,13 +28,16 @@ class Chunk:
     """New tokens for one slot, the first at absolute position ``start_pos``.
 
     ``num_logits`` asks for the logits of the last that many tokens (0 for a prefill chunk whose
-    output nobody needs, k+1 for a verification, 1 for a decode step).
+    output nobody needs, k+1 for a verification, 1 for a decode step). ``features`` is each
+    token's input feature, for a draft that reads the target's hidden states
+    (``feature_draft.py``); None for every other model.
     """
 
     slot: int
     token_ids: Sequence[int]
     start_pos: int
     num_logits: int = 1
+    features: torch.Tensor | None = None  # [n, C]
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,7 @@ class ForwardBatch:
     context_len: int  # S, the longest start_pos + len(token_ids) in the batch
     single_slot: int | None  # the slot when B == 1 (lets attention read the cache without a copy)
     generic: bool = False  # built for a compiled forward (see the module docstring)
+    features: torch.Tensor | None = None  # [T, C], the chunks' input features back to back
 
     @classmethod
     def build(
@@ -106,6 +111,9 @@ class ForwardBatch:
             if sliding_window is not None:
                 mask &= key_pos[None, None, :] > query_pos[:, :, None] - sliding_window
             mask = mask[:, None]  # [B, 1, L, S]
+        features = None  # the runner checked: every chunk has them, one per token, or none
+        if chunks[0].features is not None:
+            features = torch.cat([cast(torch.Tensor, c.features) for c in chunks]).to(device)
         return cls(
             input_ids=t(ids),
             positions=t(positions),
@@ -120,4 +128,5 @@ class ForwardBatch:
             context_len=context,
             single_slot=chunks[0].slot if len(chunks) == 1 and not generic else None,
             generic=generic,
+            features=features,
         )

@@ -17,7 +17,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from specdec.core.errors import CheckpointError
-from specdec.core.model_config import HEAD_VOCAB_KEY, ModelConfig, load_config, read_json
+from specdec.core.model_config import (
+    FEATURE_DRAFT_KEY,
+    HEAD_VOCAB_KEY,
+    ModelConfig,
+    load_config,
+    read_json,
+)
+from specdec.engine.feature_draft import FeatureDraft
 from specdec.engine.model import DecoderModel
 from specdec.engine.rope import inv_frequencies
 
@@ -72,7 +79,7 @@ def load_model(
     if cfg.tie_word_embeddings:
         state.pop("lm_head.weight", None)
     with torch.device("meta"):
-        model = DecoderModel(cfg)
+        model = FeatureDraft(cfg) if cfg.feature_draft else DecoderModel(cfg)
     expected = {k: v.shape for k, v in model.state_dict().items()}
     if cfg.tie_word_embeddings:
         expected.pop("lm_head.weight")
@@ -148,6 +155,8 @@ def hf_config_dict(cfg: ModelConfig) -> dict[str, Any]:
     }
     if cfg.head_vocab_size is not None:
         out[HEAD_VOCAB_KEY] = cfg.head_vocab_size
+    if cfg.feature_draft:
+        out[FEATURE_DRAFT_KEY] = True
     return out
 
 

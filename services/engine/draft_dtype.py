@@ -52,7 +52,7 @@ def fastest(models: list[DecoderModel], context: int = 64, steps: int = 48, bloc
     slots = [[r.cache.allocate() for _ in range(BATCH)] for r in runners]
     for runner, own in zip(runners, slots, strict=True):
         for slot in own:
-            runner.step([Chunk(slot, [0] * context, 0, 1)])
+            runner.step([Chunk(slot, [0] * context, 0, 1, runner.blank_features(context))])
         _step(runner, own, context)  # the first calls pay one-off set-up
     single: list[list[float]] = [[] for _ in runners]  # per model: each block's median
     batched: list[list[float]] = [[] for _ in runners]
@@ -70,7 +70,7 @@ def fastest(models: list[DecoderModel], context: int = 64, steps: int = 48, bloc
 def _step(runner: ModelRunner, slots: list[int], base: int) -> float:
     """Seconds for one decode step of ``slots`` from position ``base``, rolled back after."""
     start = time.perf_counter()
-    runner.step([Chunk(slot, [1], base, 1) for slot in slots])
+    runner.step([Chunk(slot, [1], base, 1, runner.blank_features(1)) for slot in slots])
     elapsed = time.perf_counter() - start
     for slot in slots:
         runner.cache.rollback_to(slot, base)

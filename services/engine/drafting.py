@@ -71,7 +71,7 @@ class DraftCursor:
             return self.seq.sync_cache(runner)  # committed tokens not in the slot yet
         return [self.token_ids[-1]]
 
-    def _read(self, logits: torch.Tensor, top_m: int, top_mass: float) -> None:
+    def read(self, logits: torch.Tensor, top_m: int, top_mass: float) -> None:
         """Take the distribution at the next position: draw a token (if still drafting)."""
         self._forwards_left -= 1
         params, seq = self.seq.params, self.seq
@@ -123,7 +123,7 @@ def advance(
     all_logits = runner.step(chunks)  # per cursor [1, V]
     for cursor, chunk, logits in zip(live, chunks, all_logits, strict=True):
         cursor.seq.cached.extend(chunk.token_ids)
-        cursor._read(logits[:, :vocab_limit], top_m, top_mass)
+        cursor.read(logits[:, :vocab_limit], top_m, top_mass)
 
 
 def draft_batch(

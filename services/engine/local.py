@@ -16,7 +16,7 @@ from specdec.engine.checkpoint import load_model
 from specdec.engine.compiled import compile_by_default
 from specdec.engine.draft_dtype import load_draft
 from specdec.engine.proposer import Proposer
-from specdec.engine.proposer_draft import DraftModelProposer
+from specdec.engine.proposer_feature import model_proposer
 from specdec.engine.proposer_ngram import NgramProposer
 from specdec.engine.runner import ModelRunner
 from specdec.engine.sampling import SamplingParams
@@ -62,7 +62,7 @@ def run_in_process(
         check_same_tokenizer(tokenizer, Tokenizer.from_folder(draft), draft)
         draft_runner = ModelRunner(load_draft(draft, device), num_slots=1, compile=compile)
         draft_runner.warm_compiled()
-        proposer = DraftModelProposer(draft_runner, vocab_limit=target_runner.vocab_size)
+        proposer = model_proposer(draft_runner, vocab_limit=target_runner.vocab_size)
     elif ngram:
         proposer = NgramProposer()
     params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)

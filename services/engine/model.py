@@ -265,6 +265,8 @@ class Backbone(nn.Module):
 class DecoderModel(nn.Module):
     """The whole causal LM: ``forward(batch, cache)`` returns logits of the requested tokens."""
 
+    reads_features = False  # a feature draft's forward also takes each token's input feature
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.config = cfg
@@ -329,15 +331,23 @@ class DecoderModel(nn.Module):
             device=weight.device,
         )
 
-    def forward(self, batch: ForwardBatch, cache: KVCache) -> torch.Tensor:
-        """Run the chunks, write their keys/values, return fp32 logits.  # → [N, V]"""
+    def forward(
+        self, batch: ForwardBatch, cache: KVCache, hidden: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Run the chunks, write their keys/values, return fp32 logits; with ``hidden``, also
+        every token's final hidden state after the norm (what a feature draft reads).
+        # → [N, V] (, [T, C])"""
         x = self.model.embed_tokens(batch.input_ids)  # [T, C]
         cos, sin = cos_sin(batch.positions, self.inv_freq, x.dtype)  # [T, 1, D] each
         for layer in self.model.layers:
             x = layer(x, batch, cache, cos, sin)
-        x = self.model.norm(x[batch.logit_indices])  # [N, C]
-        logits = linear(x, self.lm_head_packed, self.lm_head.weight, None).float()  # [N, Vh]
-        return self.full_vocab(logits)  # [N, V]
+        if hidden:
+            x = self.model.norm(x)  # [T, C]
+            rows = x[batch.logit_indices]  # [N, C]
+        else:
+            rows = self.model.norm(x[batch.logit_indices])  # [N, C]
+        logits = linear(rows, self.lm_head_packed, self.lm_head.weight, None).float()  # [N, Vh]
+        return (self.full_vocab(logits), x) if hidden else self.full_vocab(logits)  # [N, V]
 
     @property
     def head_token_ids(self) -> torch.Tensor | None:

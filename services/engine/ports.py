@@ -1,7 +1,8 @@
 """The speculation loop's two ports over the engine, in this process (no network).
 
 ``EngineVerifier`` owns one KV-cache slot of the target runner and answers each step with one
-forward (``sequence.verify_batch`` over a single sequence); ``EngineDrafter`` wraps any
+forward (``sequence.verify_batch`` over a single sequence), handing the target's hidden states
+to ``on_features`` when a feature draft reads them; ``EngineDrafter`` wraps any
 ``Proposer``; ``AheadDrafter`` runs a draft model with draft-ahead (``draft_engine``), keeping
 what it drafts ahead in a speculation cache, exactly as the router does with a draft replica.
 In one process the ahead work cannot overlap verification, so it only costs time: it is here to
@@ -13,8 +14,10 @@ Non-goals: batching several requests (the services do that).
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
+
+import torch
 
 from specdec.core.rounds import AHEAD_HIT, AHEAD_MISS, Proposal, Verdict
 from specdec.core.spec_cache import SpeculationCache
@@ -27,6 +30,8 @@ from specdec.engine.sampling import SamplingParams
 from specdec.engine.sequence import SequenceState, VerifyItem, verify_batch
 
 T = TypeVar("T")
+# Told the target's hidden states of positions [end - n, end) as a verification caches them.
+FeatureSink = Callable[[torch.Tensor, int], None]
 
 
 class _Done(Awaitable[T]):
@@ -49,16 +54,19 @@ class EngineVerifier:
         params: SamplingParams,
         seed: int,
         logprobs: int | None = None,  # alternatives per token's logprob; None: no logprobs
+        on_features: FeatureSink | None = None,
     ) -> None:
         self.runner = runner
         self.params = params
         self.seed = seed
         self.logprobs = logprobs
+        self.on_features = on_features
         self.seq: SequenceState | None = None
 
     async def open(self, context: Sequence[int]) -> Awaitable[Verdict]:
         slot = self.runner.cache.allocate()
         self.seq = SequenceState(slot, list(context), self.params, self.seed, [], self.logprobs)
+        self.seq.features = self.on_features is not None
         return _Done(self._step(EMPTY_PROPOSAL))
 
     async def verify(self, committed: Sequence[int], proposal: Proposal) -> Awaitable[Verdict]:
@@ -76,6 +84,8 @@ class EngineVerifier:
         result = verify_batch(self.runner, [VerifyItem(self.seq, drafts)])[0]
         if isinstance(result, Exception):
             raise result
+        if self.on_features is not None and result.features is not None:
+            self.on_features(result.features, len(self.seq.cached))
         elapsed = time.perf_counter_ns() - start
         return Verdict(
             result.num_accepted,

@@ -54,6 +54,9 @@ class VerifyResult:
     is_bonus: bool  # True when all K were accepted and next_token_id is the bonus token
     # When asked for: the target's logprob of each committed token (``token_ids``), in order.
     logprobs: tuple[TokenLogprob, ...] = ()
+    # When asked for (a feature draft reads them): the target's final hidden state at each
+    # position this step added to its cache, the last at the new cache length - 1.  # [n, C]
+    features: Tensor | None = None
 
     @property
     def bonus_token_id(self) -> int | None:

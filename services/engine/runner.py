@@ -58,18 +58,42 @@ class ModelRunner:
     def timed_step(self, slot: int, base: int, num_tokens: int = 1) -> float:
         """Seconds for one step of ``num_tokens`` tokens on ``slot`` from position ``base``,
         rolled back after it: for measuring what a step costs, not for generating."""
+        chunk = Chunk(slot, [1] * num_tokens, base, num_tokens, self.blank_features(num_tokens))
         start = time.perf_counter()
-        self.step([Chunk(slot, [1] * num_tokens, base, num_tokens)])
+        self.step([chunk])
         elapsed = time.perf_counter() - start
         self.cache.rollback_to(slot, base)
         return elapsed
+
+    def blank_features(self, n: int) -> torch.Tensor | None:
+        """Zero input features for ``n`` tokens when the model reads them (a feature draft),
+        else None: what timing and warm-up steps feed.  # → [n, C] or None"""
+        if not self.model.reads_features:
+            return None
+        return torch.zeros(n, self.config.hidden_size, device=self.device)
 
     def step(self, chunks: Sequence[Chunk]) -> list[torch.Tensor]:
         """One forward over all ``chunks``; each chunk's logits.  # → [num_logits, V] fp32 each"""
         if not chunks:
             return []
+        logits, _ = self._forward(chunks, hidden=False)
+        return logits
+
+    def step_hidden(self, chunks: Sequence[Chunk]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """``step``, and each chunk's hidden state at every token it fed (a target's normed
+        final hidden, a feature draft's output), eager always.
+        # → [num_logits, V] fp32 each, [len(token_ids), C] each"""
+        if not chunks:
+            return [], []
+        logits, hidden = self._forward(chunks, hidden=True)
+        assert hidden is not None
+        return logits, list(torch.split(hidden, [len(c.token_ids) for c in chunks]))
+
+    def _forward(
+        self, chunks: Sequence[Chunk], hidden: bool
+    ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         self._validate(chunks)
-        generic = self.compiled is not None and self.compiled.ready
+        generic = not hidden and self.compiled is not None and self.compiled.ready
         batch = ForwardBatch.build(
             chunks,
             self.device,
@@ -78,12 +102,16 @@ class ModelRunner:
             CUDA_CONTEXT_BUCKET if self.device.type == "cuda" else 1,
             self.cache.max_seq_len,
         )
+        states = None
         with torch.inference_mode():
-            forward = self.compiled or self.model
-            logits = forward(batch, self.cache)  # [N (+ padding rows), V]
+            if hidden:
+                logits, states = self.model(batch, self.cache, hidden=True)
+            else:
+                logits = (self.compiled or self.model)(batch, self.cache)  # [N (+ pad), V]
         for chunk in chunks:
             self.cache.append(chunk.slot, len(chunk.token_ids))
-        return list(torch.split(logits[: sum(batch.num_logits)], list(batch.num_logits)))
+        split = torch.split(logits[: sum(batch.num_logits)], list(batch.num_logits))
+        return list(split), states
 
     def _validate(self, chunks: Sequence[Chunk]) -> None:
         seen: set[int] = set()
@@ -109,6 +137,11 @@ class ModelRunner:
                     "token_ids",
                     f"{length + n} tokens exceed the context of {self.cache.max_seq_len}",
                 )
+            if (chunk.features is not None) != self.model.reads_features or (
+                chunk.features is not None and chunk.features.shape != (n, self.config.hidden_size)
+            ):
+                want = f"[{n}, {self.config.hidden_size}]" if self.model.reads_features else "none"
+                raise InvalidRequest("features", f"this model takes input features {want}")
             bad = [t for t in chunk.token_ids if not 0 <= t < vocab]
             if bad:
                 raise InvalidRequest(

@@ -35,6 +35,7 @@ class SequenceState:
     seed: int
     cached: list[int] = field(default_factory=list)
     logprobs: int | None = None  # alternatives per committed token's logprob; None: no logprobs
+    features: bool = False  # each verification returns the hidden states it cached
 
     def sync_cache(self, runner: ModelRunner) -> list[int]:
         """Roll the slot back to the longest cached prefix of ``committed`` that leaves at least
@@ -69,23 +70,29 @@ def verify_batch(
         feed = item.seq.sync_cache(runner)
         drafts = item.proposal.draft_token_ids
         chunks.append(Chunk(item.seq.slot, feed + drafts, len(item.seq.cached), len(drafts) + 1))
-    all_logits = runner.step(chunks)  # per item [K+1, V]
+    if any(item.seq.features for item in items):
+        all_logits, all_hidden = runner.step_hidden(chunks)  # per item [K+1, V], [n, C]
+    else:
+        all_logits, all_hidden = runner.step(chunks), [None] * len(chunks)
     results: list[VerifyResult | Exception] = []
-    for item, chunk, logits in zip(items, chunks, all_logits, strict=True):
+    for item, chunk, logits, hidden in zip(items, chunks, all_logits, all_hidden, strict=True):
         seq, proposal = item.seq, item.proposal
         n = len(seq.committed)
+        kept = n - len(seq.cached)  # fed tokens kept: all but drafts the target refuses
         try:
             result = _accept(proposal, logits, seq.params, seq.seed, n)
             if seq.logprobs is not None:  # rows 0..num_accepted decided the committed tokens
                 tokens = result.token_ids(proposal.draft_token_ids)
                 found = token_logprobs(logits[: len(tokens)], tokens, seq.logprobs)
                 result = replace(result, logprobs=tuple(found))
+            if hidden is not None and seq.features:
+                result = replace(result, features=hidden[: kept + result.num_accepted])
         except Exception as exc:
             runner.cache.rollback_to(seq.slot, len(seq.cached))
             results.append(exc)
             continue
         # Keep the committed tokens and the accepted drafts; the next token is fed next time.
-        seq.cached.extend(chunk.token_ids[: n - len(seq.cached) + result.num_accepted])
+        seq.cached.extend(chunk.token_ids[: kept + result.num_accepted])
         runner.cache.rollback_to(seq.slot, len(seq.cached))
         seq.committed.extend(proposal.draft_token_ids[: result.num_accepted])
         seq.committed.append(result.next_token_id)

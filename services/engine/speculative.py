@@ -5,7 +5,8 @@ ports in this process: a proposer drafts k tokens, the target verifies them in o
 acceptance rule keeps what the target agrees with, and both sides roll back by position. Round 0
 prefills the prompt and decides the first token. Without a proposer every round is one plain
 decoding step, so ``generate(..., proposer=None)`` is target-only decoding, token for token the
-baseline.
+baseline. A feature draft's proposer (``proposer_feature.py``) is handed the target's hidden
+states as each verification caches them.
 Non-goals: batching several requests (the services do that), networking.
 """
 
@@ -25,6 +26,7 @@ from specdec.engine.draft_engine import Ahead
 from specdec.engine.ports import AheadDrafter, EngineDrafter, EngineVerifier, run_now
 from specdec.engine.proposer import Proposer
 from specdec.engine.proposer_draft import DraftModelProposer
+from specdec.engine.proposer_feature import FeatureDraftProposer
 from specdec.engine.runner import ModelRunner
 from specdec.engine.sampling import SamplingParams
 
@@ -70,7 +72,8 @@ def generate(
         stops = target.config.eos_token_ids if stop_token_ids is None else stop_token_ids
         budget = Budget(max_tokens, target.max_seq_len, frozenset(stops))
         seed = params.seed if params.seed is not None else random.getrandbits(63)
-        verifier = EngineVerifier(target, params, seed)
+        features = proposer.take_features if isinstance(proposer, FeatureDraftProposer) else None
+        verifier = EngineVerifier(target, params, seed, on_features=features)
         drafter = _drafter(proposer, params, seed, ahead_width, depth.next_depth())
         try:
             return run_now(_run(prompt_ids, budget, drafter, verifier, depth))
@@ -91,7 +94,7 @@ def _drafter(
     if not ahead_width:
         return EngineDrafter(proposer, params, seed)
     if not isinstance(proposer, DraftModelProposer):
-        raise InvalidRequest("ahead_width", "draft-ahead needs a draft model")
+        raise InvalidRequest("ahead_width", "draft-ahead needs a draft model of tokens only")
     ahead = Ahead(ahead_width, max(depth, 1))
     ahead.check()
     return AheadDrafter(

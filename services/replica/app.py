@@ -31,8 +31,8 @@ def warm_up(runner: ModelRunner) -> None:
     it is done (it logs its progress, and one line if it fails)."""
     slot = runner.cache.allocate()
     try:
-        runner.step([Chunk(slot, [0] * 16, 0, 1)])
-        runner.step([Chunk(slot, [0] * 5, 16, 5)])
+        runner.step([Chunk(slot, [0] * 16, 0, 1, runner.blank_features(16))])
+        runner.step([Chunk(slot, [0] * 5, 16, 5, runner.blank_features(5))])
     finally:
         runner.cache.free(slot)
     runner.warm_compiled(background=True)

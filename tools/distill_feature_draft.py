@@ -1,0 +1,139 @@
+"""Train a feature draft for a pretrained target (EAGLE, arXiv 2401.15077): one decoder layer that
+reads the target's final hidden state beside each token (``specdec.engine.feature_draft``).
+
+The data is ``distill_draft.py``'s, cached in the same ``--work-dir`` (text the target wrote for
+code and chat prompts, standard-library code it annotated, its top-32 at every position), plus
+the target's hidden state at every position (``<part>-feat-<i>.pt``, bf16, about 1.2 KB per
+token). The draft starts from the target's last layer, its embedding (frozen, not stored) and
+the rows of the target's tied embedding for a ``--head-vocab`` head (FR-Spec).
+
+The loss per position: the head's KL to the target's top 32 plus the cross-entropy of its
+argmax (``distill_draft.head_loss``), plus the smooth-L1 distance of the draft's output to the
+target's feature at that position. Inputs carry Gaussian noise (``--noise``), and with
+``--unroll`` 2 a second pass feeds the draft its own outputs as the features (what it sees from
+its second draft token on), its loss added: drafting past the first token reads predictions,
+not the target's features, and a draft trained only on the true ones drifts.
+
+    python tools/distill_feature_draft.py --target ~/.cache/specdec/models/smollm2-135m-instruct
+    python tools/distill_feature_draft.py --target DIR --phase eval --draft DIR-draft
+
+Non-goals: trees of drafts, several feature layers (EAGLE-3), a general trainer.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+
+sys.path.insert(0, str(Path(__file__).parent))
+from distill_draft import (
+    evaluate,
+    export,
+    head_loss,
+    parser,
+    reduced_head,
+    training_pool,
+)
+from train_demo import Phase, train
+
+from specdec.engine.checkpoint import load_model
+from specdec.engine.feature_draft import FeatureDraft, shifted
+from specdec.engine.model import DecoderModel
+
+
+def new_feature_draft(target: DecoderModel, layer: int, head_ids: torch.Tensor) -> FeatureDraft:
+    """One layer, initialised from the target's ``layer``; ``fc`` starts as embedding plus
+    feature; the head is the target's embedding rows of ``head_ids``; embedding frozen."""
+    cfg = replace(
+        target.config, num_hidden_layers=1, tie_word_embeddings=False, head_vocab_size=len(head_ids)
+    )
+    draft = FeatureDraft(cfg)
+    source = target.state_dict()
+    state = {"model.embed_tokens.weight": source["model.embed_tokens.weight"]}
+    prefix = f"model.layers.{layer}."
+    for k, v in source.items():
+        if k.startswith(prefix):
+            state["model.layers.0." + k[len(prefix) :]] = v
+    c = cfg.hidden_size
+    state["model.fc.weight"] = torch.cat([torch.eye(c), torch.eye(c)], dim=1)  # [C, 2C]
+    state["model.fc.bias"] = torch.zeros(c)
+    state["lm_head.weight"] = source["model.embed_tokens.weight"][head_ids].clone()  # [Vh, C]
+    state["lm_head.token_ids"] = head_ids
+    draft.load_state_dict(
+        {k: v.float().clone() if v.is_floating_point() else v for k, v in state.items()}
+    )
+    draft.model.embed_tokens.weight.requires_grad_(False)
+    return draft
+
+
+def feature_loss(
+    draft: FeatureDraft,
+    pool_rows: dict[str, torch.Tensor],
+    head_index: torch.Tensor,
+    noise: float,
+    unroll: int,
+    gen: torch.Generator,
+) -> torch.Tensor:
+    """Head loss plus feature regression, summed over ``unroll`` passes (pass 2 on reads the
+    previous pass's outputs as features).  # rows: ids [B, T + 1], mask [B, T],
+    top_ids/top_logp [B, T, 32], features [B, T, C]"""
+    ids, mask = pool_rows["ids"][:, :-1], pool_rows["mask"]
+    target = pool_rows["features"].float()  # [B, T, C]: f_j at j
+    inputs = shifted(target)
+    total = torch.zeros(())
+    weight = mask.float()[..., None]  # [B, T, 1]
+    for _ in range(unroll):
+        noisy = inputs + noise * torch.randn(inputs.shape, generator=gen)
+        out = draft.features_dense(ids, noisy)  # [B, T, C]: predicts f_j
+        logits = draft.lm_head(out)  # [B, T, Vh]
+        total = total + head_loss(
+            logits, mask, pool_rows["top_ids"], pool_rows["top_logp"], head_index
+        )
+        reg = F.smooth_l1_loss(out, target, reduction="none").mean(-1, keepdim=True)  # [B, T, 1]
+        total = total + (reg * weight).sum() / weight.sum()
+        inputs = shifted(out)
+    return total / unroll
+
+
+def main() -> None:
+    ap = parser(__doc__.split("\n")[0])
+    ap.set_defaults(out=Path("build/feature-draft"), steps=1200, lr=6e-4)
+    ap.add_argument("--layer", type=int, default=-1, help="target layer the draft starts from")
+    ap.add_argument("--noise", type=float, default=0.2, help="std of the input features' noise")
+    ap.add_argument("--unroll", type=int, default=2, help="passes per batch (2: own features)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    tok = Tokenizer.from_file(str(args.target / "tokenizer.json"))
+    template = (args.target / "chat_template.jinja").read_text()
+    if args.phase == "eval":
+        evaluate(args.target, args.draft, tok, template, args)
+        return
+    teacher = load_model(args.target, torch.bfloat16)
+    rows, pool = training_pool(teacher, tok, template, args, features=True)
+    vocab = teacher.config.vocab_size
+    del teacher
+    head_ids, head_index = reduced_head(rows, pool, vocab, args.head_vocab)
+    target32 = load_model(args.target, torch.float32)
+    layer = args.layer % target32.config.num_hidden_layers
+    draft = new_feature_draft(target32, layer, head_ids)
+    del target32
+
+    def loss(model: DecoderModel, gen: torch.Generator) -> torch.Tensor:
+        pick = torch.randint(0, len(pool["ids"]), (args.batch,), generator=gen)
+        batch = {key: value[pick] for key, value in pool.items()}
+        assert isinstance(model, FeatureDraft)
+        return feature_loss(model, batch, head_index, args.noise, args.unroll, gen)
+
+    phase = Phase("feature-train", args.steps, args.batch, args.lr, weight_decay=0.0)
+    train(draft, phase, loss, None, args.work_dir, args.seed, "cpu")
+    export(draft, args.out)
+    print(f"draft tensors in {args.out}; `specdec models fetch` assembles the draft folder")
+
+
+if __name__ == "__main__":
+    main()
