@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from fixtures import perturbed_copy, save_random_model
+from fixtures import fit_feature_draft, perturbed_copy, save_random_model
 
 # The test models are tiny: OpenMP threads only contend on a shared 2-core machine (an SDPA call
 # runs ~100x slower with two busy threads than with one).
@@ -30,3 +30,22 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         num_hidden_layers=1,
     )
     return root
+
+
+FEATURE_PROMPTS = [[5, 17, 33, 2, 99, 100, 7], [1], list(range(3, 60))]
+
+
+@pytest.fixture(scope="session")
+def feature_draft_dir(model_dir: Path) -> Path:
+    """A feature draft for ``model_dir``'s target, fitted to its greedy text (with the target's
+    tokenizer, as a draft folder has)."""
+    import shutil
+
+    from specdec.engine.checkpoint import load_model, save_model
+
+    folder = model_dir / "feature_draft"
+    if not folder.exists():
+        draft = fit_feature_draft(load_model(model_dir / "target"), FEATURE_PROMPTS)
+        save_model(draft, folder, dtype=torch.float32)
+        shutil.copy(model_dir / "target" / "tokenizer.json", folder / "tokenizer.json")
+    return folder

@@ -13,6 +13,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from specdec.core.model_config import ModelConfig
+from specdec.engine.model import DecoderModel
 from specdec.local_pipeline import Pipeline
 from specdec.router import app as router_app
 
@@ -193,3 +194,39 @@ def run_up(model_dir: Path, console: type[UpConsole] = UpConsole, *extra: str): 
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def fit_feature_draft(target: DecoderModel, prompts: list[list[int]], steps: int = 80) -> Any:
+    """A feature draft (``engine/feature_draft.py``) fitted for a moment to ``target``'s greedy
+    continuations of ``prompts``: it agrees often enough that accepted runs, rejections and
+    rollbacks all happen. Trained with the project's own loss (tools/distill_feature_draft.py)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+    from distill_feature_draft import feature_loss, new_feature_draft
+
+    from specdec.engine.runner import ModelRunner
+    from specdec.engine.sampling import SamplingParams
+    from specdec.engine.speculative import generate
+
+    runner = ModelRunner(target, num_slots=1)
+    texts = [generate(runner, p, SamplingParams(), 40, None, 0, stop_token_ids=[]) for p in prompts]
+    rows = [p + t.token_ids for p, t in zip(prompts, texts, strict=True)]
+    width = max(map(len, rows))
+    ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])  # [B, T + 1]
+    mask = torch.tensor([[j < len(r) - 1 for j in range(width - 1)] for r in rows])
+    with torch.no_grad():
+        feats = target.hidden_dense(ids[:, :-1])  # [B, T, C]
+        top = torch.log_softmax(target.forward_dense(ids[:, :-1]).float(), -1).topk(8, -1)
+    pool = dict(ids=ids, mask=mask, features=feats, top_ids=top.indices, top_logp=top.values)
+    head = torch.arange(target.config.vocab_size)
+    torch.manual_seed(0)
+    draft = new_feature_draft(target, target.config.num_hidden_layers - 1, head)
+    opt = torch.optim.AdamW([p for p in draft.parameters() if p.requires_grad], lr=3e-3)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        loss = feature_loss(draft, pool, head, 0.05, 2, gen)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return draft.eval().requires_grad_(False)

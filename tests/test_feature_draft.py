@@ -4,7 +4,6 @@ sampling, its slot rolled back to what the target's features built."""
 
 from __future__ import annotations
 
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -23,9 +22,6 @@ from specdec.engine.proposer_feature import FeatureDraftProposer, model_proposer
 from specdec.engine.runner import ModelRunner
 from specdec.engine.sampling import SamplingParams
 from specdec.engine.speculative import generate
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-from distill_feature_draft import feature_loss, new_feature_draft
 
 pytestmark = pytest.mark.unit
 
@@ -98,30 +94,8 @@ def target(model_dir: Path) -> ModelRunner:
 
 
 @pytest.fixture(scope="module")
-def draft(target: ModelRunner) -> ModelRunner:
-    """A feature draft fitted for a moment to the target's greedy text: it agrees often enough
-    that accepted runs, rejections and rollbacks all happen."""
-    model = target.model
-    head = torch.arange(model.config.vocab_size)
-    texts = [generate(target, p, GREEDY, 40, None, 0, stop_token_ids=[]).token_ids for p in PROMPTS]
-    rows = [p + t for p, t in zip(PROMPTS, texts, strict=True)]
-    width = max(map(len, rows))
-    ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])  # [B, T + 1]
-    mask = torch.tensor([[j < len(r) - 1 for j in range(width - 1)] for r in rows])
-    with torch.no_grad():
-        feats = model.hidden_dense(ids[:, :-1])
-        top = torch.log_softmax(model.forward_dense(ids[:, :-1]).float(), -1).topk(8, -1)
-    pool = dict(ids=ids, mask=mask, features=feats, top_ids=top.indices, top_logp=top.values)
-    torch.manual_seed(0)
-    fd = new_feature_draft(model, model.config.num_hidden_layers - 1, head)
-    opt = torch.optim.AdamW([p for p in fd.parameters() if p.requires_grad], lr=3e-3)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(80):
-        loss = feature_loss(fd, pool, head, 0.05, 2, gen)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return ModelRunner(fd.eval().requires_grad_(False), num_slots=4)
+def draft(feature_draft_dir: Path) -> ModelRunner:
+    return ModelRunner(load_model(feature_draft_dir), num_slots=4)
 
 
 def plain(target: ModelRunner, prompt: list[int], n: int) -> list[int]:

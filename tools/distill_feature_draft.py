@@ -50,7 +50,11 @@ def new_feature_draft(target: DecoderModel, layer: int, head_ids: torch.Tensor) 
     """One layer, initialised from the target's ``layer``; ``fc`` starts as embedding plus
     feature; the head is the target's embedding rows of ``head_ids``; embedding frozen."""
     cfg = replace(
-        target.config, num_hidden_layers=1, tie_word_embeddings=False, head_vocab_size=len(head_ids)
+        target.config,
+        num_hidden_layers=1,
+        tie_word_embeddings=False,
+        head_vocab_size=len(head_ids),
+        feature_draft=True,
     )
     draft = FeatureDraft(cfg)
     source = target.state_dict()

@@ -61,6 +61,10 @@ class Verdict:
     # then next_token_id), in the form its port gives (engine records in process, wire messages
     # in the router); empty otherwise.
     logprobs: Sequence[Any] = ()
+    # When the drafter reads them (a feature draft): the target's hidden states at the
+    # positions this step cached, in the form its port gives (the engine's (rows, end) in
+    # process, the wire message in the router); None otherwise.
+    features: Any = None
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,11 @@ class Drafter(Protocol):
         likeliest outcomes of that verification; others do nothing."""
         ...
 
+    def observe(self, verdict: Verdict) -> None:
+        """A verdict arrived (the prefill's too), before the next ``propose``. A feature
+        draft's drafter takes the target's hidden states from it; others do nothing."""
+        ...
+
 
 class Verifier(Protocol):
     """Checks proposals for one sequence. Each method returns once its request is on its way;
@@ -79,6 +84,9 @@ class NoDrafter:
         raise AssertionError("no drafter: k is always 0")
 
     async def verifying(self, committed: Sequence[int], proposal: Proposal) -> None:
+        return None
+
+    def observe(self, verdict: Verdict) -> None:
         return None
 
     async def close(self) -> None:
@@ -121,6 +129,7 @@ async def speculate(
     while True:
         verdict = await pending
         now = clock()
+        drafter.observe(verdict)
         tokens, finish = _commit(committed, proposal, verdict, budget, generated)
         generated += len(tokens)
         position = len(committed) - len(tokens)

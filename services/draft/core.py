@@ -3,7 +3,9 @@
 Model drafting for every open stream goes through one ``engine.draft_engine.DraftEngine``: on
 demand (a step the router waits for) and ahead (draft-ahead on the verification in flight).
 Its forwards are small, so the scheduler runs them all on the event loop, and the stream
-handlers call in directly. Prompt-lookup drafting needs no model and answers at once.
+handlers call in directly. Prompt-lookup drafting needs no model and answers at once. A feature
+draft (one that reads the target's hidden states, ``engine/proposer_feature.py``) drafts each
+sequence on demand, at once, from the hidden states the router passes on: no draft-ahead.
 
 A forward that raises is run again in halves (the scheduler splits it) until the cursor at
 fault fails alone: its step's caller gets the error, every other cursor goes on.
@@ -17,6 +19,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from specdec.core.errors import InvalidRequest
 from specdec.core.limits import MAX_SPEC_DEPTH
 from specdec.engine.draft_engine import (
@@ -29,6 +33,7 @@ from specdec.engine.draft_engine import (
 )
 from specdec.engine.proposer import Proposal
 from specdec.engine.proposer_draft import DEFAULT_TOP_M, DEFAULT_TOP_MASS
+from specdec.engine.proposer_feature import FeatureDraftProposer
 from specdec.engine.proposer_ngram import NgramProposer
 from specdec.engine.runner import ModelRunner
 from specdec.engine.sampling import SamplingParams
@@ -47,7 +52,19 @@ class LookupSequence:
     seed: int
 
 
-Sequence = DraftSequence | LookupSequence
+@dataclass
+class FeatureSequence:
+    """A sequence a feature draft serves: its proposer's slot, drafting on demand only."""
+
+    committed: list[int]
+    params: SamplingParams
+    seed: int
+    proposer: FeatureDraftProposer
+
+
+Sequence = DraftSequence | LookupSequence | FeatureSequence
+# The target's hidden states a step brings: rows [n, C] and the position after the last.
+Hidden = tuple[torch.Tensor, int]
 
 
 class _Forward:
@@ -102,7 +119,10 @@ class DraftCore:
         self.runner = runner
         self.max_seq_len = runner.max_seq_len if runner else max_seq_len
         vocab_limit = vocab_limit or (runner.vocab_size if runner else 1 << 31)
-        self.engine = DraftEngine(runner, vocab_limit, top_m, top_mass) if runner else None
+        self.vocab_limit, self.top_m, self.top_mass = vocab_limit, top_m, top_mass
+        self.reads_features = runner is not None and runner.model.reads_features
+        plain = runner is not None and not self.reads_features
+        self.engine = DraftEngine(runner, vocab_limit, top_m, top_mass) if plain else None
         self.active_sequences = 0
         self.scheduler: Scheduler | None = None
         # The futures of steps waiting on a cursor, by id of the engine's job drafting it.
@@ -148,6 +168,13 @@ class DraftCore:
         if ngram:
             self.active_sequences += 1
             return LookupSequence(list(prompt_ids), params, seed)
+        if self.reads_features:
+            assert self.runner is not None
+            proposer = FeatureDraftProposer(
+                self.runner, self.vocab_limit, self.top_m, self.top_mass
+            )  # raises OutOfSlots
+            self.active_sequences += 1
+            return FeatureSequence(list(prompt_ids), params, seed, proposer)
         if self.engine is None:
             raise InvalidRequest("method", "this draft replica has no model; use n-gram")
         dseq = self.engine.open(prompt_ids, params, seed, ahead, sink)
@@ -162,16 +189,27 @@ class DraftCore:
         depth: int,
         verifying: int,
         ahead: Ahead,
+        hidden: Hidden | None = None,
     ) -> asyncio.Future[Proposal] | None:
         """The committed sequence is now its first ``position`` tokens and ``token_ids``. With
         ``depth``: a future of ``depth`` draft tokens for it (the router verifies them next).
         Without: the router verifies the first ``verifying`` drafts of the proposal this replica
-        sent ahead for it. Either way, draft-ahead then works on that verification."""
+        sent ahead for it. Either way, draft-ahead then works on that verification. ``hidden``:
+        the target's hidden states since the last step, for a feature draft (others ignore
+        them); it drafts at once, on the event loop (a few small forwards)."""
         committed = self._committed(seq.committed, position, token_ids, depth, verifying)
         future: asyncio.Future[Proposal] = asyncio.get_running_loop().create_future()
         if isinstance(seq, LookupSequence):
             seq.committed = committed
             future.set_result(_NGRAM.propose(committed, depth, seq.params, seq.seed))
+            return future
+        if isinstance(seq, FeatureSequence):
+            seq.committed = committed
+            if hidden is not None:
+                seq.proposer.take_features(*hidden)
+            if not depth:
+                return None
+            future.set_result(seq.proposer.propose(committed, depth, seq.params, seq.seed))
             return future
         assert self.engine is not None
         on_proposal = future.set_result if depth else None
@@ -192,6 +230,8 @@ class DraftCore:
         self.active_sequences -= 1
         if isinstance(seq, DraftSequence) and self.engine is not None:
             self.engine.close(seq)
+        elif isinstance(seq, FeatureSequence):
+            seq.proposer.close()
 
     def _committed(
         self, committed: list[int], position: int, token_ids: list[int], depth: int, verifying: int

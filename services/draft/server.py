@@ -18,7 +18,12 @@ from specdec.core.limits import check_prompt
 from specdec.draft.core import DraftCore, Sequence
 from specdec.engine.draft_engine import Ahead
 from specdec.engine.proposer import Proposal
-from specdec.replica.convert import check_token_ids, sampling_from_proto, sparse_to_proto
+from specdec.replica.convert import (
+    check_token_ids,
+    hidden_from_proto,
+    sampling_from_proto,
+    sparse_to_proto,
+)
 from specdec.replica.stream import serve_duplex
 from specdec.v1 import common_pb2, draft_pb2, draft_pb2_grpc
 
@@ -63,8 +68,12 @@ class _ProposeStream:
         seq = self.seq
         assert seq is not None
         tokens = check_token_ids(msg.token_ids, self.servicer.vocab_size, "token_ids")
+        hidden = None
+        if msg.HasField("hidden_states") and self.core.runner is not None:
+            width = self.core.runner.config.hidden_size
+            hidden = hidden_from_proto(msg.hidden_states, width, self.core.max_seq_len)
         future = self.core.step(
-            seq, msg.position, tokens, msg.depth, msg.verifying, _ahead(msg.ahead)
+            seq, msg.position, tokens, msg.depth, msg.verifying, _ahead(msg.ahead), hidden
         )
         if future is None:
             return None
@@ -132,4 +141,5 @@ class DraftServicer(draft_pb2_grpc.DraftServicer):
             vocab_size=self.vocab_size,
             max_context_tokens=self.core.max_seq_len,
             slots_in_use=self.core.slots_in_use,
+            reads_features=self.core.reads_features,
         )

@@ -38,6 +38,8 @@ class FeatureDraft(DecoderModel):
     reads_features = True
 
     def __init__(self, cfg: ModelConfig) -> None:
+        if not cfg.feature_draft:
+            raise ValueError("a FeatureDraft's config needs feature_draft=True")
         super().__init__(cfg)
         c = cfg.hidden_size
         self.model.fc = nn.Linear(2 * c, c, bias=True)

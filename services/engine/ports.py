@@ -1,8 +1,8 @@
 """The speculation loop's two ports over the engine, in this process (no network).
 
 ``EngineVerifier`` owns one KV-cache slot of the target runner and answers each step with one
-forward (``sequence.verify_batch`` over a single sequence), handing the target's hidden states
-to ``on_features`` when a feature draft reads them; ``EngineDrafter`` wraps any
+forward (``sequence.verify_batch`` over a single sequence), its verdicts carrying the target's
+hidden states when a feature draft reads them; ``EngineDrafter`` wraps any
 ``Proposer``; ``AheadDrafter`` runs a draft model with draft-ahead (``draft_engine``), keeping
 what it drafts ahead in a speculation cache, exactly as the router does with a draft replica.
 In one process the ahead work cannot overlap verification, so it only costs time: it is here to
@@ -14,10 +14,8 @@ Non-goals: batching several requests (the services do that).
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Coroutine, Sequence
 from typing import Any, TypeVar
-
-import torch
 
 from specdec.core.rounds import AHEAD_HIT, AHEAD_MISS, Proposal, Verdict
 from specdec.core.spec_cache import SpeculationCache
@@ -25,13 +23,12 @@ from specdec.engine.draft_engine import Ahead, DraftEngine, DraftSequence
 from specdec.engine.proposer import EMPTY_PROPOSAL, Proposer
 from specdec.engine.proposer import Proposal as Drafts
 from specdec.engine.proposer_draft import DEFAULT_TOP_M, DEFAULT_TOP_MASS
+from specdec.engine.proposer_feature import FeatureDraftProposer
 from specdec.engine.runner import ModelRunner
 from specdec.engine.sampling import SamplingParams
 from specdec.engine.sequence import SequenceState, VerifyItem, verify_batch
 
 T = TypeVar("T")
-# Told the target's hidden states of positions [end - n, end) as a verification caches them.
-FeatureSink = Callable[[torch.Tensor, int], None]
 
 
 class _Done(Awaitable[T]):
@@ -54,19 +51,19 @@ class EngineVerifier:
         params: SamplingParams,
         seed: int,
         logprobs: int | None = None,  # alternatives per token's logprob; None: no logprobs
-        on_features: FeatureSink | None = None,
+        features: bool = False,  # verdicts carry the target's hidden states (feature drafts)
     ) -> None:
         self.runner = runner
         self.params = params
         self.seed = seed
         self.logprobs = logprobs
-        self.on_features = on_features
+        self.features = features
         self.seq: SequenceState | None = None
 
     async def open(self, context: Sequence[int]) -> Awaitable[Verdict]:
         slot = self.runner.cache.allocate()
         self.seq = SequenceState(slot, list(context), self.params, self.seed, [], self.logprobs)
-        self.seq.features = self.on_features is not None
+        self.seq.features = self.features
         return _Done(self._step(EMPTY_PROPOSAL))
 
     async def verify(self, committed: Sequence[int], proposal: Proposal) -> Awaitable[Verdict]:
@@ -84,8 +81,9 @@ class EngineVerifier:
         result = verify_batch(self.runner, [VerifyItem(self.seq, drafts)])[0]
         if isinstance(result, Exception):
             raise result
-        if self.on_features is not None and result.features is not None:
-            self.on_features(result.features, len(self.seq.cached))
+        features = None
+        if result.features is not None:
+            features = (result.features, len(self.seq.cached))
         elapsed = time.perf_counter_ns() - start
         return Verdict(
             result.num_accepted,
@@ -94,6 +92,7 @@ class EngineVerifier:
             0,
             elapsed,
             logprobs=result.logprobs,
+            features=features,
         )
 
     def close(self) -> None:
@@ -120,6 +119,10 @@ class EngineDrafter:
 
     async def verifying(self, committed: Sequence[int], proposal: Proposal) -> None:
         return None
+
+    def observe(self, verdict: Verdict) -> None:
+        if verdict.features is not None and isinstance(self.proposer, FeatureDraftProposer):
+            self.proposer.take_features(*verdict.features)
 
 
 class AheadDrafter:
@@ -156,6 +159,9 @@ class AheadDrafter:
         self.engine.step(self.seq, list(committed), k, 0, self._ahead(k), answers.append)
         self.engine.drain()  # the proposal, then (no overlap here) the drafts ahead of it
         return _wrap(answers[0], AHEAD_MISS)
+
+    def observe(self, verdict: Verdict) -> None:
+        return None
 
     async def verifying(self, committed: Sequence[int], proposal: Proposal) -> None:
         if proposal.ahead == AHEAD_HIT:

@@ -57,6 +57,8 @@ class FeatureDraftProposer:
     def take_features(self, features: torch.Tensor, end: int) -> None:
         """The target's features of positions [end - n, end).  # features [n, C]"""
         start = end - len(features)
+        if start > self.known:  # rows that never came: zeros (drafts worsen, output exact)
+            self.target_features[self.known : start] = 0
         self.target_features[start:end] = features.to(self.target_features.dtype)
         self.known = end
         self.exact = min(self.exact, start + 1)  # entries that read a position just written

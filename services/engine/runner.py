@@ -27,6 +27,8 @@ CUDA_CONTEXT_BUCKET = 128  # keys: CUDA graphs are recorded per context bucket
 class ModelRunner:
     """Runs ``DecoderModel`` forwards over a slot cache of ``num_slots`` sequences."""
 
+    returns_hidden = True  # ``step_hidden`` works (a tensor-parallel runner's does not)
+
     def __init__(
         self,
         model: DecoderModel,

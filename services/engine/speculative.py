@@ -5,8 +5,8 @@ ports in this process: a proposer drafts k tokens, the target verifies them in o
 acceptance rule keeps what the target agrees with, and both sides roll back by position. Round 0
 prefills the prompt and decides the first token. Without a proposer every round is one plain
 decoding step, so ``generate(..., proposer=None)`` is target-only decoding, token for token the
-baseline. A feature draft's proposer (``proposer_feature.py``) is handed the target's hidden
-states as each verification caches them.
+baseline. A feature draft's proposer (``proposer_feature.py``) takes the target's hidden states
+from each verdict.
 Non-goals: batching several requests (the services do that), networking.
 """
 
@@ -72,8 +72,8 @@ def generate(
         stops = target.config.eos_token_ids if stop_token_ids is None else stop_token_ids
         budget = Budget(max_tokens, target.max_seq_len, frozenset(stops))
         seed = params.seed if params.seed is not None else random.getrandbits(63)
-        features = proposer.take_features if isinstance(proposer, FeatureDraftProposer) else None
-        verifier = EngineVerifier(target, params, seed, on_features=features)
+        features = isinstance(proposer, FeatureDraftProposer)
+        verifier = EngineVerifier(target, params, seed, features=features)
         drafter = _drafter(proposer, params, seed, ahead_width, depth.next_depth())
         try:
             return run_now(_run(prompt_ids, budget, drafter, verifier, depth))

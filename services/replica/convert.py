@@ -118,3 +118,38 @@ def _check_row(i: int, draft: int, row_ids: list[int], row_probs: Sequence[float
             "draft_probs",
             f"row {i}: draft token {draft} needs a positive probability among the row's ids",
         )
+
+
+def hidden_to_proto(hidden: torch.Tensor, end: int) -> common_pb2.HiddenStates:
+    """The target's hidden states of positions [end - n, end) as bf16 bytes.  # hidden [n, C]"""
+    rows = hidden.detach().to("cpu", torch.bfloat16).contiguous()
+    return common_pb2.HiddenStates(
+        start=end - rows.shape[0],
+        count=rows.shape[0],
+        width=rows.shape[1],
+        data=rows.view(torch.int16).numpy().tobytes(),
+    )
+
+
+def hidden_from_proto(
+    msg: common_pb2.HiddenStates, width: int, max_seq_len: int
+) -> tuple[torch.Tensor, int]:
+    """Validate hidden states from the wire; the rows and the position after the last.
+    # → [count, width] bf16, end"""
+    if msg.width != width:
+        raise InvalidRequest("hidden_states.width", f"must be the model's {width}, not {msg.width}")
+    if msg.start + msg.count > max_seq_len:
+        raise InvalidRequest(
+            "hidden_states", f"positions up to {msg.start + msg.count} exceed {max_seq_len}"
+        )
+    if len(msg.data) != msg.count * width * 2:
+        raise InvalidRequest(
+            "hidden_states.data",
+            f"{msg.count} rows of {width} bf16 need {msg.count * width * 2} bytes",
+        )
+    if not msg.count:
+        return torch.empty(0, width, dtype=torch.bfloat16), msg.start
+    rows = torch.frombuffer(bytearray(msg.data), dtype=torch.bfloat16).view(msg.count, width)
+    if not bool(torch.isfinite(rows).all()):
+        raise InvalidRequest("hidden_states.data", "holds values that are not finite")
+    return rows, msg.start + msg.count

@@ -8,8 +8,10 @@ drafts, so the verdict, and the output, do not change (randomness is keyed by po
 ``StreamDrafter`` holds one ``Propose`` stream and the request's speculation cache. A reader
 task files every proposal the draft sends (answers and proposals drafted ahead alike) in the
 cache by the exact state it continues; ``propose`` takes the one for the committed sequence when
-it is already there (a hit: no round trip) and asks for it otherwise. A draft that fails or is
-too slow is dropped for the rest of the request: the loop goes on at k = 0, same output.
+it is already there (a hit: no round trip) and asks for it otherwise. For a feature draft the
+verifier's verdicts carry the target's hidden states, which go to the draft with the next step.
+A draft that fails or is too slow is dropped for the rest of the request: the loop goes on at
+k = 0, same output.
 Non-goals: choosing k (the depth policy), the public API (``speculation.py``).
 """
 
@@ -83,6 +85,28 @@ def _verdict(reply: verifier_pb2.VerifyResponse) -> Verdict:
         verifier_queue=reply.load.queued_steps,
         cached_prompt_tokens=reply.cached_prompt_tokens,
         logprobs=reply.logprobs,
+        features=reply.hidden_states if reply.HasField("hidden_states") else None,
+    )
+
+
+def merge_hidden(
+    old: common_pb2.HiddenStates | None, new: common_pb2.HiddenStates
+) -> common_pb2.HiddenStates:
+    """Hidden states not passed on yet, then ``new``: one message. ``new`` replaces the rows
+    from its start on (a verifier re-opened elsewhere sends the whole context again); after a
+    gap only ``new`` is kept (the draft reads zeros where rows are missing)."""
+    if old is None or not old.count or new.width != old.width:
+        return new
+    end = old.start + old.count
+    if new.start < old.start or new.start > end:
+        return new
+    keep = new.start - old.start  # rows of ``old`` before ``new`` begins
+    row = 2 * old.width  # bytes per bf16 row
+    return common_pb2.HiddenStates(
+        start=old.start,
+        count=keep + new.count,
+        width=old.width,
+        data=old.data[: keep * row] + new.data,
     )
 
 
@@ -124,10 +148,12 @@ class StreamVerifier:
         timeout_s: float,
         metadata: tuple,
         logprobs: int | None = None,
+        hidden_states: bool = False,
     ) -> None:
         self.pool, self.preferred = pool, preferred
         self.sampling, self.seed = sampling, seed
         self.logprobs = logprobs  # alternatives per token's logprob; None: no logprobs
+        self.hidden_states = hidden_states  # verdicts carry them (for a feature draft)
         self.session_id, self.request_id = session_id, request_id
         self.timeout_s, self.metadata = timeout_s, metadata
         self.replica: Replica | None = None
@@ -169,6 +195,7 @@ class StreamVerifier:
             session_id=self.session_id,
             request_id=self.request_id,
             logprobs=self.logprobs,
+            hidden_states=self.hidden_states,
         )
         if len(proposal):
             open_msg.step.CopyFrom(_step(len(committed), proposal))
@@ -255,6 +282,7 @@ class StreamDrafter:
         self._depth = open_msg.ahead.depth  # the last k asked: the depth to draft ahead at
         self._want: tuple[Sequence[int], asyncio.Future[Proposal]] | None = None
         self._dead = False  # the stream failed: no more drafting for this request
+        self._hidden: common_pb2.HiddenStates | None = None  # not passed on to the draft yet
 
     @property
     def available(self) -> bool:
@@ -296,6 +324,10 @@ class StreamDrafter:
             self._want = None
         return _head(proposal, k, AHEAD_MISS if asked_ahead else "")
 
+    def observe(self, verdict: Verdict) -> None:
+        if verdict.features is not None:  # passed on with the next step
+            self._hidden = merge_hidden(self._hidden, verdict.features)
+
     async def verifying(self, committed: Sequence[int], proposal: Proposal) -> None:
         if proposal.ahead == AHEAD_HIT and self.available:
             try:  # the draft learns which of its proposals is being verified
@@ -325,8 +357,9 @@ class StreamDrafter:
             depth=depth,
             verifying=verifying,
             ahead=draft_pb2.AheadSettings(width=self._width_now(), depth=self._depth),
+            hidden_states=self._hidden,
         )
-        self._known = len(committed)
+        self._known, self._hidden = len(committed), None
         await self._call.write(draft_pb2.ProposeRequest(step=step))
 
     async def _read(self) -> None:

@@ -31,6 +31,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from specdec.core.errors import Unavailable
 from specdec.serving.server import SERVER_OPTIONS
 from specdec.serving.tls import ClientTLS, aio_channel
+from specdec.v1 import common_pb2
 
 log = logging.getLogger("specdec.router")
 
@@ -60,6 +61,7 @@ class Replica:
     strikes: int = 0  # failures in a row, each within STABLE_S of its return: the hold doubles
     up_since: float = float("-inf")
     probe: asyncio.Task[None] | None = None
+    reads_features: bool | None = None  # (drafts) what its status said; None: not asked yet
 
     @property
     def up(self) -> bool:
@@ -100,9 +102,28 @@ class ReplicaPool:
                 return r
         return min(candidates, key=lambda r: (r.open_streams, r.reported_active))
 
+    async def reads_features(self) -> bool:
+        """Whether the drafts read the target's hidden states (feature drafts; a deployment's
+        drafts all serve one model): an up replica's status, asked once and kept until it
+        fails. False when none answers (the request then drafts without them, or not at all)."""
+        try:
+            replica = self.pick()
+        except Unavailable:
+            return False
+        if replica.reads_features is None:
+            try:
+                status = await replica.stub.GetStatus(
+                    common_pb2.GetStatusRequest(), timeout=PROBE_TIMEOUT_S
+                )
+            except grpc.RpcError:
+                return False
+            replica.reads_features = status.reads_features
+        return replica.reads_features
+
     def mark_down(self, replica: Replica) -> None:
         """Skip ``replica`` until its health service says SERVING (after a hold)."""
         replica.failures += 1
+        replica.reads_features = None  # it may come back serving another model
         if replica.down:
             return
         now = time.monotonic()

@@ -176,7 +176,10 @@ async def _setup(req: Request, deps: RouterDeps, span: trace.Span) -> _Setup:
     adaptive = drafting and name != "fixed"
     if adaptive and deps.guard is not None:
         policy = GuardedPolicy(policy, deps.guard)
+    # A feature draft reads the target's hidden states and drafts on demand (no draft-ahead).
+    features = method == "model" and drafting and await deps.drafts.reads_features()
     ahead = method == "model" and (deps.draft_ahead if req.draft_ahead is None else req.draft_ahead)
+    ahead = ahead and not features
     verifier = StreamVerifier(
         deps.verifiers,
         affinity.verifier if affinity else None,
@@ -187,6 +190,7 @@ async def _setup(req: Request, deps: RouterDeps, span: trace.Span) -> _Setup:
         deps.verify_timeout_s,
         metadata,
         req.logprobs,
+        hidden_states=features,
     )
     drafter: Drafter = NoDrafter()
     if drafting:

@@ -108,16 +108,21 @@ class VerifierCore:
         seed: int,
         session_id: str,
         logprobs: int | None = None,
+        hidden_states: bool = False,
     ) -> asyncio.Future[tuple[SequenceState, int]]:
         """A new sequence (reusing a parked session's slot when it holds a prefix) and the
         number of context tokens reused. Its prefill runs with its first ``verify``. With
-        ``logprobs`` (alternatives per token), every step returns the committed tokens'."""
+        ``logprobs`` (alternatives per token), every step returns the committed tokens'; with
+        ``hidden_states``, the target's hidden states at the positions it cached (for a feature
+        draft; a reused prefix has none: the draft reads zeros there)."""
         check_prompt(prompt_ids, self.runner.vocab_size, self.runner.max_seq_len)
         params.validate()
         check_logprobs(logprobs)
+        if hidden_states and not self.runner.returns_hidden:
+            raise InvalidRequest("hidden_states", "this verifier cannot return hidden states")
         assert self.scheduler is not None
         return self.scheduler.call(
-            lambda: self._open(prompt_ids, params, seed, session_id, logprobs)
+            lambda: self._open(prompt_ids, params, seed, session_id, logprobs, hidden_states)
         )
 
     def verify(
@@ -172,13 +177,14 @@ class VerifierCore:
         seed: int,
         session_id: str,
         logprobs: int | None,
+        hidden_states: bool,
     ) -> tuple[SequenceState, int]:
         parked = self._parked.pop(session_id, None) if session_id else None
         if parked is not None:  # its slot holds an earlier turn: keep what the prompt shares
             slot, cached = parked.slot, parked.cached
         else:
             slot, cached = self._allocate(), []
-        seq = SequenceState(slot, list(prompt_ids), params, seed, cached, logprobs)
+        seq = SequenceState(slot, list(prompt_ids), params, seed, cached, logprobs, hidden_states)
         seq.sync_cache(self.runner)  # rolls the slot back to the longest shared prefix
         reused = len(seq.cached)
         self.counters.reused_prefix_tokens_total += reused

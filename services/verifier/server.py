@@ -3,9 +3,11 @@
 One ``Verify`` stream is one sequence: the first message opens it and is answered with the first
 token the target decides after the context (and the verdict on any drafts it carried); each
 later one verifies drafts at an explicit position. Every answer says where the step's time went
-on this side, and, when the open asked for logprobs, carries the target's raw logprob (and top
-alternatives) of each token it commits. When the stream ends for any reason (done, cancelled,
-deadline, error) the sequence is closed, so its KV-cache slot is freed or parked for its session.
+on this side; when the open asked for logprobs, it carries the target's raw logprob (and top
+alternatives) of each token it commits; when it asked for hidden states, the target's at the
+positions the step cached (what a feature draft reads). When the stream ends for any reason
+(done, cancelled, deadline, error) the sequence is closed, so its KV-cache slot is freed or
+parked for its session.
 """
 
 from __future__ import annotations
@@ -19,7 +21,12 @@ from opentelemetry import trace
 
 from specdec.engine.logprobs import TokenLogprob
 from specdec.engine.sequence import SequenceState
-from specdec.replica.convert import check_token_ids, proposal_from_proto, sampling_from_proto
+from specdec.replica.convert import (
+    check_token_ids,
+    hidden_to_proto,
+    proposal_from_proto,
+    sampling_from_proto,
+)
 from specdec.replica.stream import serve_stream
 from specdec.v1 import common_pb2, verifier_pb2, verifier_pb2_grpc
 from specdec.verifier.core import VerifierCore
@@ -42,7 +49,9 @@ class _VerifyStream:
         prompt = check_token_ids(msg.prompt_token_ids, self.core.runner.vocab_size, "prompt")
         params = sampling_from_proto(msg.sampling)
         logprobs = msg.logprobs if msg.HasField("logprobs") else None
-        future = self.core.open(prompt, params, msg.seed, msg.session_id, logprobs)
+        future = self.core.open(
+            prompt, params, msg.seed, msg.session_id, logprobs, msg.hidden_states
+        )
         try:
             self.seq, self.cached_prompt_tokens = await asyncio.shield(future)
         except asyncio.CancelledError:  # the stream went away while the slot was being taken
@@ -86,6 +95,9 @@ class _VerifyStream:
                 "batch_size": timed.batch_size,
             },
         )
+        hidden = None
+        if result.features is not None:
+            hidden = hidden_to_proto(result.features, len(seq.cached))
         return verifier_pb2.VerifyResponse(
             position=position,
             num_accepted=result.num_accepted,
@@ -98,6 +110,7 @@ class _VerifyStream:
             batch_size=timed.batch_size,
             service_ns=time.perf_counter_ns() - arrived,
             logprobs=[_logprob_to_proto(t) for t in result.logprobs],
+            hidden_states=hidden,
         )
 
     def close(self) -> None:

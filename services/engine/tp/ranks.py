@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import torch
 import torch.distributed as dist
 
-from specdec.core.errors import Unavailable
+from specdec.core.errors import InvalidRequest, Unavailable
 from specdec.engine.batch import Chunk, ForwardBatch
 from specdec.engine.runner import ModelRunner
 from specdec.engine.tp.group import RankGroup
@@ -76,6 +76,8 @@ class RankLost(Unavailable):
 class TPRunner(ModelRunner):
     """The leader's runner: every step is broadcast, then run on all ranks at once."""
 
+    returns_hidden = False  # ``step_hidden`` would run on rank 0 alone
+
     def __init__(
         self,
         model: TPDecoder,
@@ -105,6 +107,9 @@ class TPRunner(ModelRunner):
             raise RankLost(
                 f"tensor-parallel step failed, the ranks are out of step ({self.lost})"
             ) from exc
+
+    def step_hidden(self, chunks: Sequence[Chunk]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        raise InvalidRequest("hidden_states", "a tensor-parallel verifier returns none")
 
     def mark_lost(self, why: str) -> None:
         """Refuse every step from now on (the watchdog calls this when a rank process dies)."""
