@@ -15,6 +15,7 @@ from specdec.engine.runner import ModelRunner
 from specdec.engine.sampling import SamplingParams
 from specdec.engine.speculative import generate as engine_generate
 from specdec.local_pipeline import Pipeline
+from specdec.router.ports import merge_hidden
 from specdec.v1 import common_pb2, draft_pb2, draft_pb2_grpc, generation_pb2
 
 pytestmark = pytest.mark.service
@@ -108,3 +109,21 @@ def test_bad_hidden_states_are_invalid_argument(pipeline, hidden, field):
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field in err.value.details()
     assert pipeline.wait_idle() == 0
+
+
+def _rows(start: int, count: int, fill: int) -> common_pb2.HiddenStates:
+    data = bytes([fill]) * 4 * count  # 2 bf16 values a row
+    return common_pb2.HiddenStates(start=start, count=count, width=2, data=data)
+
+
+def test_hidden_states_merge_in_the_router_without_torch():
+    first = _rows(0, 3, 1)
+    assert merge_hidden(None, first) == first
+    joined = merge_hidden(first, _rows(3, 2, 2))  # follows on
+    assert (joined.start, joined.count) == (0, 5)
+    assert joined.data == b"\x01" * 12 + b"\x02" * 8
+    over = merge_hidden(joined, _rows(4, 2, 3))  # starts earlier than the end: replaces from 4
+    assert (over.start, over.count) == (0, 6)
+    assert over.data == b"\x01" * 12 + b"\x02" * 4 + b"\x03" * 8
+    assert merge_hidden(joined, _rows(0, 7, 4)) == _rows(0, 7, 4)  # a re-opened verifier
+    assert merge_hidden(joined, _rows(9, 1, 5)) == _rows(9, 1, 5)  # a gap: the new rows only

@@ -46,9 +46,13 @@ from specdec.engine.feature_draft import FeatureDraft, shifted
 from specdec.engine.model import DecoderModel
 
 
+RESIDUAL_INIT = 0.1  # the starting layer's output projections, scaled
+
+
 def new_feature_draft(target: DecoderModel, layer: int, head_ids: torch.Tensor) -> FeatureDraft:
-    """One layer, initialised from the target's ``layer``; ``fc`` starts as embedding plus
-    feature; the head is the target's embedding rows of ``head_ids``; embedding frozen."""
+    """One layer, initialised from the target's ``layer``; ``fc`` starts by passing the
+    feature through; the head is the target's embedding rows of ``head_ids``; embedding
+    frozen."""
     cfg = replace(
         target.config,
         num_hidden_layers=1,
@@ -64,8 +68,13 @@ def new_feature_draft(target: DecoderModel, layer: int, head_ids: torch.Tensor) 
         if k.startswith(prefix):
             state["model.layers.0." + k[len(prefix) :]] = v
     c = cfg.hidden_size
-    state["model.fc.weight"] = torch.cat([torch.eye(c), torch.eye(c)], dim=1)  # [C, 2C]
+    # At first the draft passes the feature through (h_j = f_{j-1}: the target's own previous
+    # distribution) and its layer only nudges it: the target layer's residual branches are
+    # scaled down, as it was made for the target's far larger pre-norm stream.
+    state["model.fc.weight"] = torch.cat([torch.zeros(c, c), torch.eye(c)], dim=1)  # [C, 2C]
     state["model.fc.bias"] = torch.zeros(c)
+    for name in ("self_attn.o_proj.weight", "mlp.down_proj.weight"):
+        state[f"model.layers.0.{name}"] = state[f"model.layers.0.{name}"] * RESIDUAL_INIT
     state["lm_head.weight"] = source["model.embed_tokens.weight"][head_ids].clone()  # [Vh, C]
     state["lm_head.token_ids"] = head_ids
     draft.load_state_dict(
