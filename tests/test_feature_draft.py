@@ -4,6 +4,7 @@ sampling, its slot rolled back to what the target's features built."""
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -22,6 +23,9 @@ from specdec.engine.proposer_feature import FeatureDraftProposer, model_proposer
 from specdec.engine.runner import ModelRunner
 from specdec.engine.sampling import SamplingParams
 from specdec.engine.speculative import generate
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+from distill_feature_draft import feature_draft_from
 
 pytestmark = pytest.mark.unit
 
@@ -64,12 +68,23 @@ def test_cached_forward_matches_the_dense_one() -> None:
         runner.step([Chunk(slot, [1], 9, 1, features=torch.zeros(2, 32))])
 
 
+def test_a_token_draft_turned_feature_draft_starts_out_as_it() -> None:
+    torch.manual_seed(0)
+    token_draft = DecoderModel(micro_config()).eval().requires_grad_(False)
+    draft = feature_draft_from(token_draft)
+    assert draft.config.feature_draft and not draft.model.embed_tokens.weight.requires_grad
+    ids = torch.randint(0, 64, (2, 9), generator=torch.Generator().manual_seed(3))
+    feats = torch.randn(2, 9, 32)  # ignored until training teaches fc to read them
+    expected = token_draft.lm_head(token_draft.hidden_dense(ids))
+    torch.testing.assert_close(draft.lm_head(draft.features_dense(ids, feats)), expected)
+
+
 def test_checkpoint_round_trip_keeps_the_kind_and_the_outputs(tmp_path: Path) -> None:
     draft = _micro_draft()
     save_model(draft, tmp_path / "d", dtype=torch.float32)
     loaded = load_model(tmp_path / "d")
     assert isinstance(loaded, FeatureDraft) and loaded.config.feature_draft
-    assert "model.norm.weight" not in loaded.state_dict()
+    assert "model.fc.weight" in loaded.state_dict()
     ids = torch.tensor([[3, 4, 5]])
     feats = torch.randn(1, 3, 32)
     torch.testing.assert_close(loaded.features_dense(ids, feats), draft.features_dense(ids, feats))

@@ -389,7 +389,7 @@ def evaluate(target_dir: Path, draft_dir: Path, tok: Tokenizer, template: str, a
     }
     result: dict = {"prompts": {k: len(v) for k, v in sets.items()}}
     for name, prompts in sets.items():
-        for k in (1, 2, 4, 8):
+        for k in (int(x) for x in args.eval_k.split(",")):
             accepted = rounds = 0
             proposed_at, accepted_at = [0] * k, [0] * k
             for ids in tqdm(prompts, desc=f"eval {name} k={k}", leave=False):
@@ -441,6 +441,7 @@ def parser(description: str) -> argparse.ArgumentParser:
         help="standard-library code annotated by the target",
     )
     ap.add_argument("--eval-prompts", type=int, default=16)
+    ap.add_argument("--eval-k", default="1,2,4,8", help="--phase eval: the depths measured")
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--gen-batch", type=int, default=32)
     ap.add_argument("--seq-len", type=int, default=320)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -41,18 +42,18 @@ from distill_draft import (
 )
 from train_demo import Phase, train
 
+from specdec.core.model_config import ModelConfig
 from specdec.engine.checkpoint import load_model
 from specdec.engine.feature_draft import FeatureDraft, shifted
 from specdec.engine.model import DecoderModel
-
 
 RESIDUAL_INIT = 0.1  # the starting layer's output projections, scaled
 
 
 def new_feature_draft(target: DecoderModel, layer: int, head_ids: torch.Tensor) -> FeatureDraft:
-    """One layer, initialised from the target's ``layer``; ``fc`` starts by passing the
-    feature through; the head is the target's embedding rows of ``head_ids``; embedding
-    frozen."""
+    """One layer, initialised from the target's ``layer``, and its final norm; ``fc`` starts
+    by passing the feature through; the head is the target's embedding rows of ``head_ids``;
+    embedding frozen."""
     cfg = replace(
         target.config,
         num_hidden_layers=1,
@@ -60,28 +61,48 @@ def new_feature_draft(target: DecoderModel, layer: int, head_ids: torch.Tensor) 
         head_vocab_size=len(head_ids),
         feature_draft=True,
     )
-    draft = FeatureDraft(cfg)
     source = target.state_dict()
-    state = {"model.embed_tokens.weight": source["model.embed_tokens.weight"]}
+    state = {
+        k: v for k, v in source.items() if k in ("model.embed_tokens.weight", "model.norm.weight")
+    }
     prefix = f"model.layers.{layer}."
     for k, v in source.items():
         if k.startswith(prefix):
             state["model.layers.0." + k[len(prefix) :]] = v
     c = cfg.hidden_size
-    # At first the draft passes the feature through (h_j = f_{j-1}: the target's own previous
-    # distribution) and its layer only nudges it: the target layer's residual branches are
-    # scaled down, as it was made for the target's far larger pre-norm stream.
+    # At first the draft passes the feature through (the target's own previous distribution)
+    # and its layer only nudges it: the target layer's residual branches are scaled down, as it
+    # was made for the target's far larger stream.
     state["model.fc.weight"] = torch.cat([torch.zeros(c, c), torch.eye(c)], dim=1)  # [C, 2C]
     state["model.fc.bias"] = torch.zeros(c)
     for name in ("self_attn.o_proj.weight", "mlp.down_proj.weight"):
         state[f"model.layers.0.{name}"] = state[f"model.layers.0.{name}"] * RESIDUAL_INIT
     state["lm_head.weight"] = source["model.embed_tokens.weight"][head_ids].clone()  # [Vh, C]
     state["lm_head.token_ids"] = head_ids
-    draft.load_state_dict(
-        {k: v.float().clone() if v.is_floating_point() else v for k, v in state.items()}
+    return _built(cfg, state)
+
+
+def feature_draft_from(draft: DecoderModel) -> FeatureDraft:
+    """A token draft of the target's width turned into a feature draft that starts out as it:
+    ``fc`` = [I, 0] passes the embedding through and ignores the feature until training
+    teaches it to read it. Its layers, norm and (reduced) head are kept."""
+    cfg = replace(draft.config, feature_draft=True)
+    c = cfg.hidden_size
+    state = dict(draft.state_dict())
+    state["model.fc.weight"] = torch.cat([torch.eye(c), torch.zeros(c, c)], dim=1)  # [C, 2C]
+    state["model.fc.bias"] = torch.zeros(c)
+    return _built(cfg, state)
+
+
+def _built(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> FeatureDraft:
+    """The draft with ``state`` in fp32 (fresh tensors: training must not write into the
+    source's), its embedding frozen."""
+    fd = FeatureDraft(cfg)
+    fd.load_state_dict(
+        {k: v.float().clone() if v.is_floating_point() else v.clone() for k, v in state.items()}
     )
-    draft.model.embed_tokens.weight.requires_grad_(False)
-    return draft
+    fd.model.embed_tokens.weight.requires_grad_(False)
+    return fd
 
 
 def feature_loss(
@@ -117,6 +138,9 @@ def main() -> None:
     ap = parser(__doc__.split("\n")[0])
     ap.set_defaults(out=Path("build/feature-draft"), steps=1200, lr=6e-4)
     ap.add_argument("--layer", type=int, default=-1, help="target layer the draft starts from")
+    ap.add_argument(
+        "--start-from", type=Path, help="a token draft folder (assembled) to start from instead"
+    )
     ap.add_argument("--noise", type=float, default=0.2, help="std of the input features' noise")
     ap.add_argument("--unroll", type=int, default=2, help="passes per batch (2: own features)")
     args = ap.parse_args()
@@ -130,11 +154,17 @@ def main() -> None:
     rows, pool = training_pool(teacher, tok, template, args, features=True)
     vocab = teacher.config.vocab_size
     del teacher
-    head_ids, head_index = reduced_head(rows, pool, vocab, args.head_vocab)
-    target32 = load_model(args.target, torch.float32)
-    layer = args.layer % target32.config.num_hidden_layers
-    draft = new_feature_draft(target32, layer, head_ids)
-    del target32
+    if args.start_from:  # a token draft: its layers, norm and head (the head ids with it)
+        draft = feature_draft_from(load_model(args.start_from, torch.float32))
+        head_ids = cast(torch.Tensor, draft.head_token_ids)
+    else:
+        head_ids, _ = reduced_head(rows, pool, vocab, args.head_vocab)
+        target32 = load_model(args.target, torch.float32)
+        layer = args.layer % target32.config.num_hidden_layers
+        draft = new_feature_draft(target32, layer, head_ids)
+        del target32
+    head_index = torch.full((vocab,), -1, dtype=torch.int64)  # each token's head row, or -1
+    head_index[head_ids] = torch.arange(len(head_ids))
 
     def loss(model: DecoderModel, gen: torch.Generator) -> torch.Tensor:
         pick = torch.randint(0, len(pool["ids"]), (args.batch,), generator=gen)
