@@ -73,6 +73,8 @@ _SCALARS: dict[int, st.SearchStrategy[Any]] = {
 def _field(f: FieldDescriptor, depth: int) -> st.SearchStrategy[Any]:
     if f.cpp_type == _C.CPPTYPE_MESSAGE:
         one = messages(f.message_type, depth + 1)
+    elif f.type == FieldDescriptor.TYPE_BYTES:  # (a string field's C++ type too)
+        one = st.binary(max_size=64)
     else:
         one = _SCALARS[f.cpp_type]
     if f.is_repeated:

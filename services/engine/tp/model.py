@@ -31,6 +31,8 @@ from specdec.engine.tp.sharding import RankShard
 class TPDecoder(nn.Module):
     """``forward(batch, cache)`` like ``DecoderModel``'s, over ``shard.world`` ranks."""
 
+    reads_features = False  # (a target: it takes no input features)
+
     def __init__(
         self,
         cfg: ModelConfig,
