@@ -409,7 +409,7 @@ def evaluate(target_dir: Path, draft_dir: Path, tok: Tokenizer, template: str, a
             print(f"{name} k={k}: {accepted / rounds:.2f} accepted per round", flush=True)
     for runner, key in ((target, "target_step_ms"), (draft, "draft_step_ms")):
         slot = runner.cache.allocate()
-        runner.step([Chunk(slot, [1] * 128, 0, 1)])
+        runner.step([Chunk(slot, [1] * 128, 0, 1, runner.blank_features(128))])
         times = [runner.timed_step(slot, 128, 1) for _ in range(60)][10:]
         result[key] = statistics.median(times) * 1e3
     result["step_ratio"] = result["draft_step_ms"] / result["target_step_ms"]
