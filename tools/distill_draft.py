@@ -419,6 +419,18 @@ def evaluate(target_dir: Path, draft_dir: Path, tok: Tokenizer, template: str, a
     return result
 
 
+def start(args: argparse.Namespace) -> tuple[Tokenizer, str] | None:
+    """Threads, the target's tokenizer and chat template; with ``--phase eval`` it evaluates
+    ``--draft`` and returns None (nothing to train)."""
+    torch.set_num_threads(args.threads)
+    tok = Tokenizer.from_file(str(args.target / "tokenizer.json"))
+    template = (args.target / "chat_template.jinja").read_text()
+    if args.phase == "eval":
+        evaluate(args.target, args.draft, tok, template, args)
+        return None
+    return tok, template
+
+
 def parser(description: str) -> argparse.ArgumentParser:
     """The options of a distillation run (the feature-draft tool adds its own)."""
     ap = argparse.ArgumentParser(description=description)
@@ -456,12 +468,10 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 def main() -> None:
     args = parser(__doc__.split("\n")[0]).parse_args()
-    torch.set_num_threads(args.threads)
-    tok = Tokenizer.from_file(str(args.target / "tokenizer.json"))
-    template = (args.target / "chat_template.jinja").read_text()
-    if args.phase == "eval":
-        evaluate(args.target, args.draft, tok, template, args)
+    started = start(args)
+    if started is None:
         return
+    tok, template = started
     teacher = load_model(args.target, torch.bfloat16)
     rows, pool = training_pool(teacher, tok, template, args)
     head_ids, head_index = reduced_head(rows, pool, teacher.config.vocab_size, args.head_vocab)

@@ -35,15 +35,14 @@ from typing import cast
 
 import torch
 import torch.nn.functional as F
-from tokenizers import Tokenizer
 
 sys.path.insert(0, str(Path(__file__).parent))
 from distill_draft import (
-    evaluate,
     export,
     head_loss,
     parser,
     reduced_head,
+    start,
     training_pool,
 )
 from train_demo import Phase, train
@@ -155,12 +154,10 @@ def main() -> None:
         "--reg-weight", type=float, default=0.0, help="weight of the feature regression"
     )
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    tok = Tokenizer.from_file(str(args.target / "tokenizer.json"))
-    template = (args.target / "chat_template.jinja").read_text()
-    if args.phase == "eval":
-        evaluate(args.target, args.draft, tok, template, args)
+    started = start(args)
+    if started is None:
         return
+    tok, template = started
     teacher = load_model(args.target, torch.bfloat16)
     rows, pool = training_pool(teacher, tok, template, args, features=True)
     vocab = teacher.config.vocab_size

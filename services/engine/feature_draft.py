@@ -24,16 +24,12 @@ import torch
 from torch import nn
 
 from specdec.core.model_config import ModelConfig
-from specdec.engine.batch import ForwardBatch
-from specdec.engine.kv_cache import KVCache
-from specdec.engine.model import DecoderLayer, DecoderModel
-from specdec.engine.packed_linear import linear
-from specdec.engine.rope import cos_sin
+from specdec.engine.model import DecoderModel
 
 
 class FeatureDraft(DecoderModel):
-    """``DecoderModel`` with ``model.fc`` in front of its layers; every forward also takes each
-    token's input feature."""
+    """``DecoderModel`` with ``model.fc`` in front of its layers (``inputs``); its forward, with
+    or without ``hidden`` (its own features then), reads each token's input feature."""
 
     reads_features = True
 
@@ -44,40 +40,18 @@ class FeatureDraft(DecoderModel):
         c = cfg.hidden_size
         self.model.fc = nn.Linear(2 * c, c, bias=True)
 
-    def forward(  # type: ignore[override]
-        self, batch: ForwardBatch, cache: KVCache, hidden: bool = False
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """fp32 logits of the requested tokens; with ``hidden``, also every token's output
-        after the final norm (its predicted feature).  # → [N, V] (, [T, C])"""
-        assert batch.features is not None  # ``ModelRunner`` checks every chunk has them
-        x = self._inputs(batch.input_ids, batch.features)  # [T, C]
-        cos, sin = cos_sin(batch.positions, self.inv_freq, x.dtype)  # [T, 1, D] each
-        for layer in self.model.layers:
-            x = layer(x, batch, cache, cos, sin)
-        if hidden:
-            x = self.model.norm(x)  # [T, C]
-            rows = x[batch.logit_indices]  # [N, C]
-        else:
-            rows = self.model.norm(x[batch.logit_indices])  # [N, C]
-        logits = linear(rows, self.lm_head_packed, self.lm_head.weight, None).float()  # [N, Vh]
-        return (self.full_vocab(logits), x) if hidden else self.full_vocab(logits)  # [N, V]
-
     def features_dense(self, input_ids: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """Whole sequences from position 0, causal, no cache (training): the output after the
         final norm at every position.  # input_ids [B, T], features [B, T, C] (f_{j-1} at j)
         → [B, T, C]"""
-        x = self._inputs(input_ids, features)  # [B, T, C]
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        cos, sin = cos_sin(positions, self.inv_freq, x.dtype)  # [T, 1, D] each
-        for layer in self.model.layers:
-            x = cast(DecoderLayer, layer).forward_dense(x, cos, sin)
-        return self.model.norm(x)
+        return self.dense(self.inputs(input_ids, features))
 
     def hidden_dense(self, input_ids: torch.Tensor) -> torch.Tensor:
         raise TypeError("a feature draft needs features: use features_dense")
 
-    def _inputs(self, input_ids: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    def inputs(self, input_ids: torch.Tensor, features: torch.Tensor | None) -> torch.Tensor:
         """fc([embedding, feature]).  # [..., T], [..., T, C] → [..., T, C]"""
+        assert features is not None  # ``ModelRunner`` checks every chunk has them
         emb = self.model.embed_tokens(input_ids)
         fc = cast(nn.Linear, self.model.fc)
         return fc(torch.cat([emb, features.to(emb.dtype)], dim=-1))

@@ -337,7 +337,7 @@ class DecoderModel(nn.Module):
         """Run the chunks, write their keys/values, return fp32 logits; with ``hidden``, also
         every token's final hidden state after the norm (what a feature draft reads).
         # → [N, V] (, [T, C])"""
-        x = self.model.embed_tokens(batch.input_ids)  # [T, C]
+        x = self.inputs(batch.input_ids, batch.features)  # [T, C]
         cos, sin = cos_sin(batch.positions, self.inv_freq, x.dtype)  # [T, 1, D] each
         for layer in self.model.layers:
             x = layer(x, batch, cache, cos, sin)
@@ -348,6 +348,11 @@ class DecoderModel(nn.Module):
             rows = self.model.norm(x[batch.logit_indices])  # [N, C]
         logits = linear(rows, self.lm_head_packed, self.lm_head.weight, None).float()  # [N, Vh]
         return (self.full_vocab(logits), x) if hidden else self.full_vocab(logits)  # [N, V]
+
+    def inputs(self, input_ids: torch.Tensor, features: torch.Tensor | None) -> torch.Tensor:
+        """What the first layer reads: the tokens' embeddings (a feature draft also reads
+        ``features``).  # [..., T] → [..., T, C]"""
+        return self.model.embed_tokens(input_ids)
 
     @property
     def head_token_ids(self) -> torch.Tensor | None:
@@ -378,9 +383,12 @@ class DecoderModel(nn.Module):
 
     def hidden_dense(self, input_ids: torch.Tensor) -> torch.Tensor:
         """``forward_dense`` up to the final norm, before the LM head.  # [B, T] → [B, T, C]"""
-        t = input_ids.shape[1]
-        x = self.model.embed_tokens(input_ids)  # [B, T, C]
-        positions = torch.arange(t, device=input_ids.device)
+        return self.dense(self.inputs(input_ids, None))
+
+    def dense(self, x: torch.Tensor) -> torch.Tensor:
+        """The layers and the final norm over whole sequences from position 0, causal, no
+        cache.  # x [B, T, C] → [B, T, C]"""
+        positions = torch.arange(x.shape[1], device=x.device)
         cos, sin = cos_sin(positions, self.inv_freq, x.dtype)  # [T, 1, D] each
         for layer in self.model.layers:
             x = cast(DecoderLayer, layer).forward_dense(x, cos, sin)
