@@ -16,7 +16,6 @@ from specdec.core.tokenizer import Tokenizer
 from specdec.engine.checkpoint import load_model
 from specdec.engine.runner import ModelRunner
 from specdec.engine.sampling import SamplingParams
-from specdec.engine.speculative import generate as engine_generate
 from specdec.local_pipeline import Pipeline
 from specdec.router.load_guard import LoadGuard
 from specdec.v1 import common_pb2, generation_pb2
@@ -31,19 +30,6 @@ def pipeline(model_dir: Path):
     p = Pipeline(str(model_dir / "target"), str(model_dir / "draft_close")).start()
     yield p
     p.close()
-
-
-@pytest.fixture(scope="module")
-def reference(model_dir: Path):
-    runner = ModelRunner(load_model(model_dir / "target"), num_slots=1, max_seq_len=256)
-    tokenizer = Tokenizer.from_folder(model_dir / "target")
-
-    def ref(prompt: str, max_tokens: int, params: SamplingParams | None = None):
-        ids = tokenizer.encode(prompt)
-        params = params or SamplingParams()
-        return engine_generate(runner, ids, params, max_tokens, None, 0).token_ids
-
-    return ref
 
 
 def run(pipeline: Pipeline, **fields):

@@ -9,7 +9,6 @@ from pathlib import Path
 import grpc
 import pytest
 
-from specdec.core.tokenizer import Tokenizer
 from specdec.engine.checkpoint import load_model
 from specdec.engine.runner import ModelRunner
 from specdec.engine.sampling import SamplingParams
@@ -28,18 +27,6 @@ def pipeline(model_dir: Path, feature_draft_dir: Path):
     p = Pipeline(str(model_dir / "target"), str(feature_draft_dir)).start()
     yield p
     p.close()
-
-
-@pytest.fixture(scope="module")
-def reference(model_dir: Path):
-    runner = ModelRunner(load_model(model_dir / "target"), num_slots=1, max_seq_len=256)
-    tokenizer = Tokenizer.from_folder(model_dir / "target")
-
-    def ref(prompt: str, max_tokens: int) -> list[int]:
-        ids = tokenizer.encode(prompt)
-        return engine_generate(runner, ids, SamplingParams(), max_tokens, None, 0).token_ids
-
-    return ref
 
 
 def run(pipeline: Pipeline, **fields):

@@ -46,12 +46,10 @@ class FeatureDraft(DecoderModel):
         → [B, T, C]"""
         return self.dense(self.inputs(input_ids, features))
 
-    def hidden_dense(self, input_ids: torch.Tensor) -> torch.Tensor:
-        raise TypeError("a feature draft needs features: use features_dense")
-
     def inputs(self, input_ids: torch.Tensor, features: torch.Tensor | None) -> torch.Tensor:
         """fc([embedding, feature]).  # [..., T], [..., T, C] → [..., T, C]"""
-        assert features is not None  # ``ModelRunner`` checks every chunk has them
+        if features is None:  # (``ModelRunner`` checks every chunk has them)
+            raise TypeError("a feature draft reads each token's input feature: none given")
         emb = self.model.embed_tokens(input_ids)
         fc = cast(nn.Linear, self.model.fc)
         return fc(torch.cat([emb, features.to(emb.dtype)], dim=-1))

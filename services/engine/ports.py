@@ -62,8 +62,9 @@ class EngineVerifier:
 
     async def open(self, context: Sequence[int]) -> Awaitable[Verdict]:
         slot = self.runner.cache.allocate()
-        self.seq = SequenceState(slot, list(context), self.params, self.seed, [], self.logprobs)
-        self.seq.features = self.features
+        self.seq = SequenceState(
+            slot, list(context), self.params, self.seed, [], self.logprobs, self.features
+        )
         return _Done(self._step(EMPTY_PROPOSAL))
 
     async def verify(self, committed: Sequence[int], proposal: Proposal) -> Awaitable[Verdict]:

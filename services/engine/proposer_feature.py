@@ -3,12 +3,13 @@
 The verifier hands over the target's final hidden state at every position it caches
 (``take_features``); a ``FeatureDraft`` reads the feature of position j - 1 beside token j
 (``feature_draft.py``). Each round the proposer rolls its slot back to the entries that were
-built on the target's own features and still match the committed sequence, feeds the rest in
-one forward with the target's features (usually the accepted drafts and the new token), then
-drafts one token per forward, feeding each draft with its own output as the feature: past the
-committed sequence the target's features do not exist yet. Those entries are recomputed next
-round, once the verdict has brought the real ones. A position whose feature has not arrived
-reads zeros: drafts get worse, the output stays exact (the verifier decides).
+built on the target's own features and still match the committed sequence (``sync_cache`` with
+a limit), feeds the rest in one forward with the target's features (usually the accepted drafts
+and the new token), then drafts one token per forward, feeding each draft with its own output
+as the feature: past the committed sequence the target's features do not exist yet. Those
+entries are recomputed next round, once the verdict has brought the real ones. A position whose
+feature has not arrived reads zeros: drafts get worse, the output stays exact (the verifier
+decides).
 When sampling, tokens and their sparse distributions come from ``DraftCursor.read``, as for a
 plain draft model.
 Non-goals: draft-ahead (the draft service's engine drafts plain models ahead), trees.
@@ -27,11 +28,11 @@ from specdec.engine.proposer import EMPTY_PROPOSAL, Proposal, Proposer
 from specdec.engine.proposer_draft import DEFAULT_TOP_M, DEFAULT_TOP_MASS, DraftModelProposer
 from specdec.engine.runner import ModelRunner
 from specdec.engine.sampling import SamplingParams
-from specdec.engine.sequence import SequenceState
 
 
-class FeatureDraftProposer:
-    """``Proposer`` backed by a ``FeatureDraft`` runner; one slot for the life of a sequence."""
+class FeatureDraftProposer(DraftModelProposer):
+    """``DraftModelProposer`` for a ``FeatureDraft`` runner: the same slot and settings, its own
+    feeding (each token with its input feature)."""
 
     def __init__(
         self,
@@ -42,17 +43,12 @@ class FeatureDraftProposer:
     ) -> None:
         if not isinstance(runner.model, FeatureDraft):
             raise TypeError("FeatureDraftProposer needs a feature draft")
-        self.runner = runner
-        self.slot = runner.cache.allocate()
-        self.vocab_limit = vocab_limit or runner.vocab_size
-        self.top_m, self.top_mass = top_m, top_mass
+        super().__init__(runner, vocab_limit, top_m, top_mass)
         weight = runner.model.lm_head.weight
         size = (runner.max_seq_len, runner.config.hidden_size)
         self.target_features = torch.zeros(size, dtype=weight.dtype, device=weight.device)
         self.known = 0  # positions [0, known) have the target's feature
-        self.cached: list[int] = []  # the tokens whose entries the slot holds
         self.exact = 0  # leading entries built on the target's features only
-        self._closed = False
 
     def take_features(self, features: torch.Tensor, end: int) -> None:
         """The target's features of positions [end - n, end).  # features [n, C]"""
@@ -69,19 +65,15 @@ class FeatureDraftProposer:
         if k <= 0:
             return EMPTY_PROPOSAL
         n = len(committed)
-        keep = 0
-        limit = min(len(self.cached), self.exact, n - 1)
-        while keep < limit and self.cached[keep] == committed[keep]:
-            keep += 1
-        self.runner.cache.rollback_to(self.slot, keep)
-        del self.cached[keep:]
-        cursor = DraftCursor(SequenceState(self.slot, list(committed), params, seed), k)
+        state = self.state
+        state.committed = list(committed)
+        state.params, state.seed = params, seed
+        cursor = DraftCursor(state, k)
         cursor.plan(self.runner)
         if cursor.done:
             return EMPTY_PROPOSAL
-        feed = list(committed[keep:])
-        inputs = self._inputs(keep, n)  # [len(feed), C]
-        last = self._forward(cursor, feed, inputs)
+        feed = state.sync_cache(self.runner, self.exact)
+        last = self._forward(cursor, feed, self._inputs(len(state.cached), n))
         self.exact = min(n, self.known + 1)  # position j read the feature of j - 1
         while not cursor.done:
             last = self._forward(cursor, [cursor.token_ids[-1]], last)
@@ -103,14 +95,9 @@ class FeatureDraftProposer:
         draft's output there, the feature the next draft token reads.  # → [1, C]"""
         chunk = Chunk(self.slot, tokens, len(self.cached), 1, features=features)
         logits, hidden = self.runner.step_hidden([chunk])
-        self.cached += tokens
+        self.cached.extend(tokens)
         cursor.read(logits[0][:, : self.vocab_limit], self.top_m, self.top_mass)
         return hidden[0][-1:]
-
-    def close(self) -> None:
-        if not self._closed:
-            self.runner.cache.free(self.slot)
-            self._closed = True
 
 
 def model_proposer(

@@ -37,11 +37,14 @@ class SequenceState:
     logprobs: int | None = None  # alternatives per committed token's logprob; None: no logprobs
     features: bool = False  # each verification returns the hidden states it cached
 
-    def sync_cache(self, runner: ModelRunner) -> list[int]:
+    def sync_cache(self, runner: ModelRunner, valid: int | None = None) -> list[int]:
         """Roll the slot back to the longest cached prefix of ``committed`` that leaves at least
-        one token to feed; return the tokens to feed."""
+        one token to feed (and keeps at most ``valid`` entries: a feature draft's later ones
+        read features since replaced); return the tokens to feed."""
         keep = 0
         limit = min(len(self.cached), len(self.committed) - 1)
+        if valid is not None:
+            limit = min(limit, valid)
         while keep < limit and self.cached[keep] == self.committed[keep]:
             keep += 1
         runner.cache.rollback_to(self.slot, keep)

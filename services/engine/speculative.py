@@ -93,7 +93,7 @@ def _drafter(
         return NoDrafter()
     if not ahead_width:
         return EngineDrafter(proposer, params, seed)
-    if not isinstance(proposer, DraftModelProposer):
+    if not isinstance(proposer, DraftModelProposer) or isinstance(proposer, FeatureDraftProposer):
         raise InvalidRequest("ahead_width", "draft-ahead needs a draft model of tokens only")
     ahead = Ahead(ahead_width, max(depth, 1))
     ahead.check()
